@@ -1,0 +1,39 @@
+"""altoflow: serve compound AI pipelines written as decorated Python functions.
+
+The public surface is listed in ``__all__`` (design section 8); everything else is internal.
+"""
+
+from altoflow import ops
+from altoflow._errors import (
+    CompileError,
+    GraphError,
+    InputError,
+    LevelError,
+    StageDefinitionError,
+    StageError,
+    TargetError,
+)
+from altoflow._result import Event, Result
+from altoflow._stage import DROP, stage
+from altoflow.compiler import Pipeline
+from altoflow.runtime.local import arun, run
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "DROP",
+    "CompileError",
+    "Event",
+    "GraphError",
+    "InputError",
+    "LevelError",
+    "Pipeline",
+    "Result",
+    "StageDefinitionError",
+    "StageError",
+    "TargetError",
+    "arun",
+    "ops",
+    "run",
+    "stage",
+]

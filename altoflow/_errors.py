@@ -1,0 +1,81 @@
+"""Exceptions of the public surface.
+
+Two families, kept apart on purpose: ``CompileError`` and its subclasses are *your pipeline's*
+mistakes, found before anything runs; ``StageError`` is a failure *inside* a stage while a
+request runs. ``InputError`` is a bad request (fields that do not fit the request schema).
+"""
+
+from __future__ import annotations
+
+import inspect
+from typing import Any, Mapping
+
+
+def where(obj: Any) -> str:
+    """``file:line`` of a user's function or class, for error messages."""
+    target = inspect.unwrap(obj) if callable(obj) else obj
+    try:
+        file = inspect.getsourcefile(target) or inspect.getfile(target)
+        _, line = inspect.getsourcelines(target)
+    except (TypeError, OSError):
+        return "<unknown location>"
+    return f"{file}:{line}"
+
+
+def describe(obj: Any, name: str | None = None) -> str:
+    """``'verify' (app.py:33)``: how messages name a user's stage."""
+    label = name or getattr(obj, "__name__", repr(obj))
+    return f"'{label}' ({where(obj)})"
+
+
+class CompileError(Exception):
+    """The pipeline breaks a rule of the programming model; the message says which and the fix."""
+
+
+class StageDefinitionError(CompileError):
+    """``@stage`` was used in a way that can be seen to be wrong at decoration time."""
+
+
+class GraphError(CompileError):
+    """The stages do not form a valid graph: a cycle, a clash of names, no stages at all."""
+
+
+class LevelError(CompileError):
+    """Nested levels do not fit: an unknown ``over``, a level opened twice, a join across branches."""
+
+
+class TargetError(CompileError):
+    """A target string (``app.py``, ``app.py:name``, ``pkg.mod:name``) cannot be loaded."""
+
+
+class InputError(ValueError):
+    """A request's fields do not fit the pipeline's request schema."""
+
+
+class StageError(Exception):
+    """A stage raised while processing an item under ``on_error="fail"``.
+
+    ``stage`` is the stage's name, ``ancestry`` the item's ancestry as ``{level: index}``, and
+    ``__cause__`` the exception the stage raised (``None`` when it was raised elsewhere, e.g.
+    in a served request, where ``exc_type`` and ``detail`` carry what is known).
+    """
+
+    def __init__(
+        self,
+        stage: str,
+        ancestry: Mapping[str, int],
+        detail: str,
+        exc_type: str | None = None,
+    ) -> None:
+        self.stage = stage
+        self.ancestry = dict(ancestry)
+        self.detail = detail
+        self.exc_type = exc_type
+        where_ = "/".join(f"{k}={v}" for k, v in self.ancestry.items()) or "the request"
+        super().__init__(f"stage '{stage}' failed on {where_}: {detail}")
+
+
+def format_exception(exc: BaseException) -> str:
+    text = str(exc)
+    return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
+

@@ -1,0 +1,112 @@
+"""The ``altoflow`` command."""
+
+from __future__ import annotations
+
+import json
+import sys
+from enum import Enum
+from typing import Any, Optional
+
+import anyio
+import typer
+
+from altoflow._errors import CompileError, InputError, StageError
+from altoflow._result import Event
+
+app = typer.Typer(
+    name="altoflow",
+    help="Compile, run and serve compound AI pipelines written as @stage functions.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+class GraphFormat(str, Enum):
+    text = "text"
+    json = "json"
+    mermaid = "mermaid"
+    dot = "dot"
+
+
+def _fail(message: str, code: int) -> None:
+    typer.echo(f"error: {message}", err=True)
+    raise typer.Exit(code)
+
+
+def _load(target: str) -> Any:
+    from altoflow.compiler import load_target
+
+    try:
+        pipeline = load_target(target)
+        return pipeline.compiled
+    except CompileError as exc:
+        _fail(str(exc), 2)
+
+
+@app.command()
+def compile(
+    target: str = typer.Argument(..., help="app.py, app.py:name or package.module:name"),
+    show_graph: bool = typer.Option(False, "--show-graph", help="Print the graph (the default)."),
+    format: GraphFormat = typer.Option(GraphFormat.text, "--format", "-f", help="Output format."),
+) -> None:
+    """Check a pipeline and print what altoflow infers: stages, level stacks, keys, replicas."""
+    from altoflow.compiler.render import FORMATS
+
+    compiled = _load(target)
+    typer.echo(FORMATS[format.value](compiled.plan), nl=False)
+
+
+def _json_default(value: Any) -> Any:
+    if hasattr(value, "tolist"):
+        return value.tolist()
+    if hasattr(value, "model_dump"):
+        return value.model_dump(mode="json")
+    if isinstance(value, (set, frozenset, tuple)):
+        return list(value)
+    return repr(value)
+
+
+def _dumps(obj: Any) -> str:
+    return json.dumps(obj, default=_json_default, ensure_ascii=False)
+
+
+@app.command()
+def run(
+    target: str = typer.Argument(..., help="app.py, app.py:name or package.module:name"),
+    input: str = typer.Option("{}", "--input", "-i", help="The request fields as a JSON object."),
+    events: bool = typer.Option(False, "--events", help="Print every event as it happens (NDJSON)."),
+) -> None:
+    """Run one request in this process (the reference executor) and print its result as JSON."""
+    from altoflow.runtime.local import execute
+
+    try:
+        fields = json.loads(input)
+    except json.JSONDecodeError as exc:
+        _fail(f"--input is not valid JSON ({exc}); pass an object like '{{\"question\": \"...\"}}'", 2)
+    if not isinstance(fields, dict):
+        _fail(f"--input must be a JSON object of request fields, not {type(fields).__name__}", 2)
+    compiled = _load(target)
+
+    def show(event: Event) -> None:
+        typer.echo(_dumps(event.to_json()))
+        sys.stdout.flush()
+
+    try:
+        result = anyio.run(lambda: execute(compiled, fields, on_event=show if events else None))
+    except InputError as exc:
+        _fail(str(exc), 2)
+    except StageError as exc:
+        if not events:  # with --events the error event was printed already
+            typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1)
+    if not events:
+        typer.echo(json.dumps(result.to_dict(), default=_json_default, ensure_ascii=False, indent=2))
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Runtimes: the in-process reference executor (``local``) and the pure progress tracker."""
