@@ -163,7 +163,7 @@ def compile_pipeline(pipeline: Pipeline) -> CompiledPipeline:
                 output=is_output,
                 call_kind=spec.call_kind,
                 is_class=spec.is_class,
-                module=spec.obj.__module__,
+                module=spec.obj.__module__ or "",
                 qualname=spec.obj.__qualname__,
                 location=where(spec.obj),
                 consumers=consumers[name],

@@ -10,22 +10,33 @@ from altoflow.ops._base import Aggregator, Index, Ordered
 _EMPTY = object()
 
 
+def _fn(f: Any) -> str:
+    """A short name for a user's function in an operator's repr."""
+    return (getattr(f, "__name__", None) or repr(f)).strip("<>")
+
+
 class Sum(Aggregator[Any]):
-    """Sum of the values (numbers or numpy arrays); 0 for an empty group."""
+    """Sum of the values: numbers, numpy arrays, Counters, anything with ``+``; 0 when empty.
+
+    The first value starts the sum (rather than 0), so values whose ``+`` does not accept 0,
+    such as ``collections.Counter``, sum as well.
+    """
 
     public_name = "ops.sum"
 
     def create(self) -> Any:
-        return 0
+        return _EMPTY
 
     def add(self, state: Any, value: Any, index: Index) -> Any:
-        return state + value
+        return value if state is _EMPTY else state + value
 
     def merge(self, a: Any, b: Any) -> Any:
-        return a + b
+        if a is _EMPTY:
+            return b
+        return a if b is _EMPTY else a + b
 
     def result(self, state: Any) -> Any:
-        return state
+        return 0 if state is _EMPTY else state
 
     def __repr__(self) -> str:
         return "ops.sum"
@@ -52,7 +63,7 @@ class Count(Aggregator[int]):
         return state
 
     def __repr__(self) -> str:
-        return "ops.count" if self.pred is None else f"ops.count(pred={self.pred!r})"
+        return "ops.count" if self.pred is None else f"ops.count(pred={_fn(self.pred)})"
 
 
 class _Extreme(Aggregator[Any]):
@@ -186,7 +197,7 @@ class TopK(Aggregator[list]):
         return [e[2] for e in self._best(state)]
 
     def __repr__(self) -> str:
-        return f"ops.topk({self.k})" if self.key is None else f"ops.topk({self.k}, key={self.key!r})"
+        return f"ops.topk({self.k})" if self.key is None else f"ops.topk({self.k}, key={_fn(self.key)})"
 
 
 class Filter(Aggregator[list]):
@@ -214,7 +225,7 @@ class Filter(Aggregator[list]):
         return [v for _, v in sorted(state, key=lambda iv: iv[0])]
 
     def __repr__(self) -> str:
-        return f"ops.filter({self.pred!r})"
+        return f"ops.filter({_fn(self.pred)})"
 
 
 class First(Aggregator[Any]):
@@ -250,7 +261,7 @@ class First(Aggregator[Any]):
         return state is not _EMPTY and not any(state[0])
 
     def __repr__(self) -> str:
-        return "ops.first" if self.pred is None else f"ops.first({self.pred!r})"
+        return "ops.first" if self.pred is None else f"ops.first({_fn(self.pred)})"
 
 
 class Any_(Aggregator[bool]):
@@ -277,7 +288,7 @@ class Any_(Aggregator[bool]):
         return state
 
     def __repr__(self) -> str:
-        return "ops.any" if self.pred is bool else f"ops.any({self.pred!r})"
+        return "ops.any" if self.pred is bool else f"ops.any({_fn(self.pred)})"
 
 
 class All(Aggregator[bool]):
@@ -304,7 +315,7 @@ class All(Aggregator[bool]):
         return not state
 
     def __repr__(self) -> str:
-        return "ops.all" if self.pred is bool else f"ops.all({self.pred!r})"
+        return "ops.all" if self.pred is bool else f"ops.all({_fn(self.pred)})"
 
 
 class Reduce(Ordered):
@@ -325,4 +336,4 @@ class Reduce(Ordered):
         return acc
 
     def __repr__(self) -> str:
-        return f"ops.reduce({self.fn!r}, {self.initial!r})"
+        return f"ops.reduce({_fn(self.fn)}, {self.initial!r})"
