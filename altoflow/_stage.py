@@ -206,8 +206,9 @@ def _make_spec(obj: Any, **kw: Any) -> StageSpec:
     is_class = inspect.isclass(obj)
     label = describe(obj, kw["name"])
     if is_class:
-        call = obj.__dict__.get("__call__") or getattr(obj, "__call__", None)
-        if call is None or call is type.__call__:
+        owner = next((k for k in obj.__mro__ if k is not object and "__call__" in vars(k)), None)
+        call = vars(owner)["__call__"] if owner is not None else None
+        if not callable(call):
             raise StageDefinitionError(
                 f"class stage {label} has no __call__ method. A class stage runs __init__ once "
                 f"per replica and __call__ once per item: define `def __call__(self, ...)`."
