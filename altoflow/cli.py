@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import sys
 from enum import Enum
-from typing import Any, Optional
+from typing import Any
 
 import anyio
 import typer

@@ -57,7 +57,6 @@ async def evaluate(target: Any, **fields: Any) -> OracleResult:
     for sp in plan.stages:
         spec = compiled.specs[sp.name]
         fn = instances[sp.name].__call__ if spec.is_class else spec.obj
-        depth = len(sp.levels_in)
         # Every complete input tuple, by ancestry: zip the deepest inputs, broadcast the rest.
         if not sp.inputs:
             tuples = {(): {}}

@@ -73,6 +73,7 @@ class StageDef:
     fan_n: int = 3
     gen_err_at: int = -1
     concurrency: int | None = None
+    replicas: int = 1
     output: bool | None = None
     seed: int = 1
     as_str: bool = False  # return str values (for ops.concat)
@@ -150,7 +151,8 @@ def build(defs: list[StageDef], calls: "Counter | None" = None) -> af.Pipeline:
                        f"    return out(v)\n")
         exec(compile(src, f"<random stage {d.name}>", "exec"), ns)
         fn = ns[d.name]
-        kw: dict[str, Any] = dict(on_error=d.on_error, retries=d.retries, output=d.output)
+        kw: dict[str, Any] = dict(on_error=d.on_error, retries=d.retries, output=d.output,
+                                  replicas=d.replicas)
         if d.concurrency is not None:
             kw["concurrency"] = d.concurrency
         if d.kind == "fanout":
@@ -228,6 +230,7 @@ def pipelines(draw: Any, max_stages: int = 7, errors: bool = True) -> tuple[list
                 fan_n=draw(st.integers(1, 4)),
                 gen_err_at=draw(st.sampled_from([-1, 0, 1])) if kind == "fanout" and err_mod else -1,
                 concurrency=draw(st.sampled_from([None, 1, 3])),
+                replicas=draw(st.integers(1, 3)),
                 output=draw(st.sampled_from([None, None, True])),
                 seed=draw(st.integers(1, 1000)),
                 as_str=False,

@@ -5,7 +5,6 @@ from __future__ import annotations
 import re
 import typing
 
-import pydantic
 import pytest
 
 import altoflow as af

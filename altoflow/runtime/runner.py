@@ -1,0 +1,215 @@
+"""Running one stage on one replica: invocations, retries, timeouts, ``on_error``, fold state.
+
+The same ``StageRunner`` serves the in-process executor and the worker processes of the served
+runtime; only what ``emit`` does with an output differs (append an event, or write a frame).
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import anyio
+import anyio.to_thread
+
+from altoflow._errors import format_exception
+from altoflow._stage import DROP, StageSpec
+from altoflow.compiler.plan import StagePlan
+from altoflow.runtime.core import ErrorInfo, Status
+from altoflow.runtime.progress import Ancestry
+
+Emit = Callable[[Ancestry, Any], None]
+_END = object()
+
+
+class _Failed(Exception):
+    def __init__(self, status: Status, error: ErrorInfo | None) -> None:
+        self.status = status
+        self.error = error
+
+
+@dataclass
+class _Group:
+    state: Any
+    opened: bool = False
+    emitted: bool = False
+
+
+class StageRunner:
+    """One replica's view of a stage. ``fn`` is the function (or the instance's ``__call__``)."""
+
+    def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: Emit) -> None:
+        self.spec = spec
+        self.plan = plan
+        self.fn = fn
+        self.emit = emit
+        self.op = spec.aggregate
+        self.cut = 1 + len(plan.route_key or [])
+        self.groups: dict[Ancestry, _Group] = {}
+
+    # -- invocations ---------------------------------------------------------------------------
+
+    async def invoke(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
+        """Run the stage on one input; outputs go to ``emit`` the moment they exist."""
+        try:
+            if self.spec.is_generator:
+                await self._fan_out(anc, kwargs)
+                return "ok", None
+            value = await self._attempts(anc, kwargs)
+            if value is DROP:
+                return "dropped", None
+            if self.op is not None:
+                self._fold(anc, value)
+            else:
+                self.emit(anc, value)
+            return "ok", None
+        except _Failed as failed:
+            return failed.status, failed.error
+
+    async def _attempts(self, anc: Ancestry, kwargs: dict[str, Any]) -> Any:
+        error: Exception | None = None
+        for _ in range(self.plan.retries + 1):
+            try:
+                if self.plan.timeout is None:  # no cancel scope: it costs more than a call
+                    return await self._call(kwargs)
+                with anyio.fail_after(self.plan.timeout):
+                    return await self._call(kwargs)
+            except Exception as exc:
+                error = exc
+        raise self._failure(self.plan.levels_in, anc, error)
+
+    async def _call(self, kwargs: dict[str, Any]) -> Any:
+        if self.spec.is_async:
+            return await self.fn(**kwargs)
+        return await anyio.to_thread.run_sync(
+            functools.partial(self.fn, **kwargs), abandon_on_cancel=True
+        )
+
+    async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any]) -> None:
+        index = 0
+        error: Exception | None = None
+        for _ in range(self.plan.retries + 1):
+            try:
+                with anyio.fail_after(self.plan.timeout):
+                    if self.spec.is_async:
+                        agen = self.fn(**kwargs)
+                        try:
+                            async for value in agen:
+                                index = self._yielded(anc, index, value)
+                        finally:
+                            await agen.aclose()
+                    else:
+                        gen = self.fn(**kwargs)
+                        try:
+                            while (value := await anyio.to_thread.run_sync(
+                                    _next, gen, abandon_on_cancel=True)) is not _END:
+                                index = self._yielded(anc, index, value)
+                        finally:
+                            _close(gen)
+                return
+            except Exception as exc:
+                error = exc
+                if index:  # items have streamed on: a retry would yield them again
+                    break
+        raise self._failure(self.plan.levels_in, anc, error)
+
+    def _yielded(self, anc: Ancestry, index: int, value: Any) -> int:
+        if value is DROP:  # a generator drops an element by not yielding it; DROP skips it too
+            return index
+        self.emit(anc + (index,), value)
+        return index + 1
+
+    def _failure(self, levels: list[str], anc: Ancestry, exc: BaseException | None) -> _Failed:
+        if self.plan.on_error == "drop":
+            return _Failed("dropped", None)
+        return _Failed("failed", ErrorInfo(
+            self.plan.name, dict(zip(levels, anc[1:])),
+            format_exception(exc) if exc else "failed", type(exc).__name__, exc))
+
+    # -- groups --------------------------------------------------------------------------------
+
+    def _group(self, prefix: Ancestry) -> _Group:
+        group = self.groups.get(prefix)
+        if group is None:
+            assert self.op is not None
+            group = self.groups[prefix] = _Group(self.op.create())
+        return group
+
+    def _fold(self, anc: Ancestry, value: Any) -> None:
+        assert self.op is not None
+        group = self._group(anc[: self.cut])
+        if group.emitted:
+            return  # decided early: later values cannot change the result
+        try:
+            group.state = self.op.add(group.state, value, anc[self.cut:])
+            decided = group.opened and self.op.decided(group.state)
+        except Exception as exc:
+            raise self._failure(self.plan.levels_in, anc, exc) from None
+        if decided:
+            self._finish(anc[: self.cut], group)
+
+    def open(self, prefix: Ancestry) -> tuple[Status, ErrorInfo | None]:
+        """The group exists (its fan-out item finished): it will emit, even if empty."""
+        group = self._group(prefix)
+        group.opened = True
+        assert self.op is not None
+        try:
+            if not group.emitted and self.op.decided(group.state):
+                self._finish(prefix, group)
+        except _Failed as failed:
+            return failed.status, failed.error
+        return "ok", None
+
+    def flush(self, prefix: Ancestry, opened: bool) -> tuple[Status, ErrorInfo | None]:
+        """Nothing more can reach the group: emit its result, or discard it if never opened."""
+        group = self.groups.pop(prefix, None)
+        if not opened:
+            return "dropped", None
+        if group is None:
+            assert self.op is not None
+            group = _Group(self.op.create(), opened=True)
+        if group.emitted:
+            return "ok", None
+        try:
+            self._finish(prefix, group)
+        except _Failed as failed:
+            return failed.status, failed.error
+        return "ok", None
+
+    def _finish(self, prefix: Ancestry, group: _Group) -> None:
+        assert self.op is not None
+        group.emitted = True
+        try:
+            value = self.op.result(group.state)
+            if self.plan.fanout is not None:
+                try:
+                    value = list(value)
+                except TypeError:
+                    raise TypeError(
+                        f"aggregate {self.op!r} gave {type(value).__name__}, which cannot fan "
+                        f"out on level '{self.plan.fanout}': fan-out of an aggregate needs a list"
+                    ) from None
+        except Exception as exc:
+            raise self._failure(self.plan.route_key or [], prefix, exc) from None
+        if self.plan.fanout is None:
+            self.emit(prefix, value)
+        else:
+            for i, v in enumerate(value):
+                self.emit(prefix + (i,), v)
+
+    def abort(self, request: int) -> None:
+        """Forget the request's groups (it failed or was cancelled)."""
+        for prefix in [p for p in self.groups if p[0] == request]:
+            del self.groups[prefix]
+
+
+def _next(gen: Any) -> Any:
+    return next(gen, _END)
+
+
+def _close(gen: Any) -> None:
+    try:
+        gen.close()
+    except ValueError:  # still running in an abandoned thread (timeout): it ends on its own
+        pass
