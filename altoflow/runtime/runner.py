@@ -39,8 +39,12 @@ class _Group:
 class StageRunner:
     """One replica's view of a stage. ``fn`` is the function (or the instance's ``__call__``)."""
 
-    def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: Emit) -> None:
+    def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: Emit,
+                 *, barrier: bool = False) -> None:
         self.spec = spec
+        # Barrier mode holds an invocation's outputs until it returns: the "wait for the whole
+        # LM output" baseline that streaming is measured against. Nothing else changes.
+        self.barrier = barrier
         self.plan = plan
         self.fn = fn
         self.emit = emit
@@ -52,9 +56,11 @@ class StageRunner:
 
     async def invoke(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
         """Run the stage on one input; outputs go to ``emit`` the moment they exist."""
+        held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
+        emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
         try:
             if self.spec.is_generator:
-                await self._fan_out(anc, kwargs)
+                await self._fan_out(anc, kwargs, emit)
                 return "ok", None
             value = await self._attempts(anc, kwargs)
             if value is DROP:
@@ -62,10 +68,13 @@ class StageRunner:
             if self.op is not None:
                 self._fold(anc, value)
             else:
-                self.emit(anc, value)
+                emit(anc, value)
             return "ok", None
         except _Failed as failed:
             return failed.status, failed.error
+        finally:
+            for a, v in held or ():
+                self.emit(a, v)
 
     async def _attempts(self, anc: Ancestry, kwargs: dict[str, Any]) -> Any:
         error: Exception | None = None
@@ -86,7 +95,7 @@ class StageRunner:
             functools.partial(self.fn, **kwargs), abandon_on_cancel=True
         )
 
-    async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any]) -> None:
+    async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any], emit: Emit) -> None:
         index = 0
         error: Exception | None = None
         for _ in range(self.plan.retries + 1):
@@ -96,7 +105,7 @@ class StageRunner:
                         agen = self.fn(**kwargs)
                         try:
                             async for value in agen:
-                                index = self._yielded(anc, index, value)
+                                index = self._yielded(anc, index, value, emit)
                         finally:
                             await agen.aclose()
                     else:
@@ -104,7 +113,7 @@ class StageRunner:
                         try:
                             while (value := await anyio.to_thread.run_sync(
                                     _next, gen, abandon_on_cancel=True)) is not _END:
-                                index = self._yielded(anc, index, value)
+                                index = self._yielded(anc, index, value, emit)
                         finally:
                             _close(gen)
                 return
@@ -114,10 +123,10 @@ class StageRunner:
                     break
         raise self._failure(self.plan.levels_in, anc, error)
 
-    def _yielded(self, anc: Ancestry, index: int, value: Any) -> int:
+    def _yielded(self, anc: Ancestry, index: int, value: Any, emit: Emit) -> int:
         if value is DROP:  # a generator drops an element by not yielding it; DROP skips it too
             return index
-        self.emit(anc + (index,), value)
+        emit(anc + (index,), value)
         return index + 1
 
     def _failure(self, levels: list[str], anc: Ancestry, exc: BaseException | None) -> _Failed:
