@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import sys
 from enum import Enum
 from typing import Any
@@ -37,6 +38,9 @@ def _fail(message: str, code: int) -> None:
 def _load(target: str) -> Any:
     from altoflow.compiler import load_target
 
+    # Like uvicorn (--app-dir .): a module target is looked up from the current directory.
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         pipeline = load_target(target)
         return pipeline.compiled

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import Any
 
 from altoflow.compiler.plan import Plan, StagePlan
 
@@ -36,10 +37,10 @@ def to_text(plan: Plan, width: int = 80) -> str:
           ← bm25   [claim/query]
     """
     levels = " > ".join(plan.levels) or "none"
-    lines = [f"pipeline {plan.name}: {len(plan.stages)} stages, levels {levels}"]
+    lines = _wrap(f"pipeline {plan.name}: {len(plan.stages)} stages, levels {levels}", width, "    ")
     fields = sorted({f for s in plan.stages for f in s.fields})
     if fields:
-        lines.append(f"request fields: {', '.join(fields)}")
+        lines.extend(_wrap(f"request fields: {', '.join(fields)}", width, "    "))
     lines.append("")
     for s in plan.stages:
         tags = [_what(s), _key(s), f"x{s.replicas}"]
@@ -70,16 +71,27 @@ def _wrap(text: str, width: int, indent: str) -> list[str]:
 
 
 def to_json(plan: Plan) -> str:
-    return json.dumps(plan.contract_json(), indent=2)
+    return json.dumps(plan.contract_json(), indent=2) + "\n"
 
 
-def _label(s: StagePlan) -> str:
+def _label(s: StagePlan, sep: str, escape: Any) -> str:
     parts = [s.name, _what(s)]
     if s.route_key is not None:
         parts.append(_key(s))
     if s.replicas > 1:
         parts.append(f"x{s.replicas}")
-    return "<br/>".join(parts)
+    return sep.join(escape(p) for p in parts)
+
+
+def _mermaid_text(text: str) -> str:
+    # Mermaid reads entity codes (#quot;) inside quoted labels; quotes and brackets would end them.
+    for ch, code in (("#", "#35;"), ('"', "#quot;"), ("<", "#lt;"), (">", "#gt;"), ("\n", " ")):
+        text = text.replace(ch, code)
+    return text
+
+
+def _dot_text(text: str) -> str:
+    return text.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
 def to_mermaid(plan: Plan) -> str:
@@ -89,7 +101,7 @@ def to_mermaid(plan: Plan) -> str:
         lines.append(f'    request(["request: {", ".join(fields)}"])')
     for s in plan.stages:
         shape = ('[["', '"]]') if s.route_key is not None else (('(["', '"])') if s.output else ('["', '"]'))
-        lines.append(f"    {s.name}{shape[0]}{_label(s)}{shape[1]}")
+        lines.append(f"    {s.name}{shape[0]}{_label(s, '<br/>', _mermaid_text)}{shape[1]}")
     for s in plan.stages:
         if s.fields and not s.inputs:
             lines.append(f"    request --> {s.name}")
@@ -104,8 +116,7 @@ def to_mermaid(plan: Plan) -> str:
 def to_dot(plan: Plan) -> str:
     lines = [f'digraph "{plan.name}" {{', "  rankdir=TB;", '  node [shape=box, fontname="Helvetica"];']
     for s in plan.stages:
-        label = _label(s).replace("<br/>", "\\n")
-        attrs = [f'label="{label}"']
+        attrs = [f'label="{_label(s, chr(92) + "n", _dot_text)}"']
         if s.route_key is not None:
             attrs.append("peripheries=2")
         if s.output:

@@ -82,16 +82,23 @@ def resolve_aggregator(value: Any, label: str) -> Aggregator:
     if isinstance(value, Aggregator):
         return value
     if inspect.isclass(value) and issubclass(value, Aggregator):
-        try:
-            return value()
-        except TypeError:
-            sig = inspect.signature(value.__init__)
-            args = ", ".join(p for p in list(sig.parameters)[1:])
-            name = getattr(value, "public_name", value.__name__)
+        name = getattr(value, "public_name", value.__name__)
+        if inspect.isabstract(value):
+            missing = ", ".join(sorted(value.__abstractmethods__))
             raise StageDefinitionError(
-                f"stage {label}: aggregate={name} needs arguments ({args}); call it, e.g. "
-                f"aggregate={name}(...)."
-            ) from None
+                f"stage {label}: operator class {value.__name__} does not implement {missing}; "
+                f"an operator needs create, add, merge and result (see docs/operators.md)."
+            )
+        required = [
+            p.name for p in list(inspect.signature(value.__init__).parameters.values())[1:]
+            if p.default is p.empty and p.kind not in (p.VAR_POSITIONAL, p.VAR_KEYWORD)
+        ]
+        if required:
+            raise StageDefinitionError(
+                f"stage {label}: aggregate={name} needs arguments ({', '.join(required)}); call "
+                f"it, e.g. aggregate={name}(...)."
+            )
+        return value()
     hint = _BUILTIN_HINTS.get(getattr(value, "__name__", ""))
     if hint and getattr(value, "__module__", None) == "builtins":
         raise StageDefinitionError(

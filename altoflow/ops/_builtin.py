@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import builtins
+import copy
 from typing import Any, Callable
 
 from altoflow.ops._base import Aggregator, Index, Ordered
@@ -16,10 +17,12 @@ def _fn(f: Any) -> str:
 
 
 class Sum(Aggregator[Any]):
-    """Sum of the values: numbers, numpy arrays, Counters, anything with ``+``; 0 when empty.
+    """Sum of the values: numbers, numpy arrays, Counters; 0 when empty.
 
-    The first value starts the sum (rather than 0), so values whose ``+`` does not accept 0,
-    such as ``collections.Counter``, sum as well.
+    Values are added in arrival order, so ``+`` must not depend on order: strings, lists and
+    tuples are refused (their ``+`` concatenates; ``ops.concat`` and ``ops.collect`` order them
+    by ancestry). The first value starts the sum (rather than 0), so values whose ``+`` does not
+    accept 0, such as ``collections.Counter``, sum as well.
     """
 
     public_name = "ops.sum"
@@ -28,6 +31,12 @@ class Sum(Aggregator[Any]):
         return _EMPTY
 
     def add(self, state: Any, value: Any, index: Index) -> Any:
+        if isinstance(value, (str, bytes, list, tuple)):
+            hint = "ops.concat" if isinstance(value, (str, bytes)) else "ops.collect"
+            raise TypeError(
+                f"ops.sum got a {type(value).__name__}, whose + concatenates in arrival order; "
+                f"use {hint}, which orders by ancestry"
+            )
         return value if state is _EMPTY else state + value
 
     def merge(self, a: Any, b: Any) -> Any:
@@ -330,7 +339,7 @@ class Reduce(Ordered):
         self.initial = initial
 
     def finish(self, values: list) -> Any:
-        acc = self.initial
+        acc = copy.deepcopy(self.initial)  # a mutable initial must not leak between groups
         for v in values:
             acc = self.fn(acc, v)
         return acc

@@ -1,0 +1,27 @@
+"""Each benchmark runs on a tiny setting and writes its raw numbers (no timing is checked)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_executor_benchmark_quick(tmp_path):
+    out = tmp_path / "executor.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "executor.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "executor"
+    assert record["stages"] == 5 and record["items"] == 200 and record["repeat"] == 1
+    assert set(record["variants"]) == {"async", "sync", "mixed", "floor-py", "floor-threads"}
+    for name, variant in record["variants"].items():
+        assert len(variant["seconds"]) == record["repeat"], name
+        assert set(variant["summary"]) == {"median_s", "min_s", "max_s", "items_per_s"}, name
+        assert name in proc.stdout  # one row of the table per variant

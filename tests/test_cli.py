@@ -1,0 +1,400 @@
+"""The ``altoflow`` command: ``compile`` in every format, ``run``, exit statuses, target forms.
+
+Most tests call the Typer app in-process (``CliRunner``); one runs the installed console script
+in a subprocess, as a user's shell would. The pipelines are files under ``tests/pipelines/``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import sysconfig
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from altoflow.cli import app
+
+ROOT = Path(__file__).resolve().parent.parent
+TESTS = ROOT / "tests"
+PIPES = TESTS / "pipelines"
+HELPSEARCH = str(ROOT / "examples" / "helpsearch.py")
+TWELVE = str(PIPES / "twelve.py")
+WORDCOUNT = str(PIPES / "wordcount.py")
+FAILING = str(PIPES / "failing.py")
+
+runner = CliRunner()
+
+
+def cli(*args: str):
+    result = runner.invoke(app, list(args))
+    # An exception other than a deliberate exit is a crash, whatever the exit code says.
+    if result.exception is not None and not isinstance(result.exception, SystemExit):
+        raise result.exception
+    return result
+
+
+def ndjson(text: str) -> list[dict]:
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
+
+
+# -- compile ---------------------------------------------------------------------------------
+
+
+def test_compile_prints_stages_kinds_keys_replicas_and_edges():
+    result = cli("compile", HELPSEARCH)
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("pipeline helpsearch: 5 stages, levels query > term\n")
+    assert "request fields: question" in out
+    blocks = {line.split()[1]: line for line in out.splitlines() if line.startswith("● ")}
+    assert list(blocks) == ["queries", "terms", "scores", "best", "report"]  # topological
+    assert "fanout +query" in blocks["queries"] and "balanced" in blocks["queries"]
+    assert "aggregate ops.sum over term" in blocks["scores"]
+    assert "key (request, query)" in blocks["scores"] and "x2" in blocks["scores"]
+    assert "key (request)" in blocks["report"] and "output" in blocks["report"]
+    assert re.search(r"← terms\s+\[query/term\]", out)
+    assert re.search(r"← scores\s+\[query\]\s+zip", out)
+
+
+def test_show_graph_flag_prints_the_same_picture():
+    plain, flagged = cli("compile", HELPSEARCH), cli("compile", HELPSEARCH, "--show-graph")
+    assert flagged.exit_code == 0
+    assert flagged.stdout == plain.stdout
+
+
+def test_text_picture_of_a_twelve_stage_pipeline_fits_80_columns():
+    result = cli("compile", f"{TWELVE}:pipeline")
+    assert result.exit_code == 0, result.output
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("pipeline twelve: 12 stages")
+    assert sum(line.startswith("● ") for line in lines) == 12
+    too_long = [line for line in lines if len(line) > 80]
+    assert not too_long
+    # The long headers were wrapped, not cut: every tag is still there.
+    text = " ".join(lines)
+    assert "key (request, section, subquestion)" in text
+    assert "broadcast" in text and "zip" in text
+
+
+def test_text_picture_of_a_pipeline_with_many_request_fields_fits_80_columns(tmp_path):
+    app_file = tmp_path / "settings.py"
+    app_file.write_text(
+        "from altoflow import stage\n\n"
+        "@stage\n"
+        "def answer(question: str, user_id: str, language: str, temperature: float,\n"
+        "           max_tokens: int, top_k: int, style: str, audience: str) -> str:\n"
+        "    return question\n"
+    )
+    result = cli("compile", str(app_file))
+    assert result.exit_code == 0, result.output
+    assert max(len(line) for line in result.stdout.splitlines()) <= 80
+
+
+def test_json_format_is_the_section_8_contract():
+    result = cli("compile", HELPSEARCH, "--format", "json")
+    assert result.exit_code == 0, result.output
+    doc = json.loads(result.stdout)
+    assert doc == {
+        "stages": [
+            {"name": "queries", "kind": "fanout", "inputs": [], "levels_in": [],
+             "levels_out": ["query"], "route_key": None, "replicas": 1},
+            {"name": "terms", "kind": "fanout", "inputs": ["queries"], "levels_in": ["query"],
+             "levels_out": ["query", "term"], "route_key": None, "replicas": 1},
+            {"name": "scores", "kind": "aggregate", "inputs": ["terms"],
+             "levels_in": ["query", "term"], "levels_out": ["query"], "route_key": ["query"],
+             "replicas": 2},
+            {"name": "best", "kind": "join", "inputs": ["scores", "queries"],
+             "levels_in": ["query"], "levels_out": ["query"], "route_key": None, "replicas": 1},
+            {"name": "report", "kind": "aggregate", "inputs": ["best"], "levels_in": ["query"],
+             "levels_out": [], "route_key": [], "replicas": 1},
+        ]
+    }
+
+
+def test_json_format_of_the_twelve_stage_pipeline_keys_only_aggregates():
+    doc = json.loads(cli("compile", TWELVE + ":pipeline", "-f", "json").stdout)
+    keys = {s["name"]: s["route_key"] for s in doc["stages"]}
+    assert keys == {
+        "outline": None, "subquestions": None, "keywords": None,
+        "hits": ["section", "subquestion"], "context": None, "passages": ["section"],
+        "draft": None, "checks": None, "verdict": ["section"], "passed": [], "document": [],
+        "report": None,
+    }
+    assert all(set(s) == {"name", "kind", "inputs", "levels_in", "levels_out", "route_key",
+                          "replicas"} for s in doc["stages"])
+
+
+def test_json_format_ends_with_a_newline():
+    assert cli("compile", HELPSEARCH, "--format", "json").stdout.endswith("}\n")
+
+
+def _edges(target: str) -> list[tuple[str, str, str]]:
+    """(source, stage, level-stack label) for every input edge, from the JSON contract."""
+    stages = json.loads(cli("compile", target, "-f", "json").stdout)["stages"]
+    out_levels = {s["name"]: s["levels_out"] for s in stages}
+    return [(i, s["name"], "[" + "/".join(out_levels[i]) + "]") for s in stages for i in s["inputs"]]
+
+
+@pytest.mark.parametrize("target", [HELPSEARCH, TWELVE + ":pipeline"], ids=["helpsearch", "twelve"])
+def test_mermaid_names_every_stage_and_labels_every_edge(target):
+    result = cli("compile", target, "--format", "mermaid")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("flowchart TD\n")
+    for src, dst, label in _edges(target):
+        # A broadcast edge says so after its stack.
+        assert re.search(rf'^    {src} -->\|"{re.escape(label)}( broadcast)?"\| {dst}$', out, re.M), (
+            src, dst, label)
+    names = {s for e in _edges(target) for s in e[:2]}
+    for name in names:
+        assert re.search(rf"^    {name}[\[(]", out, re.M), name
+
+
+def test_mermaid_marks_the_broadcast_edge():
+    out = cli("compile", TWELVE + ":pipeline", "-f", "mermaid").stdout
+    assert '    outline -->|"[section] broadcast"| context\n' in out
+    assert '    hits -->|"[section/subquestion]"| context\n' in out
+
+
+@pytest.mark.parametrize("target", [HELPSEARCH, TWELVE + ":pipeline"], ids=["helpsearch", "twelve"])
+def test_dot_names_every_stage_and_labels_every_edge(target):
+    result = cli("compile", target, "--format", "dot")
+    assert result.exit_code == 0, result.output
+    out = result.stdout
+    assert out.startswith("digraph ") and out.rstrip().endswith("}")
+    edges = _edges(target)
+    for src, dst, label in edges:
+        assert re.search(rf'^  "{src}" -> "{dst}" \[label="{re.escape(label)}"', out, re.M), (
+            src, dst, label)
+    assert out.count(" -> ") == len(edges)
+    for name in {s for e in edges for s in e[:2]}:
+        assert re.search(rf'^  "{name}" \[label="{name}\\n', out, re.M), name
+
+
+def test_dot_labels_are_valid_dot_strings_whatever_the_operator(tmp_path):
+    app_file = tmp_path / "quotes.py"
+    app_file.write_text(
+        "from altoflow import ops, stage\n\n"
+        "@stage(fanout='w')\n"
+        "def words(text: str):\n"
+        "    yield from text.split()\n\n"
+        "@stage(aggregate=ops.concat(sep=\"'\"))\n"
+        "def quoted(words: str) -> str:\n"
+        "    return words\n"
+    )
+    out = cli("compile", str(app_file), "-f", "dot").stdout
+    node = next(line for line in out.splitlines() if line.startswith('  "quoted" ['))
+    # A DOT string: quotes inside it are escaped as \"; after it comes the next attribute.
+    assert re.fullmatch(r'  "quoted" \[label="(?:[^"\\]|\\.)*"(, \w+=\w+)*\];', node), node
+
+
+def test_a_cycle_exits_2_naming_the_stages_and_the_fix():
+    result = cli("compile", str(PIPES / "cycle.py"))
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    err = result.stderr
+    assert err.startswith("error: stages form a cycle")
+    assert "'ping'" in err and "'pong'" in err
+    assert "cycle.py:" in err  # file:line of the user's functions
+    assert "rename the parameter" in err
+
+
+def test_a_cross_branch_join_exits_2_naming_the_stage_and_the_fix():
+    result = cli("compile", str(PIPES / "crossjoin.py"))
+    assert result.exit_code == 2
+    err = result.stderr
+    assert "'matched'" in err and "crossjoin.py:" in err
+    assert "[claim/query]" in err and "[claim/keyword]" in err
+    assert "Aggregate one of them first" in err
+    assert "aggregate=ops.collect, over='keyword'" in err
+
+
+def test_run_of_an_invalid_pipeline_exits_2_as_well():
+    result = cli("run", str(PIPES / "cycle.py"), "--input", "{}")
+    assert result.exit_code == 2
+    assert "stages form a cycle" in result.stderr
+
+
+def test_a_target_that_does_not_exist_exits_2():
+    result = cli("compile", str(PIPES / "missing.py"))
+    assert result.exit_code == 2
+    assert "no such file" in result.stderr
+
+
+def test_a_target_naming_a_missing_attribute_lists_the_pipelines_there():
+    result = cli("compile", WORDCOUNT + ":nope")
+    assert result.exit_code == 2
+    assert "'nope'" in result.stderr and "shout" in result.stderr
+
+
+# -- run -------------------------------------------------------------------------------------
+
+
+def test_run_prints_the_result_as_json():
+    result = cli("run", WORDCOUNT, "--input", '{"text": "a b a"}')
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"upper": ["A", "B", "A"], "total": 3}
+
+
+def test_run_of_the_example_application():
+    result = cli("run", HELPSEARCH, "-i", '{"question": "lambda, and yield"}')
+    assert result.exit_code == 0, result.output
+    out = json.loads(result.stdout)
+    assert [b["query"] for b in out["best"]] == ["lambda", "yield"]
+    assert out["best"][0]["topics"][0] == "lambda"
+    assert len(out["report"]) == 2 and out["report"][0].startswith("'lambda': ")
+
+
+def test_run_with_events_prints_ndjson_ending_with_done():
+    result = cli("run", WORDCOUNT, "--events", "--input", '{"text": "a b a"}')
+    assert result.exit_code == 0, result.output
+    events = ndjson(result.stdout)
+    assert events[-1] == {"type": "done"}
+    outputs = events[:-1]
+    assert all(e["type"] == "output" for e in outputs)
+    assert all(set(e) == {"type", "stage", "ancestry", "value"} for e in outputs)
+    upper = sorted((e["ancestry"]["word"], e["value"]) for e in outputs if e["stage"] == "upper")
+    assert upper == [(0, "A"), (1, "B"), (2, "A")]
+    assert [e for e in outputs if e["stage"] == "total"] == [
+        {"type": "output", "stage": "total", "ancestry": {}, "value": 3}
+    ]
+
+
+def test_run_with_events_and_no_outputs_prints_only_done():
+    result = cli("run", WORDCOUNT, "--events", "--input", '{"text": ""}')
+    assert result.exit_code == 0
+    assert ndjson(result.stdout) == [
+        {"type": "output", "stage": "total", "ancestry": {}, "value": 0},  # the identity
+        {"type": "done"},
+    ]
+
+
+@pytest.mark.parametrize("bad", ["{", "{'text': 'a'}", "text=a"])
+def test_invalid_input_json_exits_2(bad):
+    result = cli("run", WORDCOUNT, "--input", bad)
+    assert result.exit_code == 2
+    assert "--input is not valid JSON" in result.stderr
+    assert result.stdout == ""
+
+
+@pytest.mark.parametrize("bad", ['["a b"]', '"a b"', "3"])
+def test_input_that_is_not_an_object_exits_2(bad):
+    result = cli("run", WORDCOUNT, "--input", bad)
+    assert result.exit_code == 2
+    assert "JSON object of request fields" in result.stderr
+
+
+def test_a_request_missing_a_field_exits_2_naming_the_field():
+    result = cli("run", WORDCOUNT, "--input", "{}")
+    assert result.exit_code == 2
+    assert result.stdout == ""
+    assert "text" in result.stderr and "Field required" in result.stderr
+
+
+def test_a_request_with_an_unknown_field_exits_2_naming_it():
+    result = cli("run", WORDCOUNT, "--input", '{"text": "a", "txet": "b"}')
+    assert result.exit_code == 2
+    assert "txet" in result.stderr
+
+
+def test_a_failing_stage_exits_1_naming_the_stage_and_the_item():
+    result = cli("run", FAILING, "--input", '{"text": "ok bad fine"}')
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    assert "stage 'checked' failed on word=1" in result.stderr
+    assert "ValueError: cannot check 'bad'" in result.stderr
+
+
+def test_a_failing_stage_with_events_ends_with_the_error_event_and_exits_1():
+    result = cli("run", FAILING, "--events", "--input", '{"text": "ok bad fine"}')
+    assert result.exit_code == 1
+    events = ndjson(result.stdout)
+    assert {"type": "done"} not in events
+    error = events[-1]
+    assert error["type"] == "error"
+    assert error["stage"] == "checked"
+    assert error["ancestry"] == {"word": 1}
+    assert error["exc_type"] == "ValueError"
+    assert "cannot check 'bad'" in error["error"]
+
+
+# -- target forms ----------------------------------------------------------------------------
+
+
+@pytest.fixture
+def tests_on_path(monkeypatch):
+    """``tests/`` on sys.path, so that ``pipelines.wordcount`` is an importable module."""
+    monkeypatch.syspath_prepend(str(TESTS))
+    yield
+    for name in [m for m in sys.modules if m == "pipelines" or m.startswith("pipelines.")]:
+        del sys.modules[name]
+
+
+def test_target_file_collects_every_stage_of_the_file():
+    result = cli("run", WORDCOUNT, "-i", '{"text": "x y"}')
+    assert json.loads(result.stdout) == {"upper": ["X", "Y"], "total": 2}
+
+
+def test_target_file_colon_name_takes_the_pipeline_object_in_the_file():
+    result = cli("run", WORDCOUNT + ":shout", "-i", '{"text": "x y"}')
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"upper": ["X", "Y"]}  # `total` is not in `shout`
+    compiled = cli("compile", WORDCOUNT + ":shout", "-f", "json")
+    assert [s["name"] for s in json.loads(compiled.stdout)["stages"]] == ["words", "upper"]
+
+
+def test_target_package_module_colon_name(tests_on_path):
+    result = cli("run", "pipelines.wordcount:shout", "-i", '{"text": "x y"}')
+    assert result.exit_code == 0, result.output
+    assert json.loads(result.stdout) == {"upper": ["X", "Y"]}
+
+
+def test_target_package_module_collects_every_stage(tests_on_path):
+    result = cli("compile", "pipelines.wordcount", "-f", "json")
+    assert result.exit_code == 0, result.output
+    assert [s["name"] for s in json.loads(result.stdout)["stages"]] == ["words", "upper", "total"]
+
+
+def test_target_module_that_is_not_importable_exits_2_with_a_hint():
+    result = cli("compile", "no_such_package.app:pipeline")
+    assert result.exit_code == 2
+    assert "no_such_package" in result.stderr and "PYTHONPATH" in result.stderr
+
+
+# -- the installed command -------------------------------------------------------------------
+
+
+def _console_script() -> str:
+    script = Path(sysconfig.get_path("scripts")) / "altoflow"
+    if not script.exists():
+        pytest.fail(f"the altoflow console script is not installed at {script}")
+    return str(script)
+
+
+def test_console_script_runs_a_package_module_target_in_a_subprocess():
+    env = {**os.environ, "PYTHONPATH": str(TESTS)}
+    proc = subprocess.run(
+        [_console_script(), "run", "pipelines.wordcount:shout", "--events",
+         "--input", '{"text": "one two"}'],
+        capture_output=True, text=True, timeout=60, env=env, cwd=ROOT,
+    )
+    assert proc.returncode == 0, proc.stderr
+    events = ndjson(proc.stdout)
+    assert events[-1] == {"type": "done"}
+    assert [(e["ancestry"], e["value"]) for e in events[:-1]] == [
+        ({"word": 0}, "ONE"), ({"word": 1}, "TWO")
+    ]
+
+
+def test_console_script_finds_a_module_target_in_the_current_directory():
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run(
+        [_console_script(), "compile", "pipelines.wordcount:shout", "-f", "json"],
+        capture_output=True, text=True, timeout=60, env=env, cwd=TESTS,
+    )
+    assert proc.returncode == 0, proc.stderr
