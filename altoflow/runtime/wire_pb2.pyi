@@ -19,6 +19,14 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     CANCEL: _ClassVar[Kind]
     SHUTDOWN: _ClassVar[Kind]
     HEARTBEAT: _ClassVar[Kind]
+    OPEN: _ClassVar[Kind]
+    FLUSH_DONE: _ClassVar[Kind]
+
+class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    OK: _ClassVar[Status]
+    DROPPED: _ClassVar[Status]
+    FAILED: _ClassVar[Status]
 
 class TracePoint(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -39,6 +47,11 @@ ERROR: Kind
 CANCEL: Kind
 SHUTDOWN: Kind
 HEARTBEAT: Kind
+OPEN: Kind
+FLUSH_DONE: Kind
+OK: Status
+DROPPED: Status
+FAILED: Status
 TRACE_POINT_UNSPECIFIED: TracePoint
 SENT: TracePoint
 ROUTED: TracePoint
@@ -97,11 +110,12 @@ class Error(_message.Message):
     def __init__(self, message: _Optional[str] = ..., exc_type: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("ancestry", "seq", "part_sizes", "produced", "trace", "hello", "challenge", "ready", "error", "reason")
+    __slots__ = ("ancestry", "seq", "part_sizes", "produced", "status", "trace", "hello", "challenge", "ready", "error", "reason")
     ANCESTRY_FIELD_NUMBER: _ClassVar[int]
     SEQ_FIELD_NUMBER: _ClassVar[int]
     PART_SIZES_FIELD_NUMBER: _ClassVar[int]
     PRODUCED_FIELD_NUMBER: _ClassVar[int]
+    STATUS_FIELD_NUMBER: _ClassVar[int]
     TRACE_FIELD_NUMBER: _ClassVar[int]
     HELLO_FIELD_NUMBER: _ClassVar[int]
     CHALLENGE_FIELD_NUMBER: _ClassVar[int]
@@ -112,10 +126,11 @@ class Envelope(_message.Message):
     seq: int
     part_sizes: _containers.RepeatedScalarFieldContainer[int]
     produced: int
+    status: Status
     trace: _containers.RepeatedCompositeFieldContainer[TraceStamp]
     hello: Hello
     challenge: Challenge
     ready: Ready
     error: Error
     reason: str
-    def __init__(self, ancestry: _Optional[_Iterable[int]] = ..., seq: _Optional[int] = ..., part_sizes: _Optional[_Iterable[int]] = ..., produced: _Optional[int] = ..., trace: _Optional[_Iterable[_Union[TraceStamp, _Mapping]]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    def __init__(self, ancestry: _Optional[_Iterable[int]] = ..., seq: _Optional[int] = ..., part_sizes: _Optional[_Iterable[int]] = ..., produced: _Optional[int] = ..., status: _Optional[_Union[Status, str]] = ..., trace: _Optional[_Iterable[_Union[TraceStamp, _Mapping]]] = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., error: _Optional[_Union[Error, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...

@@ -1,0 +1,146 @@
+"""``altoflow serve``: a router and one process per replica, supervised.
+
+The supervisor makes a private socket directory (mode 0700: over a UNIX socket, the
+directory's permissions are the authentication), starts the router in this process and every
+replica as a child process, restarts a replica that dies, and on SIGINT/SIGTERM stops accepting
+requests, tells replicas to shut down, and waits for them, so that no process is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import shutil
+import signal
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from altoflow.compiler import CompiledPipeline
+from altoflow.runtime.codec import Codec
+from altoflow.runtime.router import Router
+
+
+@dataclass
+class _Child:
+    stage: str
+    slot: int
+    process: asyncio.subprocess.Process | None = None
+    restarts: int = 0
+    log: list[str] = field(default_factory=list)
+
+
+def with_replicas(compiled: CompiledPipeline, replicas: dict[str, int]) -> CompiledPipeline:
+    """The pipeline with replica counts overridden (``--replicas NAME=N``)."""
+    unknown = sorted(set(replicas) - set(compiled.plan.names))
+    if unknown:
+        raise ValueError(f"--replicas names no stage: {', '.join(unknown)}; stages: "
+                         f"{', '.join(compiled.plan.names)}")
+    bad = {k: v for k, v in replicas.items() if not isinstance(v, int) or v < 1}
+    if bad:
+        raise ValueError(f"--replicas needs counts >= 1, got {bad}")
+    stages = [s.model_copy(update={"replicas": replicas.get(s.name, s.replicas)})
+              for s in compiled.plan.stages]
+    return dataclasses.replace(compiled, plan=compiled.plan.model_copy(update={"stages": stages}))
+
+
+class Supervisor:
+    """Runs a router and its replicas; ``async with Supervisor(...) as sup: sup.router...``."""
+
+    def __init__(self, compiled: CompiledPipeline, target: str, *, replicas: dict[str, int] | None = None,
+                 max_inflight: int = 1024, allow_pickle: bool = False, restart: bool = True,
+                 barrier: bool = False) -> None:
+        self.barrier = barrier
+        self.compiled = with_replicas(compiled, replicas or {})
+        compiled = self.compiled
+        self.target = target
+        self.restart = restart
+        self.allow_pickle = allow_pickle
+        self.router = Router(compiled, codec=Codec(allow_pickle=allow_pickle), max_inflight=max_inflight)
+        self.children: list[_Child] = []
+        self._tasks: set[asyncio.Task] = set()
+        self._stopping = False
+
+    async def __aenter__(self) -> "Supervisor":
+        self.dir = tempfile.mkdtemp(prefix="altoflow-")
+        os.chmod(self.dir, 0o700)
+        self.path = os.path.join(self.dir, "router.sock")
+        await self.router.start(self.path)
+        for stage in self.compiled.plan.stages:
+            for slot in range(stage.replicas):
+                child = _Child(stage.name, slot)
+                self.children.append(child)
+                await self._spawn(child)
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        await self.stop()
+
+    async def wait_ready(self, timeout: float = 60) -> None:
+        """Until every replica of every stage has connected."""
+        want = {s.name: s.replicas for s in self.compiled.plan.stages}
+
+        async def poll() -> None:
+            while self.router.ready() != want:
+                for child in self.children:
+                    if child.process is not None and child.process.returncode not in (None, 0) \
+                            and not self.restart:
+                        raise RuntimeError(f"replica {child.stage}#{child.slot} exited "
+                                           f"({child.process.returncode})")
+                await asyncio.sleep(0.02)
+
+        await asyncio.wait_for(poll(), timeout)
+
+    async def _spawn(self, child: _Child) -> None:
+        args = [sys.executable, "-m", "altoflow.runtime.worker", "--target", self.target,
+                "--stage", child.stage, "--slot", str(child.slot), "--connect", self.path]
+        if self.allow_pickle:
+            args.append("--allow-pickle")
+        if self.barrier:
+            args.append("--barrier")
+        env = dict(os.environ)
+        # perf-notes.md: glibc serves large blocks as fresh mmap each time; keep them.
+        env.setdefault("MALLOC_MMAP_THRESHOLD_", "1073741824")
+        env.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
+        child.process = await asyncio.create_subprocess_exec(*args, env=env)
+        task = asyncio.get_running_loop().create_task(self._watch(child, child.process))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    async def _watch(self, child: _Child, process: asyncio.subprocess.Process) -> None:
+        code = await process.wait()
+        if self._stopping or not self.restart:
+            return
+        child.restarts += 1
+        print(f"altoflow: replica {child.stage}#{child.slot} exited with {code}; restarting "
+              f"(restart {child.restarts})", file=sys.stderr)
+        await asyncio.sleep(min(0.1 * 2 ** min(child.restarts, 6), 5))  # back off a crash loop
+        if not self._stopping:
+            await self._spawn(child)
+
+    def kill(self, stage: str, slot: int = 0) -> int:
+        """Kill -9 a replica (for fault tests); returns its pid. The supervisor restarts it."""
+        for child in self.children:
+            if child.stage == stage and child.slot == slot and child.process is not None:
+                child.process.send_signal(signal.SIGKILL)
+                return child.process.pid
+        raise KeyError(f"{stage}#{slot}")
+
+    async def stop(self, grace: float = 5) -> None:
+        if self._stopping:
+            return
+        self._stopping = True
+        await self.router.close()
+        procs = [c.process for c in self.children if c.process is not None]
+        try:
+            await asyncio.wait_for(asyncio.gather(*(p.wait() for p in procs)), grace)
+        except asyncio.TimeoutError:
+            for p in procs:
+                if p.returncode is None:
+                    p.kill()
+            await asyncio.gather(*(p.wait() for p in procs))
+        for task in list(self._tasks):
+            task.cancel()
+        shutil.rmtree(self.dir, ignore_errors=True)

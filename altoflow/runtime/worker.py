@@ -1,0 +1,184 @@
+"""A replica: one process running one stage, connected to the router by one socket.
+
+``python -m altoflow.runtime.worker --target app.py --stage bm25 --slot 2 --connect PATH``
+(``altoflow worker`` is the same). It loads the target, creates a class stage's instance
+(``__init__`` runs once, before the replica announces itself), says HELLO, and then serves
+frames until the router goes away or says SHUTDOWN:
+
+- DATA: run the stage on one input, with up to ``concurrency`` invocations at a time; every
+  output goes back as a DATA frame the moment it exists, then an ACK with the status;
+- OPEN / FLUSH: a group of this (aggregate) replica exists / is complete; FLUSH is answered by
+  the group's outputs and FLUSH_DONE;
+- CANCEL: the request is over: its invocations are cancelled (and acknowledged as dropped) and
+  its groups forgotten.
+
+Frames out are coalesced and written once per event-loop turn.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import sys
+from typing import Any
+
+from altoflow.compiler import load_target
+from altoflow.runtime import frames as fr
+from altoflow.runtime.codec import Codec
+from altoflow.runtime.core import ErrorInfo, Status
+from altoflow.runtime.runner import StageRunner
+
+STATUS_CODE = {"ok": 0, "dropped": 1, "failed": 2}
+
+
+class Worker:
+    def __init__(self, target: str, stage: str, slot: int, codec: Codec, barrier: bool = False) -> None:
+        self.compiled = load_target(target).compiled
+        self.plan = self.compiled.plan
+        if stage not in self.compiled.specs:
+            raise SystemExit(f"altoflow worker: {target} has no stage {stage!r}; "
+                             f"stages: {', '.join(self.plan.names)}")
+        self.stage = self.plan.stage(stage)
+        self.stage_index = self.plan.names.index(stage)
+        self.spec = self.compiled.specs[stage]
+        self.slot = slot
+        self.codec = codec
+        self.annotations = {p.name: p.annotation for p in self.spec.params}
+        fn = self.spec.obj().__call__ if self.spec.is_class else self.spec.obj
+        self.runner = StageRunner(self.spec, self.stage, fn, self._emit, barrier=barrier)
+        self.writer = fr.FrameWriter()
+        self.reader = fr.FrameReader()
+        self.tasks: dict[int, set[asyncio.Task]] = {}
+        self.slots = asyncio.Semaphore(self.stage.concurrency)
+        self._flush_scheduled = False
+
+    # -- output ---------------------------------------------------------------------------
+
+    def _send(self, kind: fr.Kind, **fields: Any) -> None:
+        self.writer.send_nowait(kind, stage=self.stage_index, **fields)
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush)
+
+    def _flush(self) -> None:
+        self._flush_scheduled = False
+        data = self.writer.flush()
+        if data and not self.transport.is_closing():
+            self.transport.write(data)
+
+    def _emit(self, anc: tuple[int, ...], value: Any) -> None:
+        self._send(fr.Kind.DATA, request_id=anc[0], ancestry=anc[1:], payload=self.codec.encode(value))
+
+    def _status(self, kind: fr.Kind, anc: tuple[int, ...], status: Status, error: ErrorInfo | None) -> None:
+        """ACK or FLUSH_DONE with the status; a failure carries what is known of the error."""
+        body = fr.ErrorInfo(error.detail, error.exc_type or "") if error is not None else None
+        self._send(kind, request_id=anc[0], ancestry=anc[1:], status=STATUS_CODE[status], body=body)
+
+    # -- input ----------------------------------------------------------------------------
+
+    def handle(self, frame: fr.Frame) -> None:
+        anc = (frame.request_id, *frame.ancestry)
+        if frame.kind == fr.Kind.DATA:
+            task = asyncio.get_running_loop().create_task(self._invoke(anc, frame.parts()))
+            self.tasks.setdefault(frame.request_id, set()).add(task)
+            task.add_done_callback(self._forget_task(frame.request_id))
+        elif frame.kind == fr.Kind.OPEN:
+            status, error = self.runner.open(anc)
+            if status == "failed":
+                self._status(fr.Kind.FLUSH_DONE, anc, status, error)
+        elif frame.kind == fr.Kind.FLUSH:
+            status, error = self.runner.flush(anc, opened=frame.status == 1)
+            self._status(fr.Kind.FLUSH_DONE, anc, status, error)
+        elif frame.kind == fr.Kind.CANCEL:
+            self.runner.abort(frame.request_id)
+            for task in self.tasks.pop(frame.request_id, ()):
+                task.cancel()
+        elif frame.kind == fr.Kind.READY:
+            ready = frame.body
+            if not isinstance(ready, fr.Ready) or ready.stage_index != self.stage_index:
+                raise fr.RemoteProtocolError(
+                    f"the router numbers stage {self.stage.name!r} {getattr(ready, 'stage_index', '?')},"
+                    f" this replica {self.stage_index}: router and replica loaded different pipelines")
+        elif frame.kind == fr.Kind.SHUTDOWN:
+            self.done.set()
+        elif frame.kind != fr.Kind.HEARTBEAT:
+            raise fr.RemoteProtocolError(f"a replica does not take {frame.kind.name} frames")
+
+    def _forget_task(self, request: int) -> Any:
+        def done(task: asyncio.Task) -> None:
+            tasks = self.tasks.get(request)
+            if tasks is not None:
+                tasks.discard(task)
+                if not tasks:
+                    del self.tasks[request]
+        return done
+
+    async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
+        status: Status = "dropped"
+        error = None
+        try:
+            async with self.slots:
+                kwargs = {
+                    name: self.codec.decode(part, self.annotations.get(name))
+                    for name, part in zip(self.stage.params, parts)
+                }
+                status, error = await self.runner.invoke(anc, kwargs)
+        except asyncio.CancelledError:
+            status, error = "dropped", None  # the request was cancelled: acknowledge, quietly
+        except Exception as exc:  # undecodable input: the stage never ran
+            status, error = "failed", ErrorInfo(
+                self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
+                f"cannot decode the input: {exc}", type(exc).__name__)
+        self._status(fr.Kind.ACK, anc, status, error)
+
+    # -- connection -----------------------------------------------------------------------
+
+    async def serve(self, path: str) -> None:
+        loop = asyncio.get_running_loop()
+        self.done = asyncio.Event()
+        worker = self
+
+        class Proto(asyncio.Protocol):
+            def data_received(self, data: bytes) -> None:
+                try:
+                    for frame in worker.reader.feed(data):
+                        worker.handle(frame)
+                except fr.ProtocolError as exc:
+                    print(f"altoflow worker {worker.stage.name}#{worker.slot}: {exc}", file=sys.stderr)
+                    worker.transport.close()
+
+            def connection_lost(self, exc: Exception | None) -> None:
+                worker.done.set()
+
+        self.transport, _ = await loop.create_unix_connection(Proto, path)
+        self._send(fr.Kind.HELLO, body=fr.Hello(stage=self.stage.name, replica_id=self.slot,
+                                                 pid=os.getpid()))
+        await self.done.wait()
+        for tasks in list(self.tasks.values()):
+            for task in tasks:
+                task.cancel()
+        self.transport.close()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(prog="altoflow worker", description=__doc__.splitlines()[0])
+    ap.add_argument("--target", required=True)
+    ap.add_argument("--stage", required=True)
+    ap.add_argument("--slot", type=int, default=0)
+    ap.add_argument("--connect", required=True, help="the router's UNIX socket path")
+    ap.add_argument("--allow-pickle", action="store_true")
+    ap.add_argument("--barrier", action="store_true", help="hold outputs until each invocation returns")
+    args = ap.parse_args(argv)
+    worker = Worker(args.target, args.stage, args.slot, Codec(allow_pickle=args.allow_pickle),
+                    barrier=args.barrier)
+    try:
+        import uvloop  # type: ignore[import-not-found]
+    except ImportError:
+        asyncio.run(worker.serve(args.connect))
+    else:
+        uvloop.run(worker.serve(args.connect))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,97 @@
+"""The served runtime (router + one process per replica) returns what ``altoflow.run`` returns."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import altoflow as af
+from altoflow.compiler import load_target
+from altoflow.runtime.serve import Supervisor
+
+TESTS = Path(__file__).resolve().parent.parent
+
+
+async def _collect(handle) -> tuple[dict, list]:
+    outputs: dict = {}
+    events = []
+    async for event in handle:
+        events.append(event)
+        if event.type == "output":
+            outputs.setdefault(event.stage, {})[tuple(event.ancestry.values())] = event.value
+    return outputs, events
+
+
+def _expected(target: str, **fields) -> tuple[dict | None, af.StageError | None]:
+    try:
+        result = af.run(target, **fields)
+    except af.StageError as err:
+        return None, err
+    out = {}
+    for stage in load_target(target).compiled.plan.outputs:
+        vals = {tuple(a.values()): v for a, v in result.items_with_ancestry(stage.name)}
+        if vals:
+            out[stage.name] = vals
+    return out, None
+
+
+def _serve_and_compare(target: str, requests: list[dict], replicas=None) -> None:
+    expectations = [_expected(target, **fields) for fields in requests]
+    compiled = load_target(target).compiled
+
+    async def serve():
+        async with Supervisor(compiled, target, replicas=replicas) as sup:
+            await sup.wait_ready()
+            # Every request at once: they share the replicas.
+            handles = [sup.router.submit(fields) for fields in requests]
+            return await asyncio.wait_for(asyncio.gather(*(_collect(h) for h in handles)), 60)
+
+    got = asyncio.run(serve())
+    for fields, (outputs, events), (expected, error) in zip(requests, got, expectations):
+        last = events[-1]
+        if error is not None:
+            assert last.type == "error", f"{fields}: expected {error}, got {last}"
+            assert last.stage is not None
+        else:
+            assert last.type == "done", f"{fields}: {last}"
+            assert outputs == expected, fields
+
+
+def test_factool_pipeline_served_with_replicas():
+    target = str(TESTS / "pipelines" / "factool.py")
+    _serve_and_compare(
+        target, [{"question": f"question {i}"} for i in range(20)],
+        replicas={"queries": 2, "bm25": 3, "evidence": 2},
+    )
+
+
+def _write_random(tmp_path: Path, defs) -> str:
+    path = tmp_path / "random_app.py"
+    payload = json.dumps([d.__dict__ for d in defs])
+    path.write_text(textwrap.dedent(f"""
+        import json, sys
+        sys.path.insert(0, {str(TESTS)!r})
+        from randompipes import StageDef, build
+        DEFS = [StageDef(**{{**d, "inputs": tuple(d["inputs"])}}) for d in json.loads({payload!r})]
+        pipeline = build(DEFS)
+    """))
+    return f"{path}:pipeline"
+
+
+# Each example starts a process per replica, so the default run is small; set
+# ALTOFLOW_SERVED_EXAMPLES=50 for a longer search.
+@settings(max_examples=int(os.environ.get("ALTOFLOW_SERVED_EXAMPLES", "4")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=__import__("randompipes").pipelines(max_stages=5),
+       xs=st.lists(st.integers(0, 50), min_size=1, max_size=4))
+def test_random_pipelines_served_match_reference(tmp_path_factory, case, xs):
+    defs, _ = case
+    target = _write_random(tmp_path_factory.mktemp("app"), defs)
+    _serve_and_compare(target, [{"x": x} for x in xs])
