@@ -15,6 +15,7 @@ from altoflow._errors import (
 )
 from altoflow._result import Event, Result
 from altoflow._stage import DROP, stage
+from altoflow.client import Client
 from altoflow.compiler import Pipeline
 from altoflow.runtime.local import arun, run
 
@@ -22,6 +23,7 @@ __version__ = "0.1.0"
 
 __all__ = [
     "DROP",
+    "Client",
     "CompileError",
     "Event",
     "GraphError",

@@ -108,6 +108,65 @@ def run(
         typer.echo(json.dumps(result.to_dict(), default=_json_default, ensure_ascii=False, indent=2))
 
 
+def _replica_counts(values: list[str]) -> dict[str, int]:
+    counts: dict[str, int] = {}
+    for value in values:
+        for item in value.split(","):
+            name, sep, n = item.partition("=")
+            if not sep or not n.strip().isdigit() or int(n) < 1:
+                _fail(f"--replicas takes NAME=N with N >= 1 (e.g. --replicas bm25=4), not {item!r}", 2)
+            counts[name.strip()] = int(n)
+    return counts
+
+
+@app.command()
+def serve(
+    target: str = typer.Argument(..., help="app.py, app.py:name or package.module:name"),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to listen on."),
+    port: int = typer.Option(8000, "--port", help="Port to listen on."),
+    replicas: list[str] = typer.Option([], "--replicas", help="NAME=N: override a stage's replicas."),
+    max_inflight: int = typer.Option(1024, "--max-inflight", help="Requests in flight before 503."),
+    barrier: bool = typer.Option(False, "--barrier",
+                                 help="Hold each invocation's outputs until it returns (baseline)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="Pickle values the codec cannot encode (local sockets only)."),
+) -> None:
+    """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
+    import uvicorn
+
+    from altoflow.runtime.serve import ServedIngress, with_replicas
+    from altoflow.server.http import create_app
+
+    compiled = _load(target)
+    counts = _replica_counts(replicas)
+    try:
+        with_replicas(compiled, counts)
+    except ValueError as exc:
+        _fail(str(exc), 2)
+    ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
+                            allow_pickle=allow_pickle)
+    try:
+        import uvloop  # noqa: F401
+
+        loop = "uvloop"
+    except ImportError:
+        loop = "asyncio"
+    uvicorn.run(create_app(ingress), host=host, port=port, loop=loop, log_level="info")
+
+
+@app.command()
+def worker(
+    target: str = typer.Option(..., "--target", help="The same target the router serves."),
+    stage: str = typer.Option(..., "--stage", help="The stage this replica runs."),
+    slot: int = typer.Option(0, "--slot", help="Which of the stage's replicas (0-based)."),
+    connect: str = typer.Option(..., "--connect", help="The router's UNIX socket path."),
+) -> None:
+    """Run one replica of a stage, connected to a router (started by `serve` for you)."""
+    from altoflow.runtime.worker import main as worker_main
+
+    worker_main(["--target", target, "--stage", stage, "--slot", str(slot), "--connect", connect])
+
+
 def main() -> None:
     app()
 

@@ -5,18 +5,25 @@
 - ```console blocks hold `$ command` lines, each followed by the output it must print (or by
   nothing, when only its success is checked);
 - ```bash blocks are README's set-up commands: their `pip install` part is what this test run
-  was installed with, so only the rest runs here (and the test command itself is what .ci/run
-  runs, not run again from inside the tests).
+  was installed with, so only the rest runs here: the server is started, asked README's
+  request, and stopped with Ctrl-C (the test command itself is what .ci/run runs, not run again
+  from inside the tests). Elsewhere in docs/, ```bash blocks are commands that need a server
+  and are not run.
 """
 
 from __future__ import annotations
 
+import json
 import re
 import shlex
+import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
+import httpx
 import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -79,6 +86,42 @@ def test_readme_setup_commands() -> None:
     assert tests in ci.splitlines(), ".ci/run must run README's test command"
     install, _, rest = main.partition(" && ")
     assert shlex.split(install)[:2] == ["pip", "install"] and rest
-    proc = _run(rest)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout.strip()
+    argv = shlex.split(rest)
+    assert argv[:2] == ["altoflow", "serve"], "the main job serves the example"
+    port = _free_port()
+    argv[argv.index("--port") + 1] = str(port)
+    server = subprocess.Popen([str(Path(sys.executable).parent / "altoflow"), *argv[1:]], cwd=ROOT,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        _wait_healthy(url, server)
+        # README's request, as curl would send it (curl itself may not be installed).
+        curl = next(body for lang, body in _blocks(ROOT / "README.md") if lang == "console")
+        data = shlex.split(curl.strip())[-1]
+        lines = httpx.post(f"{url}/v1/run", content=data, timeout=60).text.splitlines()
+        events = [json.loads(line) for line in lines]
+        assert events[-1] == {"type": "done"}
+        assert any(e["type"] == "output" and e["stage"] == "report" for e in events)
+    finally:
+        server.send_signal(signal.SIGINT)  # Ctrl-C: a clean shutdown, replicas included
+        out, _ = server.communicate(timeout=30)
+    assert server.returncode == 0, out
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_healthy(url: str, server: subprocess.Popen) -> None:
+    for _ in range(600):
+        if server.poll() is not None:
+            raise AssertionError(f"altoflow serve exited: {server.stdout.read()}")
+        try:
+            if httpx.get(f"{url}/healthz", timeout=1).json()["status"] == "ok":
+                return
+        except (httpx.HTTPError, ValueError):
+            pass
+        time.sleep(0.1)
+    raise AssertionError("altoflow serve did not become healthy in 60 s")

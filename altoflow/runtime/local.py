@@ -126,7 +126,7 @@ class _Execution:
             if ins.error is not None and self.error is None:
                 self.error = ins.error.to_stage_error()
                 self._record(Event("error", ins.error.stage, ins.error.ancestry,
-                                   error=str(self.error), exc_type=ins.error.exc_type))
+                                   error=ins.error.detail, exc_type=ins.error.exc_type))
             self.done.set()
         else:  # pragma: no cover - the core has no other instructions
             raise TypeError(ins)
@@ -149,7 +149,7 @@ class _Execution:
             self.on_event(event)
 
 
-async def _ensure_instances(compiled: CompiledPipeline) -> None:
+async def ensure_instances(compiled: CompiledPipeline) -> None:
     """Create each class stage's instance once (``__init__`` may load a model: off the loop)."""
     for name, spec in compiled.specs.items():
         if spec.is_class and name not in compiled.instances:
@@ -169,7 +169,7 @@ async def execute(
 ) -> Result:
     """Run one request of a compiled pipeline in this process; ``on_event`` sees each event live."""
     values = compiled.validate_request(fields)
-    await _ensure_instances(compiled)
+    await ensure_instances(compiled)
     ex = _Execution(compiled, values, on_event)
     await ex.run()
     if ex.error is not None:

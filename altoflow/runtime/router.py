@@ -15,7 +15,12 @@ import sys
 from dataclasses import dataclass, field
 from typing import Any
 
+import time
+
+import anyio
+
 from altoflow._result import Event
+from altoflow.server.ingress import Histogram, MetricFamily, Overloaded, RequestStream, render_metrics
 from altoflow.compiler import CompiledPipeline
 from altoflow.runtime import frames as fr
 from altoflow.runtime.codec import Codec
@@ -25,10 +30,6 @@ from altoflow.runtime.core import (
 )
 
 STATUS = {0: "ok", 1: "dropped", 2: "failed"}
-
-
-class Overloaded(Exception):
-    """The router holds as many requests as it may; try again later (HTTP 503)."""
 
 
 @dataclass
@@ -65,30 +66,15 @@ class _Protocol(asyncio.Protocol):
         self.conn.router._on_lost(self.conn)
 
 
-class RequestHandle:
-    """The events of one request, as an async iterator; ``aclose()`` cancels the request."""
-
-    def __init__(self, router: "Router", request: int) -> None:
-        self.router = router
-        self.request = request
-        self.queue: asyncio.Queue[Event] = asyncio.Queue()
-        self.finished = False
-
-    def __aiter__(self) -> "RequestHandle":
-        return self
-
-    async def __anext__(self) -> Event:
-        if self.finished and self.queue.empty():
-            raise StopAsyncIteration
-        event = await self.queue.get()
-        if event.type != "output":
-            self.finished = True
-        return event
-
-    async def aclose(self) -> None:
-        if not self.finished:
-            self.finished = True
-            self.router._cancel(self.request)
+class _Stats:
+    def __init__(self, stages: list[str]) -> None:
+        self.admitted = 0
+        self.rejected = 0
+        self.outcomes: dict[str, int] = {"done": 0, "error": 0, "cancelled": 0}
+        self.items = {name: 0 for name in stages}
+        self.errors = {name: 0 for name in stages}
+        self.latency = Histogram()
+        self.stage_latency = {name: Histogram() for name in stages}
 
 
 class Router:
@@ -101,11 +87,13 @@ class Router:
         self.max_inflight = max_inflight
         self.stage_index = {name: i for i, name in enumerate(self.plan.names)}
         self.conns: dict[int, _Conn] = {}
-        self.requests: dict[int, RequestHandle] = {}
+        self.requests: dict[int, Any] = {}  # request id -> the send side of its event stream
         self._ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._dirty: set[int] = set()
-        self.stats = {"requests_total": 0, "requests_failed": 0, "requests_rejected": 0}
+        self.stats = _Stats(self.plan.names)
+        self._started: dict[tuple[int, tuple], float] = {}  # (replica, ancestry) -> dispatch time
+        self._admitted: dict[int, float] = {}
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self, path: str) -> None:
@@ -123,24 +111,40 @@ class Router:
 
     # -- requests -------------------------------------------------------------------------
 
-    def submit(self, fields: dict[str, Any]) -> RequestHandle:
-        """Start a request with validated fields; its events come from the returned handle."""
-        if len(self.requests) >= self.max_inflight:
-            self.stats["requests_rejected"] += 1
-            raise Overloaded(f"{len(self.requests)} requests in flight (max_inflight={self.max_inflight})")
+    def submit(self, fields: dict[str, Any]) -> RequestStream:
+        """Start a request; its events (outputs, then done or error) come from the stream.
+
+        Raises ``InputError`` for fields that do not fit the request schema, and ``Overloaded``
+        when ``max_inflight`` requests are in flight. Closing the stream cancels the request.
+        """
         values = self.compiled.validate_request(fields)
-        request = next(self._ids)
-        handle = self.requests[request] = RequestHandle(self, request)
-        self.stats["requests_total"] += 1
+        if len(self.requests) >= self.max_inflight:
+            self.stats.rejected += 1
+            raise Overloaded(f"{len(self.requests)} requests in flight (max_inflight={self.max_inflight})")
         encoded = {name: self.codec.encode(v) for name, v in values.items()}
+        request = next(self._ids)
+        send, receive = anyio.create_memory_object_stream[Event](float("inf"))
+        self.requests[request] = send
+        self._admitted[request] = time.perf_counter()
+        self.stats.admitted += 1
         self._apply(self.core.handle(Submit(request, encoded)))
         self._flush_all()
-        return handle
+        return RequestStream(receive, lambda: self._cancel(request), request)
 
     def _cancel(self, request: int) -> None:
-        self.requests.pop(request, None)
+        send = self.requests.pop(request, None)
+        if send is None:
+            return  # it had finished
+        send.close()
+        self._finished(request, "cancelled")
         self._apply(self.core.handle(Cancel(request)))
         self._flush_all()
+
+    def _finished(self, request: int, outcome: str) -> None:
+        started = self._admitted.pop(request, None)
+        self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
+        if started is not None and outcome != "cancelled":
+            self.stats.latency.observe(time.perf_counter() - started)
 
     def ready(self) -> dict[str, int]:
         """Live replicas per stage."""
@@ -162,7 +166,13 @@ class Router:
         kind = frame.kind
         if kind == fr.Kind.DATA:
             event: Any = Output(conn.rid, stage, anc, frame.payload)
+            self.stats.items[stage] += 1
         elif kind == fr.Kind.ACK:
+            started = self._started.pop((conn.rid, anc), None)
+            if started is not None:
+                self.stats.stage_latency[stage].observe(time.perf_counter() - started)
+            if frame.status == 2:
+                self.stats.errors[stage] += 1
             event = Ack(conn.rid, stage, anc, STATUS[frame.status],
                         self._error(stage, self.plan.stage(stage).levels_in, anc, frame.body))
         elif kind == fr.Kind.FLUSH_DONE:
@@ -207,6 +217,7 @@ class Router:
     def _apply(self, instructions: list[Any]) -> None:
         for ins in instructions:
             if isinstance(ins, Invoke):
+                self._started[(ins.replica, ins.ancestry)] = time.perf_counter()
                 stage = self.plan.stage(ins.stage)
                 parts = [ins.args[p] for p in stage.params]
                 self._send(ins.replica, fr.Kind.DATA, stage=self.stage_index[ins.stage],
@@ -222,21 +233,58 @@ class Router:
             elif isinstance(ins, Abort):
                 self._send(ins.replica, fr.Kind.CANCEL, request_id=ins.request)
             elif isinstance(ins, Emit):
-                handle = self.requests.get(ins.request)
-                if handle is not None:
-                    handle.queue.put_nowait(Event("output", ins.stage, ins.ancestry,
-                                                  self._decode(ins)))
+                send = self.requests.get(ins.request)
+                if send is not None:
+                    send.send_nowait(Event("output", ins.stage, ins.ancestry, self._decode(ins)))
             elif isinstance(ins, Finish):
-                handle = self.requests.pop(ins.request, None)
-                if handle is None:
+                send = self.requests.pop(ins.request, None)
+                if send is None:
                     continue
                 if ins.error is None:
-                    handle.queue.put_nowait(Event("done"))
+                    send.send_nowait(Event("done"))
+                    self._finished(ins.request, "done")
                 else:
-                    self.stats["requests_failed"] += 1
-                    err = ins.error.to_stage_error()
-                    handle.queue.put_nowait(Event("error", err.stage, err.ancestry, error=str(err),
-                                                  exc_type=err.exc_type))
+                    e = ins.error
+                    send.send_nowait(Event("error", e.stage, e.ancestry, error=e.detail,
+                                           exc_type=e.exc_type))
+                    self._finished(ins.request, "error")
+                send.close()
+
+    def metrics(self) -> str:
+        """Prometheus text: requests, and per stage queue depth, in-flight, items, errors, latency."""
+        core, st = self.core, self.stats
+        queued = {name: len(q) for name, q in core.stage_queue.items()}
+        inflight = {name: 0 for name in self.plan.names}
+        for rep in core.replicas.values():
+            queued[rep.stage] += len(rep.queue)
+            inflight[rep.stage] += len(rep.inflight)
+        for (name, _slot), q in core.parked.items():
+            queued[name] += len(q)
+        per = lambda values: [("", {"stage": n}, v) for n, v in values.items()]  # noqa: E731
+        latency = [s for n in self.plan.names for s in st.stage_latency[n].samples({"stage": n})]
+        return render_metrics([
+            MetricFamily("altoflow_requests_in_flight", "gauge", "Requests admitted and not finished.",
+                         [("", {}, len(self.requests))]),
+            MetricFamily("altoflow_requests_total", "counter", "Requests admitted.", [("", {}, st.admitted)]),
+            MetricFamily("altoflow_requests_finished_total", "counter", "Requests that ended, by outcome.",
+                         [("", {"outcome": o}, n) for o, n in sorted(st.outcomes.items())]),
+            MetricFamily("altoflow_requests_rejected_total", "counter",
+                         "Requests answered 503 (max_inflight reached).", [("", {}, st.rejected)]),
+            MetricFamily("altoflow_request_duration_seconds", "histogram",
+                         "Admission to the done or error event.", st.latency.samples()),
+            MetricFamily("altoflow_stage_queue_depth", "gauge",
+                         "Invocations waiting in the router for a replica credit.", per(queued)),
+            MetricFamily("altoflow_stage_in_flight", "gauge", "Invocations running on replicas.",
+                         per(inflight)),
+            MetricFamily("altoflow_stage_output_items_total", "counter", "Items the stage produced.",
+                         per(st.items)),
+            MetricFamily("altoflow_stage_errors_total", "counter",
+                         "Invocations that failed under on_error='fail'.", per(st.errors)),
+            MetricFamily("altoflow_stage_invocation_seconds", "histogram",
+                         "Dispatch to acknowledgement of one invocation.", latency),
+            MetricFamily("altoflow_replicas_live", "gauge", "Connected replicas per stage.",
+                         per(self.ready())),
+        ])
 
     def _decode(self, ins: Emit) -> Any:
         # A map stage's return annotation tells pydantic and protobuf payloads what they are;

@@ -104,7 +104,9 @@ class Supervisor:
         # perf-notes.md: glibc serves large blocks as fresh mmap each time; keep them.
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "1073741824")
         env.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
-        child.process = await asyncio.create_subprocess_exec(*args, env=env)
+        # Its own session: a Ctrl-C at the terminal reaches the supervisor, which shuts replicas
+        # down in order; a replica whose router vanishes exits when its socket closes.
+        child.process = await asyncio.create_subprocess_exec(*args, env=env, start_new_session=True)
         task = asyncio.get_running_loop().create_task(self._watch(child, child.process))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -144,3 +146,56 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         shutil.rmtree(self.dir, ignore_errors=True)
+
+
+class ServedIngress:
+    """The ``Ingress`` of the served runtime: a supervised router and its replica processes.
+
+    ``async with`` starts them and waits until every replica has connected (a replica that
+    cannot start, say because the target does not import, fails the start with its message).
+    """
+
+    def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
+                 max_inflight: int = 1024, barrier: bool = False, allow_pickle: bool = False,
+                 ready_timeout: float = 120) -> None:
+        from altoflow.compiler import load_target
+
+        self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
+                                     max_inflight=max_inflight, barrier=barrier,
+                                     allow_pickle=allow_pickle)
+        self.compiled = self.supervisor.compiled
+        self.router = self.supervisor.router
+        self.ready_timeout = ready_timeout
+
+    async def __aenter__(self) -> "ServedIngress":
+        await self.supervisor.__aenter__()
+        try:
+            await self.supervisor.wait_ready(self.ready_timeout)
+        except BaseException:
+            await self.supervisor.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for request in list(self.router.requests):
+            self.router._cancel(request)
+        await self.supervisor.stop()
+
+    def submit(self, fields: dict[str, Any]) -> Any:
+        return self.router.submit(fields)
+
+    def health(self) -> dict[str, Any]:
+        live = self.router.ready()
+        desired = {s.name: s.replicas for s in self.compiled.plan.stages}
+        status = "stopping" if self.supervisor._stopping else (
+            "ok" if live == desired else "degraded")
+        return {
+            "status": status,
+            "runtime": "served",
+            "in_flight": len(self.router.requests),
+            "max_inflight": self.router.max_inflight,
+            "replicas": {n: {"ready": live[n], "desired": desired[n]} for n in desired},
+        }
+
+    def metrics(self) -> str:
+        return self.router.metrics()

@@ -1,0 +1,281 @@
+"""The HTTP API of design section 6, as an ASGI app on Starlette: ``create_app(ingress)``.
+
+- ``POST /v1/run``: the body is the request fields as a JSON object. The answer streams NDJSON,
+  one event per line, each line sent the moment its event exists; it ends with a ``done`` or an
+  ``error`` line. 422 for a body that is not a JSON object or does not fit the request schema,
+  503 with ``Retry-After`` when the ingress is full. A client that disconnects cancels its
+  request.
+- ``GET /v1/graph``: ``altoflow compile --format json``'s document, plus ``outputs`` (the output
+  stages) and ``request_schema`` (the request's JSON schema).
+- ``GET /healthz``: the ingress's health; 200 when its status is ``ok``, else 503.
+- ``GET /metrics``: Prometheus text exposition.
+
+Output values are made JSON here (``jsonable``); a value that cannot be ends the request with an
+``error`` event that says where in the value the trouble is.
+"""
+
+from __future__ import annotations
+
+import base64
+import dataclasses
+import datetime
+import enum
+import json
+import socket
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import asynccontextmanager, contextmanager
+from typing import Any
+
+import anyio
+import pydantic
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+from starlette.types import Receive, Scope, Send
+
+from altoflow._errors import InputError
+from altoflow._result import Event
+from altoflow.server.ingress import Ingress, Overloaded, RequestStream
+
+NDJSON = "application/x-ndjson"
+PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
+
+
+def create_app(ingress: Ingress) -> Starlette:
+    """The ASGI app serving ``ingress``; its lifespan enters and leaves the ingress."""
+    plan = ingress.compiled.plan
+    graph = {
+        **plan.contract_json(),
+        "outputs": [s.name for s in plan.outputs],
+        "request_schema": plan.request_schema,
+    }
+    field_names = sorted({f for s in plan.stages for f in s.fields})
+    example = "{" + ", ".join(f'"{f}": ...' for f in field_names) + "}"
+
+    async def run(request: Request) -> Response | EventStreamResponse:
+        body = await request.body()
+        try:
+            fields = json.loads(body) if body.strip() else {}
+        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+            return _unprocessable(f"the body is not valid JSON ({exc}); send the request fields "
+                                  f"as a JSON object, like {example}")
+        if not isinstance(fields, dict):
+            return _unprocessable(f"the body is a JSON {_json_kind(fields)}; send the request "
+                                  f"fields as a JSON object, like {example}")
+        try:
+            stream = ingress.submit(fields)
+        except InputError as exc:
+            return _unprocessable(str(exc), _validation_errors(exc))
+        except Overloaded as exc:
+            retry_after = getattr(exc, "retry_after", 1)
+            return JSONResponse({"detail": str(exc)}, status_code=503,
+                                headers={"Retry-After": str(retry_after)})
+        return EventStreamResponse(stream)
+
+    async def get_graph(request: Request) -> Response:
+        return JSONResponse(graph)
+
+    async def healthz(request: Request) -> Response:
+        health = ingress.health()
+        return JSONResponse(health, status_code=200 if health.get("status") == "ok" else 503)
+
+    async def metrics(request: Request) -> Response:
+        return Response(ingress.metrics(), media_type=PROMETHEUS)
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
+        async with ingress:
+            yield
+
+    return Starlette(
+        routes=[
+            Route("/v1/run", run, methods=["POST"]),
+            Route("/v1/graph", get_graph, methods=["GET"]),
+            Route("/healthz", healthz, methods=["GET"]),
+            Route("/metrics", metrics, methods=["GET"]),
+        ],
+        lifespan=lifespan,
+    )
+
+
+def _unprocessable(detail: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail, "errors": errors or []}, status_code=422)
+
+
+def _validation_errors(exc: InputError) -> list[dict[str, Any]]:
+    cause = exc.__cause__
+    if not isinstance(cause, pydantic.ValidationError):
+        return []
+    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
+            for e in cause.errors(include_url=False)]
+
+
+def _json_kind(value: Any) -> str:
+    return {list: "array", str: "string", bool: "boolean", type(None): "null"}.get(
+        type(value), "number")
+
+
+class EventStreamResponse:
+    """Streams a ``RequestStream`` as NDJSON, one write per event, and cancels the request
+    when the client goes away.
+
+    It listens for ``http.disconnect`` itself rather than trusting ``send`` to fail: with ASGI
+    2.3 servers (uvicorn) a send to a closed connection is silently dropped, and a request whose
+    stage is waiting would never write again to find out.
+    """
+
+    def __init__(self, stream: RequestStream) -> None:
+        self.stream = stream
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        async with anyio.create_task_group() as tg:
+            tg.start_soon(self._watch, receive, tg.cancel_scope)
+            try:
+                await self._write(send)
+            except OSError:
+                pass  # ASGI 2.4: the client disconnected while we sent; aclose() below cancels
+            finally:
+                await self._close()
+                tg.cancel_scope.cancel()
+
+    async def _watch(self, receive: Receive, scope: anyio.CancelScope) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        await self._close()
+        scope.cancel()
+
+    async def _close(self) -> None:
+        # Shielded: this runs where the response is being cancelled, and must still reach the
+        # ingress, which cancels the request (a no-op once the request has ended).
+        with anyio.CancelScope(shield=True):
+            await self.stream.aclose()
+
+    async def _write(self, send: Send) -> None:
+        await send({
+            "type": "http.response.start",
+            "status": 200,
+            "headers": [
+                (b"content-type", NDJSON.encode()),
+                (b"cache-control", b"no-cache"),
+                (b"x-accel-buffering", b"no"),  # tell proxies (nginx) not to buffer the stream
+            ],
+        })
+        ended = False
+        async for event in self.stream:
+            line, ended = encode_event(event)
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+            if ended:
+                break
+        if not ended:  # the ingress stopped (server shutting down) before the request ended
+            line, _ = encode_event(Event(
+                "error", None, {}, error="the request was cancelled before it ended (the server "
+                "is shutting down)", exc_type="Cancelled"))
+            await send({"type": "http.response.body", "body": line, "more_body": True})
+        await send({"type": "http.response.body", "body": b"", "more_body": False})
+
+
+def encode_event(event: Event) -> tuple[bytes, bool]:
+    """One NDJSON line for ``event``, and whether it ends the request.
+
+    An output value that cannot be made JSON gives an ``error`` line instead.
+    """
+    obj = event.to_json()
+    if event.type == "output":
+        try:
+            obj["value"] = jsonable(event.value)
+            return _line(obj), False
+        except (TypeError, ValueError, RecursionError) as exc:
+            return _line(Event(
+                "error", event.stage, event.ancestry, exc_type=type(exc).__name__,
+                error=f"stage '{event.stage}' produced a value that cannot be sent as JSON: "
+                      f"{exc}. Return JSON-like values (str, int, float, bool, None, lists, "
+                      f"dicts with str keys), numpy arrays, pydantic models, dataclasses or "
+                      f"bytes, or convert it in a stage.",
+            ).to_json()), True
+    return _line(obj), event.type in ("done", "error")
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+
+
+def jsonable(value: Any, path: str = "value") -> Any:
+    """``value`` as plain JSON data: lists, dicts with string keys, str, numbers, bool, None.
+
+    numpy arrays and scalars via ``tolist()``, pydantic models via ``model_dump(mode="json")``,
+    dataclasses as dicts, tuples and sets as lists, enums by value, dates and times in ISO 8601,
+    and bytes as a base64 string (standard alphabet, padded). Anything else raises TypeError,
+    naming where in ``value`` it sits. Non-finite floats are written as ``NaN``/``Infinity``, as
+    Python's json module does.
+    """
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy (and array-likes)
+        return jsonable(value.tolist(), path)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not (k is None or isinstance(k, (str, int, float, bool))):
+                raise TypeError(f"{path} has a key {k!r} of type {type(k).__name__}; JSON "
+                                f"object keys are strings")
+            out[k] = jsonable(v, f"{path}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name), f"{path}.{f.name}")
+                for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value, path)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    raise TypeError(f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which "
+                    f"has no JSON form")
+
+
+@contextmanager
+def serve_in_thread(
+    app: Any,
+    *,
+    host: str = "127.0.0.1",
+    port: int = 0,
+    log_level: str = "warning",
+    startup_timeout: float = 30.0,
+) -> Iterator[str]:
+    """Serve ``app`` with uvicorn on a thread of this process; yields its base URL.
+
+    For tests, notebooks and docs (``port=0`` picks a free port). Leaving the block stops the
+    server, cancelling requests that are still streaming after a few seconds.
+    """
+    import uvicorn
+
+    sock = socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    config = uvicorn.Config(app, log_level=log_level, lifespan="on", timeout_graceful_shutdown=3)
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
+                              name="altoflow-http", daemon=True)
+    thread.start()
+    try:
+        deadline = time.monotonic() + startup_timeout
+        while not server.started:
+            if not thread.is_alive():
+                raise RuntimeError("the HTTP server did not start; see its log above")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the HTTP server did not start within {startup_timeout} s")
+            time.sleep(0.01)
+        bound = sock.getsockname()
+        shown = f"[{bound[0]}]" if ":" in bound[0] else bound[0]
+        yield f"http://{shown}:{bound[1]}"
+    finally:
+        server.should_exit = True
+        thread.join(timeout=10)
+        sock.close()

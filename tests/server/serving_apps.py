@@ -1,0 +1,85 @@
+"""Pipelines for the serving tests, written the way a user would, plus a gate the tests hold.
+
+``gated``: a fan-out whose generator yields one claim, then waits until the test opens
+``GATE.release`` (polling, so that cancellation reaches it at an await), then yields another.
+The stage records whether it was cancelled, so a test can see a disconnect reach it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import threading
+
+import anyio
+import numpy as np
+import pydantic
+
+from altoflow import Pipeline, stage
+
+
+class Gate:
+    def __init__(self) -> None:
+        self.release = threading.Event()  # the test opens it
+        self.reached = threading.Event()  # the generator waits behind it
+        self.cancelled = threading.Event()  # the generator saw cancellation while waiting
+        self.ended_by: str | None = None
+
+
+GATE = Gate()
+
+
+@stage(fanout="claim")
+async def claims(topic: str):
+    gate = GATE
+    yield f"{topic} is first"
+    gate.reached.set()
+    try:
+        while not gate.release.is_set():
+            await anyio.sleep(0.005)
+    except BaseException as exc:
+        gate.ended_by = type(exc).__name__
+        gate.cancelled.set()
+        raise
+    yield f"{topic} is second"
+
+
+@stage
+def checked(claims: str) -> str:
+    return claims.upper()
+
+
+gated = Pipeline([claims, checked], name="gated")
+
+
+class Hit(pydantic.BaseModel):
+    doc: str
+    score: float
+
+
+@dataclasses.dataclass
+class Span:
+    start: int
+    end: int
+
+
+class Colour(enum.Enum):
+    RED = "red"
+
+
+@stage
+def value(kind: str):
+    return {
+        "numpy": np.arange(4).reshape(2, 2),
+        "scalar": np.float32(0.5),
+        "bytes": b"\xfb\xff\x00",
+        "model": Hit(doc="d1", score=0.25),
+        "tuple": ("a", 1, (2.5, None)),
+        "dataclass": Span(1, 3),
+        "enum": Colour.RED,
+        "nested_object": {"fine": [1, 2], "bad": [3, object()]},
+        "object": object(),
+    }[kind]
+
+
+values = Pipeline([value], name="values")
