@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from enum import Enum
-from typing import Any
+from typing import Any, Optional
 
 import anyio
 import typer
@@ -130,6 +130,12 @@ def serve(
                                  help="Hold each invocation's outputs until it returns (baseline)."),
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="Pickle values the codec cannot encode (local sockets only)."),
+    listen: Optional[str] = typer.Option(None, "--listen",
+                                         help="HOST:PORT for replicas on other machines (TCP)."),
+    secret_file: Optional[str] = typer.Option(None, "--secret-file",
+                                              help="Shared secret for TCP replicas (or ALTOFLOW_SECRET)."),
+    remote: list[str] = typer.Option([], "--remote",
+                                     help="A stage whose replicas all run elsewhere (`altoflow worker`)."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
@@ -143,8 +149,20 @@ def serve(
         with_replicas(compiled, counts)
     except ValueError as exc:
         _fail(str(exc), 2)
+    address = None
+    if listen is not None:
+        host, _, port = listen.rpartition(":")
+        if not port.isdigit():
+            _fail(f"--listen takes HOST:PORT (e.g. 0.0.0.0:7000), not {listen!r}", 2)
+        address = (host or "0.0.0.0", int(port))
+    secret = _secret(secret_file)
+    if address is not None and not secret:
+        _fail("--listen needs a shared secret: --secret-file PATH or ALTOFLOW_SECRET", 2)
+    if remote and address is None:
+        _fail("--remote stages connect over TCP: add --listen HOST:PORT", 2)
     ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
-                            allow_pickle=allow_pickle)
+                            allow_pickle=allow_pickle, listen=address, secret=secret,
+                            remote=frozenset(remote))
     try:
         import uvloop  # noqa: F401
 
@@ -154,17 +172,31 @@ def serve(
     uvicorn.run(create_app(ingress), host=host, port=port, loop=loop, log_level="info")
 
 
+def _secret(path: Optional[str]) -> bytes:
+    if path is not None:
+        try:
+            return open(path, "rb").read().strip()
+        except OSError as exc:
+            _fail(f"cannot read --secret-file: {exc}", 2)
+    return os.environ.get("ALTOFLOW_SECRET", "").encode()
+
+
 @app.command()
 def worker(
     target: str = typer.Option(..., "--target", help="The same target the router serves."),
     stage: str = typer.Option(..., "--stage", help="The stage this replica runs."),
     slot: int = typer.Option(0, "--slot", help="Which of the stage's replicas (0-based)."),
-    connect: str = typer.Option(..., "--connect", help="The router's UNIX socket path."),
+    connect: str = typer.Option(..., "--connect", help="The router: HOST:PORT, or a UNIX socket path."),
+    secret_file: Optional[str] = typer.Option(None, "--secret-file",
+                                              help="Shared secret for TCP (or ALTOFLOW_SECRET)."),
 ) -> None:
-    """Run one replica of a stage, connected to a router (started by `serve` for you)."""
+    """Run one replica of a stage, connected to a router (`serve` starts local ones for you)."""
     from altoflow.runtime.worker import main as worker_main
 
-    worker_main(["--target", target, "--stage", stage, "--slot", str(slot), "--connect", connect])
+    args = ["--target", target, "--stage", stage, "--slot", str(slot), "--connect", connect]
+    if secret_file:
+        args += ["--secret-file", secret_file]
+    worker_main(args)
 
 
 def main() -> None:

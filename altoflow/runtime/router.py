@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
@@ -40,16 +41,22 @@ class _Conn:
     transport: Any = None
     rid: int | None = None
     stage: str | None = None
+    challenge: bytes | None = None  # TCP: the nonce this replica must prove the secret over
     reader: fr.FrameReader = field(default_factory=fr.FrameReader)
     writer: fr.FrameWriter = field(default_factory=fr.FrameWriter)
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, router: "Router") -> None:
+    def __init__(self, router: "Router", tcp: bool = False) -> None:
         self.conn = _Conn(router)
+        self.tcp = tcp
 
     def connection_made(self, transport: Any) -> None:
         self.conn.transport = transport
+        if self.tcp:
+            # Over TCP the replica must prove it knows the shared secret before anything else.
+            self.conn.challenge = os.urandom(fr.NONCE_SIZE)
+            transport.write(fr.encode_frame(fr.Kind.CHALLENGE, body=fr.Challenge(self.conn.challenge)))
 
     def data_received(self, data: bytes) -> None:
         router = self.conn.router
@@ -100,14 +107,24 @@ class Router:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_unix_server(lambda: _Protocol(self), path)
 
+    async def listen_tcp(self, host: str, port: int, secret: bytes) -> int:
+        """Accept replicas from other machines on host:port; returns the port (0 picks one)."""
+        if not secret:
+            raise ValueError("TCP replicas need a shared secret (--secret-file or ALTOFLOW_SECRET)")
+        self.secret = secret
+        loop = asyncio.get_running_loop()
+        self.tcp_server = await loop.create_server(lambda: _Protocol(self, tcp=True), host, port)
+        return self.tcp_server.sockets[0].getsockname()[1]
+
     async def close(self) -> None:
         for conn in list(self.conns.values()):
             conn.writer.send_nowait(fr.Kind.SHUTDOWN)
             conn.transport.write(conn.writer.flush())
             conn.transport.close()
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        for server in (self.server, getattr(self, "tcp_server", None)):
+            if server is not None:
+                server.close()
+                await server.wait_closed()
 
     # -- requests -------------------------------------------------------------------------
 
@@ -194,9 +211,14 @@ class Router:
             raise fr.RemoteProtocolError(
                 f"HELLO for slot {hello.replica_id} of {hello.stage}, which has "
                 f"{self.plan.stage(hello.stage).replicas} replicas")
+        proof = b""
+        if conn.challenge is not None:
+            fr.verify_proof(fr.replica_proof(self.secret, conn.challenge, hello), hello.proof,
+                            peer=f"replica {hello.stage}#{hello.replica_id}")
+            proof = fr.router_proof(self.secret, conn.challenge, hello)
         conn.rid, conn.stage = next(self._rids), hello.stage
         self.conns[conn.rid] = conn
-        conn.writer.send_nowait(fr.Kind.READY, body=fr.Ready(self.stage_index[hello.stage]))
+        conn.writer.send_nowait(fr.Kind.READY, body=fr.Ready(self.stage_index[hello.stage], proof))
         self._dirty.add(conn.rid)
         self._apply(self.core.handle(ReplicaUp(conn.rid, hello.stage, hello.replica_id)))
 

@@ -51,8 +51,16 @@ class Supervisor:
 
     def __init__(self, compiled: CompiledPipeline, target: str, *, replicas: dict[str, int] | None = None,
                  max_inflight: int = 1024, allow_pickle: bool = False, restart: bool = True,
-                 barrier: bool = False) -> None:
+                 barrier: bool = False, listen: tuple[str, int] | None = None,
+                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
         self.barrier = barrier
+        # TCP for replicas on other machines: `remote` stages get no local process; their
+        # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret.
+        self.listen = listen
+        self.secret = secret
+        self.remote = remote
+        if listen is not None and allow_pickle:
+            raise ValueError("--allow-pickle is for local sockets only; it cannot be used with --listen")
         self.compiled = with_replicas(compiled, replicas or {})
         compiled = self.compiled
         self.target = target
@@ -68,7 +76,14 @@ class Supervisor:
         os.chmod(self.dir, 0o700)
         self.path = os.path.join(self.dir, "router.sock")
         await self.router.start(self.path)
+        if self.listen is not None:
+            self.tcp_port = await self.router.listen_tcp(*self.listen, self.secret)
+        unknown = sorted(self.remote - set(self.compiled.plan.names))
+        if unknown:
+            raise ValueError(f"--remote names no stage: {', '.join(unknown)}")
         for stage in self.compiled.plan.stages:
+            if stage.name in self.remote:
+                continue
             for slot in range(stage.replicas):
                 child = _Child(stage.name, slot)
                 self.children.append(child)
@@ -157,12 +172,14 @@ class ServedIngress:
 
     def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
                  max_inflight: int = 1024, barrier: bool = False, allow_pickle: bool = False,
-                 ready_timeout: float = 120) -> None:
+                 ready_timeout: float = 120, listen: tuple[str, int] | None = None,
+                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
         from altoflow.compiler import load_target
 
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
-                                     allow_pickle=allow_pickle)
+                                     allow_pickle=allow_pickle, listen=listen, secret=secret,
+                                     remote=remote)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout

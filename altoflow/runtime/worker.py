@@ -100,6 +100,12 @@ class Worker:
                 raise fr.RemoteProtocolError(
                     f"the router numbers stage {self.stage.name!r} {getattr(ready, 'stage_index', '?')},"
                     f" this replica {self.stage_index}: router and replica loaded different pipelines")
+            if self.secret is not None:
+                fr.verify_proof(fr.router_proof(self.secret, self.challenge, self.hello), ready.proof,
+                                peer="the router")
+        elif frame.kind == fr.Kind.CHALLENGE and self.secret is not None and self.hello is None:
+            self.challenge = frame.body.nonce  # type: ignore[union-attr]
+            self._hello(nonce=os.urandom(fr.NONCE_SIZE))
         elif frame.kind == fr.Kind.SHUTDOWN:
             self.done.set()
         elif frame.kind != fr.Kind.HEARTBEAT:
@@ -134,7 +140,18 @@ class Worker:
 
     # -- connection -----------------------------------------------------------------------
 
-    async def serve(self, path: str) -> None:
+    def _hello(self, nonce: bytes = b"") -> None:
+        hello = fr.Hello(stage=self.stage.name, replica_id=self.slot, pid=os.getpid(), nonce=nonce)
+        if self.secret is not None:
+            proof = fr.replica_proof(self.secret, self.challenge, hello)
+            hello = fr.Hello(hello.stage, hello.replica_id, hello.protocol_version, hello.pid,
+                             nonce, proof)
+        self.hello = hello
+        self._send(fr.Kind.HELLO, body=hello)
+
+    async def serve(self, address: str, secret: bytes | None = None) -> None:
+        """Serve frames from the router at ``address``: a UNIX socket path, or HOST:PORT (TCP,
+        which needs the router's shared ``secret``)."""
         loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
         worker = self
@@ -151,9 +168,18 @@ class Worker:
             def connection_lost(self, exc: Exception | None) -> None:
                 worker.done.set()
 
-        self.transport, _ = await loop.create_unix_connection(Proto, path)
-        self._send(fr.Kind.HELLO, body=fr.Hello(stage=self.stage.name, replica_id=self.slot,
-                                                 pid=os.getpid()))
+        self.secret, self.challenge, self.hello = None, b"", None
+        host, sep, port = address.rpartition(":")
+        if sep and port.isdigit() and not os.path.exists(address):
+            if not secret:
+                raise SystemExit("altoflow worker: a TCP router needs the shared secret "
+                                 "(--secret-file or ALTOFLOW_SECRET)")
+            self.secret = secret
+            self.transport, _ = await loop.create_connection(Proto, host, int(port))
+            # HELLO goes out when the router's CHALLENGE arrives.
+        else:
+            self.transport, _ = await loop.create_unix_connection(Proto, address)
+            self._hello()
         await self.done.wait()
         for tasks in list(self.tasks.values()):
             for task in tasks:
@@ -166,18 +192,23 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--target", required=True)
     ap.add_argument("--stage", required=True)
     ap.add_argument("--slot", type=int, default=0)
-    ap.add_argument("--connect", required=True, help="the router's UNIX socket path")
+    ap.add_argument("--connect", required=True, help="the router's UNIX socket path, or HOST:PORT")
+    ap.add_argument("--secret-file", help="file holding the shared secret (TCP); or ALTOFLOW_SECRET")
     ap.add_argument("--allow-pickle", action="store_true")
     ap.add_argument("--barrier", action="store_true", help="hold outputs until each invocation returns")
     args = ap.parse_args(argv)
-    worker = Worker(args.target, args.stage, args.slot, Codec(allow_pickle=args.allow_pickle),
+    secret = (open(args.secret_file, "rb").read().strip() if args.secret_file
+              else os.environ.get("ALTOFLOW_SECRET", "").encode())
+    tcp = not os.path.exists(args.connect) and ":" in args.connect
+    worker = Worker(args.target, args.stage, args.slot,
+                    Codec(allow_pickle=args.allow_pickle, transport="tcp" if tcp else "unix"),
                     barrier=args.barrier)
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:
-        asyncio.run(worker.serve(args.connect))
+        asyncio.run(worker.serve(args.connect, secret))
     else:
-        uvloop.run(worker.serve(args.connect))
+        uvloop.run(worker.serve(args.connect, secret))
 
 
 if __name__ == "__main__":
