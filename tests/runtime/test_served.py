@@ -42,12 +42,12 @@ def _expected(target: str, **fields) -> tuple[dict | None, af.StageError | None]
     return out, None
 
 
-def _serve_and_compare(target: str, requests: list[dict], replicas=None) -> None:
+def _serve_and_compare(target: str, requests: list[dict], replicas=None, barrier=False) -> None:
     expectations = [_expected(target, **fields) for fields in requests]
     compiled = load_target(target).compiled
 
     async def serve():
-        async with Supervisor(compiled, target, replicas=replicas) as sup:
+        async with Supervisor(compiled, target, replicas=replicas, barrier=barrier) as sup:
             await sup.wait_ready()
             # Every request at once: they share the replicas.
             handles = [sup.router.submit(fields) for fields in requests]
@@ -70,6 +70,11 @@ def test_factool_pipeline_served_with_replicas():
         target, [{"question": f"question {i}"} for i in range(20)],
         replicas={"queries": 2, "bm25": 3, "evidence": 2},
     )
+
+
+def test_barrier_mode_gives_the_same_results():
+    target = str(TESTS / "pipelines" / "factool.py")
+    _serve_and_compare(target, [{"question": f"q{i}"} for i in range(5)], barrier=True)
 
 
 def _write_random(tmp_path: Path, defs) -> str:
