@@ -199,6 +199,16 @@ def worker(
     worker_main(args)
 
 
+def _register_sim_lm() -> None:
+    from altoflow.lm.sim_server import sim_lm_command
+
+    app.command("sim-lm", help="Serve the SIMULATED LM over an OpenAI-compatible HTTP API.")(
+        sim_lm_command)
+
+
+_register_sim_lm()
+
+
 def main() -> None:
     app()
 

@@ -358,13 +358,13 @@ class RouterCore:
         self._feed(rep)
 
     def _on_FlushDone(self, ev: FlushDone) -> None:
-        if ev.prefix[0] not in self.requests:
-            return
-        stage = self.stages[ev.stage]
-        req = self.requests[ev.prefix[0]]
         rep = self.replicas.get(ev.replica)
         if rep is not None:
             rep.groups.discard(ev.prefix)
+        req = self.requests.get(ev.prefix[0])
+        if req is None:
+            return
+        stage = self.stages[ev.stage]
         if (stage.name, ev.prefix) not in req.flushing:
             return  # the answer to a flush that discarded an unopened group
         req.flushing.discard((stage.name, ev.prefix))
@@ -470,6 +470,11 @@ class RouterCore:
             if opened:
                 req.flushing.add(key)
             self._send_keyed(stage, prefix, lambda rid: Flush(rid, stage.name, prefix, opened))
+            if not opened:
+                # A discard is not waited for: the request may end before its FlushDone comes.
+                rid = self.slots[stage.name].get(self._slot(stage, prefix))
+                if rid is not None:
+                    self.replicas[rid].groups.discard(prefix)
         # An opened group keeps its fold pointstamp until the replica reports FlushDone.
 
     # -- dispatch and credits ------------------------------------------------------------------

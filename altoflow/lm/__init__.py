@@ -1,0 +1,97 @@
+"""Language model engines behind one interface.
+
+Every engine is an :class:`LM`: ``complete(prompt, **sampling) -> str``, ``stream(prompt)``
+(text deltas), ``stream_lines(prompt)`` (each line as soon as its newline is generated) and
+``stream_json_list(prompt)`` (each element of a JSON list as soon as it closes). Leaving a stream
+early or cancelling the task aborts the generation in the engine.
+
+Engines:
+
+- :class:`SimulatedLM`: simulated timing and text, for benchmarks and offline demos (no extra;
+  its OpenAI-compatible server, ``altoflow sim-lm``, needs ``altoflow[sim]``).
+- :class:`OpenAILM`: any OpenAI-compatible HTTP server (``altoflow[lm]``).
+- :class:`LlamaCppLM`: llama.cpp in-process (``altoflow[llamacpp]``).
+- :class:`VllmLM`: vLLM in-process (``altoflow[vllm]``).
+- :class:`SGLangLM`: SGLang in-process (``altoflow[sglang]``).
+
+Engine libraries are imported when an engine is created, never when this package is imported;
+``OpenAILM`` is loaded on first access, as it needs httpx.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from ._base import (
+    LM,
+    ChatMessage,
+    EngineNotInstalledError,
+    LMConnectionError,
+    LMError,
+    LMProtocolError,
+    LMResponseError,
+    LMStream,
+    LMTimeoutError,
+    Prompt,
+    Sampling,
+)
+from ._text import JsonListError, JsonListParser, LineSplitter
+from .llamacpp import LlamaCppLM
+from .sglang import SGLangLM
+from .sim import (
+    CLAIMS,
+    QUERIES,
+    RESPONSE,
+    SIMULATED_MODEL_NAME,
+    LengthDist,
+    OutputShape,
+    ShapeRule,
+    SimPlan,
+    SimulatedLM,
+    TimingModel,
+)
+from .vllm import VllmLM
+
+if TYPE_CHECKING:
+    from .openai import OpenAILM
+
+__all__ = [
+    "CLAIMS",
+    "LM",
+    "QUERIES",
+    "RESPONSE",
+    "SIMULATED_MODEL_NAME",
+    "ChatMessage",
+    "EngineNotInstalledError",
+    "JsonListError",
+    "JsonListParser",
+    "LMConnectionError",
+    "LMError",
+    "LMProtocolError",
+    "LMResponseError",
+    "LMStream",
+    "LMTimeoutError",
+    "LengthDist",
+    "LineSplitter",
+    "LlamaCppLM",
+    "OpenAILM",
+    "OutputShape",
+    "Prompt",
+    "SGLangLM",
+    "Sampling",
+    "ShapeRule",
+    "SimPlan",
+    "SimulatedLM",
+    "TimingModel",
+    "VllmLM",
+]
+
+
+def __getattr__(name: str) -> Any:
+    # OpenAILM needs httpx (the 'lm' extra); load it only when asked for, so that the simulated
+    # engine and the parsers work without it.
+    if name == "OpenAILM":
+        from .openai import OpenAILM
+
+        return OpenAILM
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

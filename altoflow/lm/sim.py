@@ -1,0 +1,677 @@
+"""A simulated LM engine: real streaming, written-down timing, deterministic text.
+
+It is what the benchmarks and the offline demo run against, so that only orchestration differs
+between the systems compared and nothing needs a GPU. It always says that it is simulated: its
+name is ``altoflow-simulated``, ``LM.simulated`` is true, it logs a warning when created, and its
+server (:mod:`altoflow.lm.sim_server`) marks every response.
+
+Theory of operation
+-------------------
+The timing model (:class:`TimingModel`) is that of an engine with continuous batching:
+
+* a request is admitted when fewer than ``max_batch`` requests are running (else it queues);
+* its first token comes ``ttft_s + prefill_s_per_token * uncached_prompt_tokens`` after
+  admission, where prompt tokens found in the prefix cache (if one is configured) cost nothing;
+* after that it gets one token per decode step, and a decode step takes
+  ``time_per_token_s * (1 + batch_slowdown * (B - 1))`` for a batch of ``B`` running requests.
+
+So a request alone that writes ``n`` tokens takes ``ttft + (n - 1) * time_per_token_s``.
+:class:`SimCore` is that model as a pure state machine over a virtual clock (submit, abort and
+advance to a time; it returns which tokens are due when), tested with no clock at all.
+:class:`SimulatedLM` is the thin shell: it reads the real clock, sleeps until the core's next
+deadline and hands the due tokens to the waiting streams. It needs no background task: every
+waiting stream drives the core itself, so there is nothing to start or to shut down.
+
+One simulated token is one word (with its separator). The ALTO paper reports output lengths in
+words, so the calibration below is in words, and ``max_tokens`` counts words.
+
+Calibration
+-----------
+The ALTO paper's Table 1 (FacTool pipeline at 15 requests/s) gives, per LM call: a response of
+62.5 ± 57.2 words in about 1.3 s; 3.3 ± 1.8 claims per response of 9.8 ± 3.5 words in about
+0.4 s each; 2.5 ± 1.3 search queries per claim of 5.5 ± 3.1 words in about 0.33 s each.
+Solving ``t = ttft + (words - 1) * tpot`` for the first two gives ``tpot = 0.9 s / 52.7 words
+= 17.1 ms`` and ``ttft = 0.25 s``, and the third then comes out at 0.327 s, as in the table.
+The defaults split that TTFT into 0.23 s fixed and 0.2 ms per prompt token (about 0.02 s for
+the ~100-word prompts of the pipeline). The output lengths are drawn from log-normal
+distributions with the table's means and standard deviations (:data:`RESPONSE`,
+:data:`CLAIMS`, :data:`QUERIES`). ``batch_slowdown`` (0.8% per extra running request) and
+``max_batch`` (256) are not from the paper: they are rough figures for a 7B model under vLLM on
+one A100, and the table's times are reached at low concurrency.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import heapq
+import itertools
+import logging
+import math
+import random
+import re
+import time
+from collections import OrderedDict, deque
+from collections.abc import AsyncGenerator, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, NamedTuple
+
+import anyio
+
+from ._base import LM, ChatMessage, Prompt, Sampling, normalize_prompt, prompt_text
+
+__all__ = [
+    "CLAIMS",
+    "DEFAULT_RULES",
+    "QUERIES",
+    "RESPONSE",
+    "SIMULATED_MODEL_NAME",
+    "Finished",
+    "LengthDist",
+    "OutputShape",
+    "ShapeRule",
+    "SimCore",
+    "SimPlan",
+    "SimStats",
+    "SimulatedLM",
+    "TimingModel",
+    "TokenDue",
+]
+
+log = logging.getLogger("altoflow.lm.sim")
+
+#: The model name under which the simulated engine appears everywhere.
+SIMULATED_MODEL_NAME = "altoflow-simulated"
+
+
+# -- the timing model ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TimingModel:
+    """How long the simulated engine takes; the defaults are calibrated to ALTO's Table 1.
+
+    See the module's docstring for the model and the calibration.
+    """
+
+    #: Fixed part of the time to first token (scheduling, the first forward pass), seconds.
+    ttft_s: float = 0.23
+    #: Prefill cost per prompt token that is not in the prefix cache, seconds.
+    prefill_s_per_token: float = 0.0002
+    #: Duration of one decode step with one running request, seconds.
+    time_per_token_s: float = 0.0171
+    #: Relative slowdown of a decode step per extra running request.
+    batch_slowdown: float = 0.008
+    #: Requests running at once; more wait in a queue.
+    max_batch: int = 256
+    #: Size of the prefix cache in blocks of ``block_tokens`` prompt tokens; 0 turns it off.
+    prefix_cache_blocks: int = 0
+    #: Prompt tokens per prefix-cache block (only whole blocks are cached, as in vLLM).
+    block_tokens: int = 16
+
+    def __post_init__(self) -> None:
+        for name in ("ttft_s", "prefill_s_per_token", "time_per_token_s", "batch_slowdown"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"TimingModel.{name} must be a finite number >= 0, got {value!r}")
+        for name, low in (("max_batch", 1), ("prefix_cache_blocks", 0), ("block_tokens", 1)):
+            value = getattr(self, name)
+            if not isinstance(value, int) or value < low:
+                raise ValueError(f"TimingModel.{name} must be an integer >= {low}, got {value!r}")
+
+    def step_s(self, batch: int) -> float:
+        """Duration of one decode step with ``batch`` running requests."""
+        return self.time_per_token_s * (1.0 + self.batch_slowdown * max(batch - 1, 0))
+
+    def prefill_s(self, uncached_prompt_tokens: int) -> float:
+        """Time from admission to the first token."""
+        return self.ttft_s + self.prefill_s_per_token * uncached_prompt_tokens
+
+    def duration_s(self, prompt_tokens: int, output_tokens: int, batch: int = 1) -> float:
+        """Time a request takes from admission to its last token at a constant batch size."""
+        if output_tokens <= 0:
+            return self.prefill_s(prompt_tokens)
+        return self.prefill_s(prompt_tokens) + (output_tokens - 1) * self.step_s(batch)
+
+    def scaled(self, factor: float) -> TimingModel:
+        """The same model running ``1/factor`` times faster (``factor=0.01``: 100x faster)."""
+        if not factor > 0:
+            raise ValueError(f"the time scale must be > 0, got {factor!r}")
+        return replace(
+            self,
+            ttft_s=self.ttft_s * factor,
+            prefill_s_per_token=self.prefill_s_per_token * factor,
+            time_per_token_s=self.time_per_token_s * factor,
+        )
+
+
+# -- the pure core: continuous batching over a virtual clock ----------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class TokenDue:
+    """Instruction: token ``index`` of request ``rid`` was generated at time ``at``."""
+
+    rid: int
+    index: int
+    at: float
+
+
+@dataclass(frozen=True, slots=True)
+class Finished:
+    """Instruction: request ``rid`` generated its last token (``tokens`` in all) at ``at``."""
+
+    rid: int
+    tokens: int
+    at: float
+
+
+class SimStats(NamedTuple):
+    submitted: int
+    finished: int
+    aborted: int
+    running: int
+    waiting: int
+    tokens: int
+    prefix_cache_hit_tokens: int
+
+
+@dataclass(slots=True)
+class _Seq:
+    rid: int
+    n_out: int
+    prompt: tuple[str, ...]
+    emitted: int = 0
+    first_at: float = math.inf
+
+
+class _PrefixCache:
+    """LRU of prompt blocks, keyed by the chain of blocks before them (as vLLM hashes them)."""
+
+    def __init__(self, capacity: int, block: int) -> None:
+        self._capacity = capacity
+        self._block = block
+        self._blocks: OrderedDict[int, None] = OrderedDict()
+
+    def lookup_and_insert(self, prompt: tuple[str, ...]) -> int:
+        """Return how many leading prompt tokens were cached, then cache the prompt's blocks."""
+        if self._capacity == 0:
+            return 0
+        key = 0
+        cached = 0
+        matching = True
+        for start in range(0, len(prompt) - self._block + 1, self._block):
+            key = hash((key, prompt[start : start + self._block]))
+            if matching and key in self._blocks:
+                cached += self._block
+            else:
+                matching = False
+            self._blocks[key] = None
+            self._blocks.move_to_end(key)
+        while len(self._blocks) > self._capacity:
+            self._blocks.popitem(last=False)
+        return cached
+
+
+class SimCore:
+    """Continuous batching over a virtual clock: events in, due tokens out. No I/O, no clock.
+
+    Times passed in must not go backwards. :meth:`next_deadline` says when something is next
+    due; :meth:`advance` gives back everything that became due up to a time, including what
+    fell due before a :meth:`submit` or :meth:`abort` at a later time.
+    """
+
+    def __init__(self, timing: TimingModel) -> None:
+        self.timing = timing
+        self._waiting: deque[_Seq] = deque()
+        self._prefilling: dict[int, _Seq] = {}
+        self._prefill_heap: list[tuple[float, int]] = []  # (first_at, rid); stale entries skipped
+        self._decoding: dict[int, _Seq] = {}  # insertion order = order tokens come out in a step
+        self._next_step_at: float | None = None
+        self._cache = _PrefixCache(timing.prefix_cache_blocks, timing.block_tokens)
+        self._now = -math.inf
+        # What became due while handling a submit or an abort, given back by the next advance.
+        self._due: list[TokenDue | Finished] = []
+        self._submitted = self._finished = self._aborted = self._tokens = self._hits = 0
+
+    @property
+    def running(self) -> int:
+        return len(self._prefilling) + len(self._decoding)
+
+    def stats(self) -> SimStats:
+        return SimStats(
+            submitted=self._submitted,
+            finished=self._finished,
+            aborted=self._aborted,
+            running=self.running,
+            waiting=len(self._waiting),
+            tokens=self._tokens,
+            prefix_cache_hit_tokens=self._hits,
+        )
+
+    def submit(self, rid: int, *, prompt: Sequence[str], n_out: int, now: float) -> None:
+        """A request arrives at ``now`` with ``prompt`` tokens and will write ``n_out`` tokens."""
+        if (
+            rid in self._prefilling
+            or rid in self._decoding
+            or any(s.rid == rid for s in self._waiting)
+        ):
+            raise ValueError(f"request {rid} was already submitted")
+        if n_out < 0:
+            raise ValueError(f"n_out must be >= 0, got {n_out}")
+        self._run_until(now, self._due)
+        self._submitted += 1
+        seq = _Seq(rid, n_out, tuple(prompt))
+        if self.running < self.timing.max_batch:
+            self._admit(seq, now)
+        else:
+            self._waiting.append(seq)
+
+    def abort(self, rid: int, now: float) -> bool:
+        """Stop request ``rid``; returns False if it is not running or waiting (e.g. finished)."""
+        self._run_until(now, self._due)
+        if rid in self._decoding:
+            del self._decoding[rid]
+            if not self._decoding:
+                self._next_step_at = None
+        elif rid in self._prefilling:
+            del self._prefilling[rid]  # its heap entry is skipped when it comes up
+        else:
+            for seq in self._waiting:
+                if seq.rid == rid:
+                    self._waiting.remove(seq)
+                    break
+            else:
+                return False
+        self._aborted += 1
+        self._admit_waiting(now)
+        return True
+
+    def next_deadline(self) -> float | None:
+        """When the next token or admission is due, or None when nothing is running."""
+        self._drop_stale()
+        candidates = [t for t in (self._next_step_at,) if t is not None]
+        if self._prefill_heap:
+            candidates.append(self._prefill_heap[0][0])
+        return min(candidates) if candidates else None
+
+    def advance(self, now: float) -> list[TokenDue | Finished]:
+        """Run the model up to ``now``; return what happened since the last call, in time order."""
+        out, self._due = self._due, []
+        self._run_until(now, out)
+        return out
+
+    # -- internals ---
+
+    def _run_until(self, now: float, out: list[TokenDue | Finished]) -> None:
+        if now < self._now:
+            raise ValueError(f"time went backwards: {now} < {self._now}")
+        self._now = now
+        while True:
+            self._drop_stale()
+            t_prefill = self._prefill_heap[0][0] if self._prefill_heap else math.inf
+            t_step = self._next_step_at if self._next_step_at is not None else math.inf
+            t = min(t_prefill, t_step)
+            if t > now:
+                return
+            if t_prefill <= t_step:
+                _, rid = heapq.heappop(self._prefill_heap)
+                self._first_token(self._prefilling.pop(rid), t, out)
+            else:
+                self._step(t, out)
+
+    def _drop_stale(self) -> None:
+        heap = self._prefill_heap
+        while heap and heap[0][1] not in self._prefilling:
+            heapq.heappop(heap)
+
+    def _admit(self, seq: _Seq, now: float) -> None:
+        cached = self._cache.lookup_and_insert(seq.prompt)
+        self._hits += cached
+        seq.first_at = now + self.timing.prefill_s(len(seq.prompt) - cached)
+        self._prefilling[seq.rid] = seq
+        heapq.heappush(self._prefill_heap, (seq.first_at, seq.rid))
+
+    def _admit_waiting(self, now: float) -> None:
+        while self._waiting and self.running < self.timing.max_batch:
+            self._admit(self._waiting.popleft(), now)
+
+    def _first_token(self, seq: _Seq, t: float, out: list[TokenDue | Finished]) -> None:
+        if seq.n_out == 0:
+            self._finish(seq, t, out)
+            return
+        out.append(TokenDue(seq.rid, 0, t))
+        self._tokens += 1
+        seq.emitted = 1
+        if seq.emitted >= seq.n_out:
+            self._finish(seq, t, out)
+            return
+        self._decoding[seq.rid] = seq
+        if self._next_step_at is None:
+            self._next_step_at = t + self.timing.step_s(self.running)
+
+    def _step(self, t: float, out: list[TokenDue | Finished]) -> None:
+        for seq in list(self._decoding.values()):
+            out.append(TokenDue(seq.rid, seq.emitted, t))
+            self._tokens += 1
+            seq.emitted += 1
+            if seq.emitted >= seq.n_out:
+                del self._decoding[seq.rid]
+                self._finish(seq, t, out)
+        self._next_step_at = t + self.timing.step_s(self.running) if self._decoding else None
+
+    def _finish(self, seq: _Seq, t: float, out: list[TokenDue | Finished]) -> None:
+        out.append(Finished(seq.rid, seq.emitted, t))
+        self._finished += 1
+        self._admit_waiting(t)
+
+
+# -- what the simulated LM writes ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class LengthDist:
+    """A count drawn from a log-normal with this mean and standard deviation, rounded.
+
+    Log-normal because the paper's lengths are positive and skewed (62.5 ± 57.2 words).
+    """
+
+    mean: float
+    std: float
+    minimum: int = 1
+
+    def __post_init__(self) -> None:
+        if not self.mean > 0 or self.std < 0:
+            raise ValueError(f"LengthDist needs mean > 0 and std >= 0, got {self.mean}, {self.std}")
+
+    def sample(self, rng: random.Random) -> int:
+        sigma2 = math.log1p((self.std / self.mean) ** 2)
+        mu = math.log(self.mean) - sigma2 / 2
+        return max(self.minimum, round(rng.lognormvariate(mu, math.sqrt(sigma2))))
+
+
+@dataclass(frozen=True, slots=True)
+class OutputShape:
+    """The shape of a simulated output: ``lines`` lines (or one paragraph) of ``words`` words.
+
+    ``style="sentence"`` writes capitalised sentences ending in a period; ``"query"`` writes
+    lower-case search queries.
+    """
+
+    name: str
+    words: LengthDist
+    lines: LengthDist | None = None
+    style: str = "sentence"
+
+    def __post_init__(self) -> None:
+        if self.style not in ("sentence", "query"):
+            raise ValueError(f"OutputShape.style must be 'sentence' or 'query', got {self.style!r}")
+
+
+#: An answer to a question: one paragraph of 62.5 ± 57.2 words.
+RESPONSE = OutputShape("response", words=LengthDist(62.5, 57.2))
+#: Claims extracted from a response: 3.3 ± 1.8 lines of 9.8 ± 3.5 words.
+CLAIMS = OutputShape("claims", words=LengthDist(9.8, 3.5), lines=LengthDist(3.3, 1.8))
+#: Search queries for a claim: 2.5 ± 1.3 lines of 5.5 ± 3.1 words.
+QUERIES = OutputShape(
+    "queries", words=LengthDist(5.5, 3.1), lines=LengthDist(2.5, 1.3), style="query"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class ShapeRule:
+    """Use ``shape`` when ``pattern`` (a regular expression, case-insensitive) is in the prompt."""
+
+    pattern: str
+    shape: OutputShape
+    _regex: re.Pattern[str] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_regex", re.compile(self.pattern, re.IGNORECASE))
+
+    def matches(self, text: str) -> bool:
+        return self._regex.search(text) is not None
+
+
+#: Queries before claims: a prompt asking for queries usually quotes the claim it is about.
+DEFAULT_RULES: tuple[ShapeRule, ...] = (
+    ShapeRule(r"\bquer(y|ies)\b", QUERIES),
+    ShapeRule(r"\bclaims?\b", CLAIMS),
+)
+
+_JSON_RULE = re.compile(r"\bjson\b", re.IGNORECASE)
+
+# Words the simulator writes besides those it borrows from the prompt; none of them is a word
+# that the default rules look for, so one stage's output does not change the next one's shape.
+_VOCABULARY = tuple(
+    """
+    river mountain city country history science energy water system report study market model
+    century museum language region capital island ocean forest climate species population
+    company product research theory method result evidence record source author album film
+    season league team player election government policy economy industry network computer
+    engine signal protein cell gene disease treatment hospital school university student
+    bridge railway airport harbour festival painting novel poem song artist composer architect
+    built founded located known named first largest oldest major northern southern eastern
+    western national public early modern ancient famous original official annual regional
+    discovered published released awarded elected designed produced developed established
+    measured reported described recorded completed opened closed began ended won lost grew
+    between during after before since about around across under within without through
+    """.split()
+)
+_STOPWORDS = frozenset(
+    "the and for that this with from what which when where who whom whose why how are was were "
+    "been being have has had does did will would could should shall may might must can into "
+    "onto upon over then than them they their there these those here your yours its our ours "
+    "his her hers him she not but all any each few more most other some such only own same "
+    "very just also json claim claims query queries extract answer question write search list "
+    "please following text given response sentence line lines output return format each".split()
+)
+_WORD = re.compile(r"[A-Za-z]{4,}")
+
+
+@dataclass(frozen=True, slots=True)
+class SimPlan:
+    """Everything one simulated generation will produce, decided before it starts."""
+
+    shape: str
+    tokens: tuple[str, ...]
+    prompt_tokens: tuple[str, ...]
+    finish_reason: str  # "stop" or "length"
+
+    @property
+    def text(self) -> str:
+        return "".join(self.tokens)
+
+
+def _write(shape: OutputShape, rng: random.Random, borrowed: Sequence[str]) -> list[list[str]]:
+    """The words of each line of an output."""
+
+    def word() -> str:
+        # A third of the words come from the prompt, so that queries share terms with their
+        # claim and retrieval over them finds something; the rest from a fixed vocabulary.
+        if borrowed and rng.random() < 0.3:
+            return rng.choice(borrowed).lower()
+        return rng.choice(_VOCABULARY)
+
+    n_lines = shape.lines.sample(rng) if shape.lines is not None else 1
+    lines = []
+    for _ in range(n_lines):
+        words = [word() for _ in range(shape.words.sample(rng))]
+        if shape.style == "sentence":
+            # A line is one sentence; a paragraph is sentences of 6 to 18 words.
+            i = 0
+            while i < len(words):
+                j = (
+                    len(words)
+                    if shape.lines is not None
+                    else min(i + rng.randint(6, 18), len(words))
+                )
+                words[i] = words[i].capitalize()
+                words[j - 1] += "."
+                i = j
+        lines.append(words)
+    return lines
+
+
+def _tokenize(lines: list[list[str]], as_json: bool) -> list[str]:
+    """One token per word; separators go with the word before them, so that a line (or a JSON
+    element) is complete with the token of its last word."""
+    tokens: list[str] = []
+    last_line = len(lines) - 1
+    for li, words in enumerate(lines):
+        line_tokens = [w if i == 0 else " " + w for i, w in enumerate(words)]
+        if as_json:
+            line_tokens[0] = ("[" if li == 0 else " ") + '"' + line_tokens[0]
+            line_tokens[-1] += '"' + ("]" if li == last_line else ",")
+        elif li != last_line:
+            line_tokens[-1] += "\n"
+        tokens.extend(line_tokens)
+    return tokens
+
+
+def _cut(tokens: list[str], sampling: Sampling) -> tuple[list[str], str]:
+    """Apply stop strings and max_tokens the way an engine does: whichever comes first."""
+    finish = "stop"
+    if sampling.stop:
+        text = "".join(tokens)
+        hits = [p for p in (text.find(s) for s in sampling.stop) if p >= 0]
+        if hits:
+            end, kept, pos = min(hits), [], 0
+            for tok in tokens:
+                if pos + len(tok) <= end:
+                    kept.append(tok)
+                else:
+                    if end > pos:
+                        kept.append(tok[: end - pos])
+                    break
+                pos += len(tok)
+            tokens = kept
+    if sampling.max_tokens is not None and len(tokens) > sampling.max_tokens:
+        tokens, finish = tokens[: sampling.max_tokens], "length"
+    return tokens, finish
+
+
+# -- the shell -------------------------------------------------------------------------------
+
+
+class _Inbox:
+    __slots__ = ("tokens", "finished", "event")
+
+    def __init__(self) -> None:
+        self.tokens: deque[int] = deque()
+        self.finished = False
+        self.event: anyio.Event | None = None
+
+
+class SimulatedLM(LM):
+    """A simulated engine (see the module docstring); deterministic given ``seed`` and prompt.
+
+    The text depends on ``seed``, the prompt and the ``seed`` sampling parameter only. Its shape
+    is chosen by the first of ``rules`` whose pattern is in the prompt (by default: a prompt
+    that mentions queries gets :data:`QUERIES`, one that mentions claims :data:`CLAIMS`, any
+    other :data:`RESPONSE`); a prompt that mentions JSON gets the lines as a JSON list of
+    strings. Use ``timing=TimingModel().scaled(0.01)`` to run 100 times faster.
+    """
+
+    name = SIMULATED_MODEL_NAME
+    simulated = True
+
+    def __init__(
+        self,
+        timing: TimingModel | None = None,
+        *,
+        seed: int = 0,
+        rules: Sequence[ShapeRule] = DEFAULT_RULES,
+        default_shape: OutputShape = RESPONSE,
+        sampling: Sampling | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        super().__init__(sampling=sampling)
+        self.timing = timing if timing is not None else TimingModel()
+        self.seed = seed
+        self.rules = tuple(rules)
+        self.default_shape = default_shape
+        self._clock = clock
+        self._core = SimCore(self.timing)
+        self._inboxes: dict[int, _Inbox] = {}
+        self._ids = itertools.count()
+        log.warning(
+            "altoflow: using a SIMULATED language model (%s, no real model; seed=%d, %s)",
+            SIMULATED_MODEL_NAME,
+            seed,
+            self.timing,
+        )
+
+    def __repr__(self) -> str:
+        return f"SimulatedLM(SIMULATED, seed={self.seed}, timing={self.timing})"
+
+    def stats(self) -> SimStats:
+        """Counts of requests and tokens so far, and what is running now."""
+        return self._core.stats()
+
+    def plan(self, prompt: Prompt, **sampling: Any) -> SimPlan:
+        """What a generation for this prompt will write (the same every time)."""
+        return self._plan(normalize_prompt(prompt), self.sampling.replace(**sampling))
+
+    def _plan(self, prompt: str | tuple[ChatMessage, ...], sampling: Sampling) -> SimPlan:
+        text = (
+            prompt_text(prompt) if isinstance(prompt, str) else "\n".join(m.content for m in prompt)
+        )
+        digest = hashlib.sha256(
+            f"{self.seed}\0{sampling.seed}\0{prompt_text(prompt)}".encode()
+        ).digest()
+        rng = random.Random(int.from_bytes(digest[:8], "big"))
+        shape = next((r.shape for r in self.rules if r.matches(text)), self.default_shape)
+        as_json = shape.lines is not None and _JSON_RULE.search(text) is not None
+        borrowed = list(
+            dict.fromkeys(w.lower() for w in _WORD.findall(text) if w.lower() not in _STOPWORDS)
+        )
+        tokens, finish = _cut(_tokenize(_write(shape, rng, borrowed), as_json), sampling)
+        return SimPlan(
+            shape=shape.name + (" (json)" if as_json else ""),
+            tokens=tuple(tokens),
+            prompt_tokens=tuple(prompt_text(prompt).split()),
+            finish_reason=finish,
+        )
+
+    def _generate(
+        self, prompt: str | tuple[ChatMessage, ...], sampling: Sampling
+    ) -> AsyncGenerator[str, None]:
+        return self.run_plan(self._plan(prompt, sampling))
+
+    async def run_plan(self, plan: SimPlan) -> AsyncGenerator[str, None]:
+        """Stream a plan's tokens on the timing model's schedule (closing it aborts it)."""
+        rid = next(self._ids)
+        inbox = self._inboxes[rid] = _Inbox()
+        self._pump()
+        self._core.submit(rid, prompt=plan.prompt_tokens, n_out=len(plan.tokens), now=self._clock())
+        try:
+            while True:
+                self._pump()
+                while inbox.tokens:
+                    yield plan.tokens[inbox.tokens.popleft()]
+                if inbox.finished:
+                    return
+                deadline = self._core.next_deadline()
+                inbox.event = anyio.Event()
+                # Sleep until the core's next deadline, or until another stream's pump hands us
+                # tokens (it sets the event), whichever comes first.
+                wait = math.inf if deadline is None else max(deadline - self._clock(), 0.0)
+                with anyio.move_on_after(wait):
+                    await inbox.event.wait()
+                inbox.event = None
+        finally:
+            del self._inboxes[rid]
+            if not inbox.finished:
+                self._core.abort(rid, self._clock())
+
+    def _pump(self) -> None:
+        for instruction in self._core.advance(self._clock()):
+            inbox = self._inboxes.get(instruction.rid)
+            if inbox is None:
+                continue
+            if isinstance(instruction, TokenDue):
+                inbox.tokens.append(instruction.index)
+            else:
+                inbox.finished = True
+            if inbox.event is not None:
+                inbox.event.set()

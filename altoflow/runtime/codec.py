@@ -1,0 +1,653 @@
+"""The payload codec: values that cross a socket between stages.
+
+Only workers use it; the router forwards payloads as opaque bytes. A payload is one version
+byte, then one value: a tag byte followed by the tag's body, recursively for containers.
+Lengths and counts are unsigned LEB128 varints.
+
+    N None   F False   T True
+    i int in int64, 8 bytes       I any other int: varint n, n bytes two's complement
+    d float, 8 bytes (IEEE 754)   s str: varint n, n bytes UTF-8 (surrogates kept)
+    b bytes   B bytearray: varint n, n bytes
+    l list   t tuple   S set   Z frozenset: varint count, then the items
+    m dict: varint count, then key, value, key, value, ...
+    a numpy array   g numpy scalar: varint n, dtype.str (ASCII), varint ndim, ndim varints,
+                                    then the C-order element bytes
+    J pydantic model: varint n, n bytes of model_dump_json()
+    P protobuf message: varint n, full name (ASCII), varint m, m bytes of SerializeToString()
+    X pickle (only with Codec(allow_pickle=True)): varint n, type name, varint m, m bytes
+
+Decoding never runs code chosen by the sender: there is no pickle unless both ends opt in,
+numpy arrays are rebuilt from their bytes (object dtype is refused both ways), protobuf classes
+are looked up among those this process has imported, and pydantic classes come only from the
+annotation the decoding stage declared. Without an annotation a pydantic model decodes to the
+dict of its JSON, and an Enum member (sent as its value) to that value.
+"""
+
+from __future__ import annotations
+
+import enum
+import json
+import pickle
+import re
+import struct
+import sys
+import types
+import typing
+from collections.abc import Callable
+from dataclasses import is_dataclass
+from typing import Any, Literal
+
+from google.protobuf import descriptor_pool, message_factory
+from google.protobuf.message import DecodeError as _ProtobufDecodeError
+from google.protobuf.message import Message
+from pydantic import BaseModel
+
+__all__ = ["CODEC_VERSION", "MAX_DEPTH", "Codec", "CodecError", "DecodeError", "EncodeError", "decode_value", "encode_value"]
+
+CODEC_VERSION = 1
+# Deeper values are refused both ways: it bounds the recursion of the decoder on hostile input,
+# and on the encoding side it catches a value that contains itself.
+MAX_DEPTH = 100
+
+_I64 = struct.Struct("<q")
+_F64 = struct.Struct("<d")
+_I64_MIN = -(2**63)
+_I64_MAX = 2**63 - 1
+# What dtype.str looks like for the supported kinds: byte order, kind, item size, datetime unit.
+_DTYPE_RE = re.compile(r"[<>|=][biufcmMSU][0-9]{1,9}(\[[0-9]*[A-Za-z]{1,2}\])?")
+_NUMPY_KINDS = "biufcmMSU"
+_SUPPORTED = (
+    "None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset, "
+    "numpy arrays and scalars, pydantic models and protobuf messages"
+)
+
+
+class CodecError(Exception):
+    """A value could not cross the wire."""
+
+
+class EncodeError(CodecError, TypeError):
+    """This process tried to send a value the codec cannot carry."""
+
+
+class DecodeError(CodecError, ValueError):
+    """The bytes received are not a payload this codec accepts."""
+
+
+class _Unencodable(Exception):
+    # Raised deep in the encoder and re-raised on the way out with the path to the value
+    # (e.g. value["claims"][2]), which is only worth computing when something went wrong.
+    def __init__(self, value: object, reason: str, path: str = "") -> None:
+        self.value = value
+        self.reason = reason
+        self.path = path
+
+
+def _type_name(tp: type) -> str:
+    module = tp.__module__
+    return tp.__qualname__ if module == "builtins" else f"{module}.{tp.__qualname__}"
+
+
+_VARINTS = tuple(bytes((i,)) for i in range(0x80))
+
+
+def _uvarint(n: int) -> bytes:
+    """n as an unsigned LEB128 varint, as in protobuf."""
+    if 0 <= n < 0x80:
+        return _VARINTS[n]
+    if n < 0:
+        raise ValueError(f"a varint cannot hold the negative number {n}")
+    out = bytearray()
+    while n >= 0x80:
+        out.append((n & 0x7F) | 0x80)
+        n >>= 7
+    out.append(n)
+    return bytes(out)
+
+
+class Codec:
+    """Encodes values to payload bytes and back.
+
+    `allow_pickle=True` pickles values the format has no tag for, and unpickles them on the other
+    side. Unpickling runs code that the sender chose, so it is for replicas on a local UNIX socket
+    whose other end is this same deployment, never for TCP: `transport="tcp"` refuses it. Both
+    ends must opt in; a codec without it refuses pickled payloads with a DecodeError.
+    """
+
+    __slots__ = ("allow_pickle", "transport")
+
+    def __init__(self, *, allow_pickle: bool = False, transport: Literal["unix", "tcp"] = "unix") -> None:
+        if transport not in ("unix", "tcp"):
+            raise ValueError(f"transport must be 'unix' or 'tcp', not {transport!r}")
+        if allow_pickle and transport == "tcp":
+            raise ValueError(
+                "allow_pickle=True is refused for transport='tcp': unpickling runs code chosen by "
+                "the sender. Send pydantic models or protobuf messages over TCP instead."
+            )
+        self.allow_pickle = allow_pickle
+        self.transport = transport
+
+    def __repr__(self) -> str:
+        return f"Codec(allow_pickle={self.allow_pickle}, transport={self.transport!r})"
+
+    # ------------------------------------------------------------------ encoding
+
+    def encode(self, value: object) -> bytes:
+        """The payload bytes of `value`; raises EncodeError naming what cannot be sent and why."""
+        out = bytearray((CODEC_VERSION,))
+        try:
+            self._encode(value, out, 0)
+        except _Unencodable as exc:
+            raise EncodeError(self._explain(exc)) from None
+        return bytes(out)
+
+    def _encode(self, v: Any, out: bytearray, depth: int) -> None:
+        t = type(v)
+        if t is str:
+            data = v.encode("utf-8", "surrogatepass")
+            out += b"s"
+            out += _uvarint(len(data))
+            out += data
+        elif t is int:
+            if _I64_MIN <= v <= _I64_MAX:
+                out += b"i"
+                out += _I64.pack(v)
+            else:
+                self._encode_bigint(v, out)
+        elif t is float:
+            out += b"d"
+            out += _F64.pack(v)
+        elif v is None:
+            out += b"N"
+        elif t is bool:
+            out += b"T" if v else b"F"
+        elif t is bytes or t is bytearray:
+            out += b"b" if t is bytes else b"B"
+            out += _uvarint(len(v))
+            out += v
+        elif t is list or t is tuple or t is set or t is frozenset:
+            self._encode_items(_SEQUENCE_TAGS[t], v, out, depth)
+        elif t is dict:
+            if depth >= MAX_DEPTH:
+                raise _Unencodable(v, f"it is nested more than {MAX_DEPTH} levels deep (does it contain itself?)")
+            out += b"m"
+            out += _uvarint(len(v))
+            key = None
+            try:
+                for key, item in v.items():
+                    self._encode(key, out, depth + 1)
+                    self._encode(item, out, depth + 1)
+            except _Unencodable as exc:
+                exc.path = f"[{key!r}]{exc.path}"
+                raise
+        else:
+            self._encode_other(v, out, depth)
+
+    def _encode_items(self, tag: bytes, v: Any, out: bytearray, depth: int) -> None:
+        if depth >= MAX_DEPTH:
+            raise _Unencodable(v, f"it is nested more than {MAX_DEPTH} levels deep (does it contain itself?)")
+        out += tag
+        out += _uvarint(len(v))
+        i = 0
+        try:
+            for i, item in enumerate(v):
+                self._encode(item, out, depth + 1)
+        except _Unencodable as exc:
+            exc.path = (f"[{i}]" if tag in b"lt" else " (an element)") + exc.path
+            raise
+
+    def _encode_bigint(self, v: int, out: bytearray) -> None:
+        # One byte more than the magnitude needs, so that the sign bit always fits.
+        data = v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
+        out += b"I"
+        out += _uvarint(len(data))
+        out += data
+
+    def _encode_other(self, v: Any, out: bytearray, depth: int) -> None:
+        # Subclasses and library types: after the exact-type checks, as they are rarer.
+        numpy = sys.modules.get("numpy")
+        if numpy is not None and isinstance(v, (numpy.ndarray, numpy.generic)):
+            self._encode_numpy(numpy, v, out)
+        elif isinstance(v, BaseModel):
+            try:
+                data = v.model_dump_json().encode()
+            except Exception as exc:  # noqa: BLE001  # pydantic reports unserialisable fields with several types
+                raise _Unencodable(v, f"pydantic cannot serialise it to JSON: {exc}") from None
+            out += b"J"
+            out += _uvarint(len(data))
+            out += data
+        elif isinstance(v, Message):
+            name = v.DESCRIPTOR.full_name.encode()
+            data = v.SerializeToString()
+            out += b"P"
+            out += _uvarint(len(name))
+            out += name
+            out += _uvarint(len(data))
+            out += data
+        elif isinstance(v, enum.Enum):
+            # Sent as its value; the annotation of the receiving parameter brings the member back.
+            self._encode(v.value, out, depth + 1)
+        elif isinstance(v, int):
+            self._encode(int(v), out, depth)
+        elif isinstance(v, float):
+            self._encode(float(v), out, depth)
+        elif isinstance(v, str):
+            self._encode(str(v), out, depth)
+        elif isinstance(v, (bytes, bytearray)):
+            self._encode(bytes(v), out, depth)
+        elif isinstance(v, (list, tuple, set, frozenset)):
+            for base, tag in _SEQUENCE_TAGS.items():
+                if isinstance(v, base):
+                    self._encode_items(tag, v, out, depth)
+                    return
+        elif isinstance(v, dict):
+            self._encode(dict(v), out, depth)
+        elif self.allow_pickle:
+            self._encode_pickle(v, out)
+        else:
+            raise _Unencodable(v, "")
+
+    def _encode_numpy(self, numpy: Any, v: Any, out: bytearray) -> None:
+        arr = numpy.asarray(v)
+        dtype = arr.dtype
+        if dtype.kind not in _NUMPY_KINDS or dtype.fields is not None or dtype.itemsize == 0:
+            if self.allow_pickle:
+                self._encode_pickle(v, out)
+                return
+            raise _Unencodable(
+                v,
+                f"its dtype is {dtype}, and the codec sends only numeric, bool, datetime, bytes and "
+                "str dtypes, as raw bytes. Fix: convert it (arr.astype(float), arr.astype(str)) "
+                "or send arr.tolist()",
+            )
+        name = dtype.str.encode()
+        out += b"a" if isinstance(v, numpy.ndarray) else b"g"
+        out += _uvarint(len(name))
+        out += name
+        out += _uvarint(arr.ndim)
+        for dim in arr.shape:
+            out += _uvarint(dim)
+        # view(uint8) rather than the buffer protocol, which datetime64 does not support.
+        out += numpy.ascontiguousarray(arr).reshape(-1).view(numpy.uint8).data
+
+    def _encode_pickle(self, v: Any, out: bytearray) -> None:
+        try:
+            data = pickle.dumps(v, protocol=5)
+        except Exception as exc:  # noqa: BLE001  # pickle raises several types for unpicklable objects
+            raise _Unencodable(v, f"pickle cannot serialise it either: {exc}") from None
+        name = _type_name(type(v)).encode()
+        out += b"X"
+        out += _uvarint(len(name))
+        out += name
+        out += _uvarint(len(data))
+        out += data
+
+    def _explain(self, exc: _Unencodable) -> str:
+        tp = type(exc.value)
+        where = f" at value{exc.path}" if exc.path else ""
+        head = f"cannot send a value of type {_type_name(tp)}{where} over the wire"
+        if exc.reason:
+            return f"{head}: {exc.reason}."
+        if is_dataclass(exc.value):
+            fix = (
+                f"make {tp.__name__} a pydantic model (class {tp.__name__}(pydantic.BaseModel): ...), "
+                "which keeps its type across the wire, or send dataclasses.asdict(value)"
+            )
+        else:
+            fix = f"convert the {tp.__name__} to one of those before the stage returns it"
+        pickle_hint = (
+            ""
+            if self.transport == "tcp"
+            else "; between replicas on local UNIX sockets, Codec(allow_pickle=True) on both ends pickles it instead"
+        )
+        return f"{head}: the codec sends {_SUPPORTED}. Fix: {fix}{pickle_hint}."
+
+    # ------------------------------------------------------------------ decoding
+
+    def decode(self, data: bytes | bytearray | memoryview, annotation: Any = None) -> Any:
+        """The value in payload `data`. Raises DecodeError for anything that is not a payload.
+
+        `annotation` is the receiving parameter's type hint. It turns pydantic JSON back into the
+        model, an Enum value back into the member, and checks a protobuf message's class; it is
+        followed into list[X], tuple[X, ...], dict[K, V], X | None and Annotated[X, ...].
+        """
+        mv = memoryview(data)
+        if mv.ndim != 1 or mv.itemsize != 1:
+            mv = mv.cast("B")
+        if not len(mv):
+            raise DecodeError("empty payload: expected a version byte and a value")
+        if mv[0] != CODEC_VERSION:
+            raise DecodeError(
+                f"payload codec version {mv[0]}, this process reads version {CODEC_VERSION}: "
+                "run the same altoflow version on every replica"
+            )
+        try:
+            value, pos = self._decode(mv, 1, annotation, 0)
+        except (IndexError, struct.error):
+            raise DecodeError("payload is truncated") from None
+        if pos != len(mv):
+            raise DecodeError(f"{len(mv) - pos} stray bytes after the value")
+        return value
+
+    def _decode(self, mv: memoryview, pos: int, hint: Any, depth: int) -> tuple[Any, int]:
+        tag = mv[pos]
+        pos += 1
+        if tag == 0x73:  # s
+            n, pos = _read_len(mv, pos)
+            try:
+                value: Any = str(mv[pos : pos + n], "utf-8", "surrogatepass")
+            except UnicodeDecodeError as exc:
+                raise DecodeError(f"a string is not valid UTF-8: {exc.reason}") from None
+            pos += n
+        elif tag == 0x69:  # i
+            value = _I64.unpack_from(mv, pos)[0]
+            pos += 8
+        elif tag == 0x64:  # d
+            return _F64.unpack_from(mv, pos)[0], pos + 8
+        elif tag == 0x4E:  # N
+            return None, pos
+        elif tag == 0x54:  # T
+            return True, pos
+        elif tag == 0x46:  # F
+            return False, pos
+        elif tag == 0x62 or tag == 0x42:  # b B
+            n, pos = _read_len(mv, pos)
+            value = bytes(mv[pos : pos + n]) if tag == 0x62 else bytearray(mv[pos : pos + n])
+            return value, pos + n
+        elif tag in _CONTAINER_TAGS:
+            return self._decode_container(tag, mv, pos, hint, depth)
+        elif tag == 0x49:  # I
+            n, pos = _read_len(mv, pos)
+            value = int.from_bytes(mv[pos : pos + n], "little", signed=True)
+            pos += n
+        elif tag == 0x61 or tag == 0x67:  # a g
+            return _decode_numpy(tag, mv, pos)
+        elif tag == 0x4A:  # J
+            return _decode_model(mv, pos, hint)
+        elif tag == 0x50:  # P
+            return _decode_protobuf(mv, pos, hint)
+        elif tag == 0x58:  # X
+            return self._decode_pickle(mv, pos)
+        else:
+            raise DecodeError(f"unknown value tag 0x{tag:02x}")
+        if hint is not None:
+            value = _to_enum(value, hint)
+        return value, pos
+
+    def _decode_container(self, tag: int, mv: memoryview, pos: int, hint: Any, depth: int) -> tuple[Any, int]:
+        if depth >= MAX_DEPTH:
+            raise DecodeError(f"payload is nested more than {MAX_DEPTH} levels deep")
+        count, pos = _read_len(mv, pos)
+        # Every item takes at least one byte, so a hostile count fails here, not in a long loop.
+        if count > len(mv) - pos:
+            raise DecodeError("payload is truncated")
+        decode = self._decode
+        depth += 1
+        if tag == 0x6D:  # m
+            key_hint, value_hint = _mapping_hints(hint)
+            result: dict[Any, Any] = {}
+            for _ in range(count):
+                key, pos = decode(mv, pos, key_hint, depth)
+                item, pos = decode(mv, pos, value_hint, depth)
+                try:
+                    result[key] = item
+                except TypeError:
+                    raise DecodeError(f"a dict key of type {type(key).__name__} is unhashable") from None
+            return result, pos
+        items = []
+        if hint is None:
+            for _ in range(count):
+                item, pos = decode(mv, pos, None, depth)
+                items.append(item)
+        else:
+            hints = _item_hints(hint)
+            for i in range(count):
+                item, pos = decode(mv, pos, hints(i), depth)
+                items.append(item)
+        if tag == 0x6C:  # l
+            return items, pos
+        if tag == 0x74:  # t
+            return tuple(items), pos
+        try:
+            return (set(items) if tag == 0x53 else frozenset(items)), pos
+        except TypeError:
+            raise DecodeError("a set holds an unhashable item") from None
+
+    def _decode_pickle(self, mv: memoryview, pos: int) -> tuple[Any, int]:
+        n, pos = _read_len(mv, pos)
+        name = _ascii(mv[pos : pos + n])
+        pos += n
+        m, pos = _read_len(mv, pos)
+        if not self.allow_pickle:
+            raise DecodeError(
+                f"the payload holds a pickled {name} value, and this codec refuses to unpickle: "
+                "unpickling runs code chosen by the sender. Send a pydantic model instead, or, for "
+                "replicas on local UNIX sockets only, use Codec(allow_pickle=True) on both ends"
+            )
+        if pos + m > len(mv):
+            raise DecodeError("payload is truncated")
+        try:
+            return pickle.loads(mv[pos : pos + m]), pos + m
+        except Exception as exc:  # noqa: BLE001  # unpickling can fail in any way the pickled classes allow
+            raise DecodeError(f"cannot unpickle the {name} value: {exc!r}") from None
+
+
+_SEQUENCE_TAGS: dict[type, bytes] = {list: b"l", tuple: b"t", set: b"S", frozenset: b"Z"}
+_CONTAINER_TAGS = frozenset(b"ltSZm")
+
+
+def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
+    """A varint that counts bytes or items, checked against what is left of the payload."""
+    byte = mv[pos]
+    pos += 1
+    if byte < 0x80:
+        n = byte
+    else:
+        n = byte & 0x7F
+        shift = 7
+        while True:
+            byte = mv[pos]
+            pos += 1
+            n |= (byte & 0x7F) << shift
+            if byte < 0x80:
+                break
+            shift += 7
+            if shift > 63:
+                raise DecodeError("a length is longer than 10 bytes")
+    if n > len(mv) - pos:
+        raise DecodeError("payload is truncated")
+    return n, pos
+
+
+def _ascii(data: memoryview) -> str:
+    try:
+        return str(data, "ascii")
+    except UnicodeDecodeError:
+        raise DecodeError("a type name is not ASCII") from None
+
+
+# ---------------------------------------------------------------- annotations
+
+
+def _strip(hint: Any) -> Any:
+    """The hint without Annotated[...] and without None in an X | None."""
+    while True:
+        origin = typing.get_origin(hint)
+        if origin is typing.Annotated:
+            hint = typing.get_args(hint)[0]
+        elif origin is typing.Union or origin is types.UnionType:
+            args = [a for a in typing.get_args(hint) if a is not type(None)]
+            if len(args) != 1:
+                return hint
+            hint = args[0]
+        else:
+            return hint
+
+
+def _candidates(hint: Any, base: type) -> list[type]:
+    """The classes in `hint` (a class or a union of classes) that subclass `base`."""
+    hint = _strip(hint)
+    origin = typing.get_origin(hint)
+    options = typing.get_args(hint) if origin is typing.Union or origin is types.UnionType else (hint,)
+    return [a for a in options if isinstance(a, type) and issubclass(a, base)]
+
+
+def _item_hints(hint: Any) -> Callable[[int], Any]:
+    hint = _strip(hint)
+    args = typing.get_args(hint)
+    origin = typing.get_origin(hint)
+    if origin is tuple:
+        if len(args) == 2 and args[1] is Ellipsis:
+            return lambda i: args[0]
+        return lambda i: args[i] if i < len(args) else None
+    if len(args) == 1:
+        return lambda i: args[0]
+    return lambda i: None
+
+
+def _mapping_hints(hint: Any) -> tuple[Any, Any]:
+    if hint is None:
+        return None, None
+    args = typing.get_args(_strip(hint))
+    return (args[0], args[1]) if len(args) == 2 else (None, None)
+
+
+def _to_enum(value: Any, hint: Any) -> Any:
+    for cls in _candidates(hint, enum.Enum):
+        try:
+            return cls(value)
+        except ValueError:
+            continue
+    return value
+
+
+# ---------------------------------------------------------------- library types
+
+
+def _decode_model(mv: memoryview, pos: int, hint: Any) -> tuple[Any, int]:
+    n, pos = _read_len(mv, pos)
+    data = mv[pos : pos + n]
+    pos += n
+    models = _candidates(hint, BaseModel) if hint is not None else []
+    problems = []
+    for model in models:
+        try:
+            return model.model_validate_json(bytes(data)), pos
+        except ValueError as exc:  # pydantic.ValidationError
+            problems.append(f"{model.__name__}: {exc}")
+    if problems:
+        raise DecodeError("the payload's JSON does not validate as the annotated model: " + "; ".join(problems))
+    try:
+        return json.loads(bytes(data)), pos
+    except (ValueError, RecursionError) as exc:
+        raise DecodeError(f"a pydantic model's JSON is invalid: {exc}") from None
+
+
+def _decode_protobuf(mv: memoryview, pos: int, hint: Any) -> tuple[Any, int]:
+    n, pos = _read_len(mv, pos)
+    name = _ascii(mv[pos : pos + n])
+    pos += n
+    m, pos = _read_len(mv, pos)
+    data = mv[pos : pos + m]
+    pos += m
+    cls = next((c for c in _candidates(hint, Message) if c.DESCRIPTOR.full_name == name), None) if hint is not None else None
+    if cls is None:
+        try:
+            cls = message_factory.GetMessageClass(descriptor_pool.Default().FindMessageTypeByName(name))
+        except KeyError:
+            raise DecodeError(
+                f"the payload holds a protobuf {name} message, and no such message type is loaded in "
+                "this process: annotate the parameter with its class, or import its _pb2 module in "
+                "the module that defines the stage"
+            ) from None
+    try:
+        return cls.FromString(bytes(data)), pos
+    except _ProtobufDecodeError as exc:
+        raise DecodeError(f"the payload's {name} message does not parse: {exc}") from None
+
+
+def _decode_numpy(tag: int, mv: memoryview, pos: int) -> tuple[Any, int]:
+    n, pos = _read_len(mv, pos)
+    dtype_str = _ascii(mv[pos : pos + n])
+    pos += n
+    if not _DTYPE_RE.fullmatch(dtype_str):
+        raise DecodeError(f"numpy dtype {dtype_str!r} is not one the codec sends")
+    try:
+        import numpy
+    except ImportError:
+        raise DecodeError("the payload holds a numpy array, and numpy is not installed here: pip install numpy") from None
+    try:
+        dtype = numpy.dtype(dtype_str)
+    except (TypeError, ValueError) as exc:
+        raise DecodeError(f"bad numpy dtype {dtype_str!r}: {exc}") from None
+    if dtype.kind not in _NUMPY_KINDS or dtype.itemsize == 0:
+        raise DecodeError(f"numpy dtype {dtype_str!r} is not one the codec sends")
+    ndim, pos = _read_len(mv, pos)
+    if ndim > 64 or (tag == 0x67 and ndim):
+        raise DecodeError(f"numpy value with {ndim} dimensions")
+    shape = []
+    count = 1
+    for _ in range(ndim):
+        dim, pos = _read_dim(mv, pos)
+        shape.append(dim)
+        count *= dim
+    nbytes = count * dtype.itemsize
+    if nbytes > len(mv) - pos:
+        raise DecodeError("payload is truncated")
+    if count:
+        # A copy, so that the array is writable and does not keep the whole frame alive.
+        arr = numpy.frombuffer(mv, dtype=dtype, count=count, offset=pos).reshape(shape).copy()
+    else:
+        try:
+            arr = numpy.zeros(shape, dtype=dtype)
+        except ValueError as exc:  # dimensions whose product overflows, beside a 0
+            raise DecodeError(f"numpy shape {tuple(shape)}: {exc}") from None
+    _check_numpy_content(numpy, arr)
+    pos += nbytes
+    return (arr[()] if tag == 0x67 else arr), pos
+
+
+def _read_dim(mv: memoryview, pos: int) -> tuple[int, int]:
+    # Dimensions may be 0 and are not byte counts, so _read_len's bound does not apply, but a
+    # dimension above the payload size would need another one of 0 and is refused too.
+    n = 0
+    shift = 0
+    while True:
+        byte = mv[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            break
+        shift += 7
+        if shift > 63:
+            raise DecodeError("a numpy dimension is longer than 10 bytes")
+    if n > len(mv):
+        raise DecodeError(f"numpy dimension {n} is larger than the payload")
+    return n, pos
+
+
+def _check_numpy_content(numpy: Any, arr: Any) -> None:
+    # Values that numpy would store but not read back sanely: bools other than 0 and 1, and
+    # code points past U+10FFFF, which crash str() of the element with a SystemError.
+    if not arr.size:
+        return
+    flat = arr.reshape(-1)  # a 0-d array cannot be viewed as another item size
+    if arr.dtype.kind == "b" and flat.view(numpy.uint8).max() > 1:
+        raise DecodeError("a numpy bool array holds bytes other than 0 and 1")
+    if arr.dtype.kind == "U":
+        codes = flat.view(arr.dtype.byteorder.replace("|", "=") + "u4")
+        if codes.max() > 0x10FFFF:
+            raise DecodeError("a numpy str array holds a code point past U+10FFFF")
+
+
+_DEFAULT = Codec()
+
+
+def encode_value(value: object) -> bytes:
+    """The payload bytes of `value`, with the default codec (no pickle)."""
+    return _DEFAULT.encode(value)
+
+
+def decode_value(data: bytes | bytearray | memoryview, annotation: Any = None) -> Any:
+    """The value in payload `data`, with the default codec (no pickle). See Codec.decode."""
+    return _DEFAULT.decode(data, annotation)
