@@ -208,6 +208,13 @@ class Sampling:
         _check_float(self, "presence_penalty", -2.0, 2.0)
         _check_float(self, "frequency_penalty", -2.0, 2.0)
 
+    # The knobs every engine names the same way; each engine adds its own spelling of the rest.
+    COMMON = ("temperature", "top_p", "top_k", "seed", "presence_penalty", "frequency_penalty")
+
+    def common(self) -> dict[str, Any]:
+        """The common knobs that are set (not ``None``), by their shared names."""
+        return {name: getattr(self, name) for name in self.COMMON if getattr(self, name) is not None}
+
     def replace(self, **overrides: Any) -> Sampling:
         """A copy with some parameters changed; unknown names are a ``TypeError``."""
         if not overrides:

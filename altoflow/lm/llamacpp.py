@@ -112,17 +112,7 @@ class LlamaCppLM(LM):
             "stop": list(sampling.stop) or None,
             "stream": True,
         }
-        for name in (
-            "temperature",
-            "top_p",
-            "top_k",
-            "seed",
-            "presence_penalty",
-            "frequency_penalty",
-        ):
-            value = getattr(sampling, name)
-            if value is not None:
-                params[name] = value
+        params.update(sampling.common())
         if isinstance(prompt, str):
             return iter(self._llama.create_completion(prompt, **params))
         messages = [m.as_dict() for m in prompt]

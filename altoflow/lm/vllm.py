@@ -66,17 +66,7 @@ class VllmLM(LM):
         }
         if sampling.stop:
             kwargs["stop"] = list(sampling.stop)
-        for name in (
-            "temperature",
-            "top_p",
-            "top_k",
-            "seed",
-            "presence_penalty",
-            "frequency_penalty",
-        ):
-            value = getattr(sampling, name)
-            if value is not None:
-                kwargs[name] = value
+        kwargs.update(sampling.common())
         return self._vllm.SamplingParams(**kwargs)
 
     async def _prompt(self, prompt: str | tuple[ChatMessage, ...]) -> str:
