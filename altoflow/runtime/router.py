@@ -67,7 +67,7 @@ class _Protocol(asyncio.Protocol):
             # The peer's mistake: drop that replica, keep serving everyone else.
             print(f"altoflow router: replica {self.conn.stage}#{self.conn.rid}: {exc}", file=sys.stderr)
             self.conn.transport.close()
-        router._flush_all()
+        router._schedule_flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn.router._on_lost(self.conn)
@@ -98,6 +98,7 @@ class Router:
         self._ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._dirty: set[int] = set()
+        self._flush_scheduled = False
         self.stats = _Stats(self.plan.names)
         self._started: dict[tuple[int, tuple], float] = {}  # (replica, ancestry) -> dispatch time
         self._admitted: dict[int, float] = {}
@@ -145,7 +146,7 @@ class Router:
         self._admitted[request] = time.perf_counter()
         self.stats.admitted += 1
         self._apply(self.core.handle(Submit(request, encoded)))
-        self._flush_all()
+        self._schedule_flush()
         return RequestStream(receive, lambda: self._cancel(request), request)
 
     def _cancel(self, request: int) -> None:
@@ -155,7 +156,7 @@ class Router:
         send.close()
         self._finished(request, "cancelled")
         self._apply(self.core.handle(Cancel(request)))
-        self._flush_all()
+        self._schedule_flush()
 
     def _finished(self, request: int, outcome: str) -> None:
         started = self._admitted.pop(request, None)
@@ -227,7 +228,7 @@ class Router:
             return
         del self.conns[conn.rid]
         self._apply(self.core.handle(ReplicaDown(conn.rid)))
-        self._flush_all()
+        self._schedule_flush()
 
     def _error(self, stage: str, levels: list[str], anc: tuple, body: Any) -> ErrorInfo | None:
         if not isinstance(body, fr.ErrorInfo):
@@ -324,7 +325,15 @@ class Router:
         conn.writer.send_nowait(kind, **fields)
         self._dirty.add(rid)
 
+    def _schedule_flush(self) -> None:
+        # One write per replica per event-loop turn, however many frames the turn produced
+        # (perf-notes.md: batching is worth a factor of ten).
+        if not self._flush_scheduled:
+            self._flush_scheduled = True
+            asyncio.get_running_loop().call_soon(self._flush_all)
+
     def _flush_all(self) -> None:
+        self._flush_scheduled = False
         for rid in self._dirty:
             conn = self.conns.get(rid)
             if conn is not None and not conn.transport.is_closing():
