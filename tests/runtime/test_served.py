@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 import altoflow as af
 from altoflow.compiler import load_target
 from altoflow.runtime.serve import Supervisor
+from oracle import evaluate
 
 TESTS = Path(__file__).resolve().parent.parent
 
@@ -58,7 +59,9 @@ def _serve_and_compare(target: str, requests: list[dict], replicas=None, barrier
         last = events[-1]
         if error is not None:
             assert last.type == "error", f"{fields}: expected {error}, got {last}"
-            assert last.stage is not None
+            # Which item failed first depends on scheduling, but it is one that fails.
+            failing = asyncio.run(evaluate(target, **fields)).errors
+            assert (last.stage, tuple(last.ancestry.items())) in failing, (last, failing)
         else:
             assert last.type == "done", f"{fields}: {last}"
             assert outputs == expected, fields
