@@ -1202,8 +1202,12 @@ def markdown(result: dict) -> str:
         "",
         "Latency is one frame or request in flight; items/s has many in flight. frames/s through the "
         "middle counts the frames the middle process reads or writes per item (bare 2; router-1 3: DATA "
-        "out, DATA and ACK in; router-2 4). CPU is user+system time of each process during the "
-        "throughput phase, divided by the items.",
+        "out, DATA and ACK in; router-2 4); frames per CPU-s divides them by the middle process's own "
+        "CPU time, what it would move with a core to itself (on 2 shared cores the endpoints, which "
+        "encode and decode every frame in Python, set the end-to-end pace). CPU columns are user+system "
+        "time of each process from /proc (10 ms ticks), during the latency phase (per request, one in "
+        "flight) and during the throughput phase (per item). The router's process includes the client "
+        "coroutines that submit requests and read their events.",
         "",
         tables(result, md=True),
     ]) + "\n"
