@@ -436,24 +436,27 @@ _SEQUENCE_TAGS: dict[type, bytes] = {list: b"l", tuple: b"t", set: b"S", frozens
 _CONTAINER_TAGS = frozenset(b"ltSZm")
 
 
+def _read_varint(mv: memoryview, pos: int, what: str) -> tuple[int, int]:
+    n = 0
+    shift = 0
+    while True:
+        byte = mv[pos]
+        pos += 1
+        n |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return n, pos
+        shift += 7
+        if shift > 63:
+            raise DecodeError(f"{what} is longer than 10 bytes")
+
+
 def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
     """A varint that counts bytes or items, checked against what is left of the payload."""
     byte = mv[pos]
-    pos += 1
-    if byte < 0x80:
-        n = byte
+    if byte < 0x80:  # the common case, one byte
+        n, pos = byte, pos + 1
     else:
-        n = byte & 0x7F
-        shift = 7
-        while True:
-            byte = mv[pos]
-            pos += 1
-            n |= (byte & 0x7F) << shift
-            if byte < 0x80:
-                break
-            shift += 7
-            if shift > 63:
-                raise DecodeError("a length is longer than 10 bytes")
+        n, pos = _read_varint(mv, pos, "a length")
     if n > len(mv) - pos:
         raise DecodeError("payload is truncated")
     return n, pos
@@ -610,17 +613,7 @@ def _decode_numpy(tag: int, mv: memoryview, pos: int) -> tuple[Any, int]:
 def _read_dim(mv: memoryview, pos: int) -> tuple[int, int]:
     # Dimensions may be 0 and are not byte counts, so _read_len's bound does not apply, but a
     # dimension above the payload size would need another one of 0 and is refused too.
-    n = 0
-    shift = 0
-    while True:
-        byte = mv[pos]
-        pos += 1
-        n |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            break
-        shift += 7
-        if shift > 63:
-            raise DecodeError("a numpy dimension is longer than 10 bytes")
+    n, pos = _read_varint(mv, pos, "a numpy dimension")
     if n > len(mv):
         raise DecodeError(f"numpy dimension {n} is larger than the payload")
     return n, pos

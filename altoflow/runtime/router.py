@@ -192,10 +192,10 @@ class Router:
             if frame.status == 2:
                 self.stats.errors[stage] += 1
             event = Ack(conn.rid, stage, anc, STATUS[frame.status],
-                        self._error(stage, self.plan.stage(stage).levels_in, anc, frame.body))
+                        self._error(stage, self.core.stages[stage].levels_in, anc, frame.body))
         elif kind == fr.Kind.FLUSH_DONE:
             event = FlushDone(conn.rid, stage, anc, STATUS[frame.status],
-                              self._error(stage, self.plan.stage(stage).route_key or [], anc, frame.body))
+                              self._error(stage, self.core.stages[stage].route_key or [], anc, frame.body))
         elif kind == fr.Kind.HEARTBEAT:
             return
         else:
@@ -208,10 +208,10 @@ class Router:
             raise fr.RemoteProtocolError(f"expected HELLO first, got {frame.kind.name}")
         if hello.stage not in self.stage_index:
             raise fr.RemoteProtocolError(f"HELLO for unknown stage {hello.stage!r}")
-        if not 0 <= hello.replica_id < self.plan.stage(hello.stage).replicas:
+        if not 0 <= hello.replica_id < self.core.stages[hello.stage].replicas:
             raise fr.RemoteProtocolError(
                 f"HELLO for slot {hello.replica_id} of {hello.stage}, which has "
-                f"{self.plan.stage(hello.stage).replicas} replicas")
+                f"{self.core.stages[hello.stage].replicas} replicas")
         proof = b""
         if conn.challenge is not None:
             fr.verify_proof(fr.replica_proof(self.secret, conn.challenge, hello), hello.proof,
@@ -241,7 +241,7 @@ class Router:
         for ins in instructions:
             if isinstance(ins, Invoke):
                 self._started[(ins.replica, ins.ancestry)] = time.perf_counter()
-                stage = self.plan.stage(ins.stage)
+                stage = self.core.stages[ins.stage]
                 parts = [ins.args[p] for p in stage.params]
                 self._send(ins.replica, fr.Kind.DATA, stage=self.stage_index[ins.stage],
                            request_id=ins.ancestry[0], ancestry=ins.ancestry[1:],
