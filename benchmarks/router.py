@@ -404,8 +404,19 @@ def latency_record(samples: list[float], cpu: list[float]) -> dict:
             "cpu_us_per_item": [c / len(samples) * 1e6 for c in cpu]}
 
 
+def pin(pids: list[int], p: dict) -> None:
+    """With --pin, process i of a trial runs on CPU i mod the CPUs there are (the first process,
+    the client or the router, on the first), so that every repetition places them alike."""
+    if not p.get("pin"):
+        return
+    cpus = sorted(os.sched_getaffinity(0))
+    for i, pid in enumerate(pids):
+        os.sched_setaffinity(pid, {cpus[i % len(cpus)]})
+
+
 async def measure_client(proto: ClientProto, p: dict, pids: list[int], worker: bool = False) -> dict:
     await asyncio.wait_for(proto.ready, 30)
+    pin(pids, p)
     peer = Peer(proto.fr, worker)
     await client_latency(proto, peer, 0, p["latency_warm"])
     before = [cpu_seconds(pid) for pid in pids]
@@ -550,6 +561,7 @@ async def router_trial(p: dict, pipeline: str) -> dict:
     async with served:
         fields = {"x": PAYLOAD} if pipeline == "one" else {"x": PAYLOAD, "n": 1}
         pids = [os.getpid(), *(proc.pid for proc in served.workers.values())]
+        pin(pids, p)
         lat = []
         for i in range(p["latency_warm"] + p["latency_n"]):
             if i == p["latency_warm"]:
@@ -1244,6 +1256,7 @@ def orchestrate(args: argparse.Namespace, argv: list[str]) -> dict:
         setting["mem_budget_s"] = args.memory_budget
     repeat = setting.pop("repeat")
     setting["malloc_env"] = not args.no_malloc_env
+    setting["pin"] = args.pin
     if not args.quick and repeat < 3:
         raise SystemExit("--repeat must be at least 3 (benchmarks.md: medians over >= 3 repetitions)")
     if args.loops == "both":
@@ -1331,6 +1344,8 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--no-malloc-env", action="store_true",
                     help="run every process with glibc's default malloc thresholds")
     ap.add_argument("--profile", action="store_true", help="also cProfile the router process (router-1, router-2)")
+    ap.add_argument("--pin", action="store_true",
+                    help="pin each trial's processes to CPUs, round-robin (client or router first)")
     ap.add_argument("--out", type=Path, default=DEFAULT_OUT, help="the JSON results")
     ap.add_argument("--markdown", nargs="?", const=DEFAULT_MD, type=Path, default=None,
                     help="do not run: write the markdown report (default docs/benchmarks-router.md) from --out")

@@ -67,6 +67,7 @@ __all__ = [
     "TraceStamp",
     "WriterStatistics",
     "encode_frame",
+    "encode_item",
     "pack_header",
     "peek_header",
     "replica_proof",
@@ -445,6 +446,49 @@ def encode_frame(
         key_hash=key_hash,
     )
     return b"".join((header, envelope, payload))
+
+
+# The kinds `encode_item` takes: per-item frames whose body, if any, is optional.
+_ITEM_KINDS = frozenset((Kind.DATA, Kind.ACK, Kind.OPEN, Kind.FLUSH, Kind.FLUSH_DONE, Kind.CANCEL))
+
+
+def encode_item(
+    kind: Kind | int,
+    stage: int,
+    request_id: int,
+    ancestry: tuple[int, ...] = (),
+    payload: bytes = b"",
+    status: int = 0,
+) -> bytes:
+    """`encode_frame(kind, stage=, request_id=, ancestry=, payload=, status=)`, the same bytes.
+
+    The per-item path of the router and the workers: when the envelope holds at most the
+    ancestry (every index below 128) and a status, it is written here as protobuf writes it
+    (packed field 1, then field 6) instead of through a protobuf message and `encode_frame`'s
+    checks, about 1 us against 8. Anything else goes through `encode_frame`.
+    """
+    if kind in _ITEM_KINDS and 0 <= status <= _STATUS_MAX and len(ancestry) < 128:
+        if not ancestry:
+            envelope = b"\x30" + _BYTE[status] if status else b""
+        elif max(ancestry) < 128 and min(ancestry) >= 0:
+            envelope = b"\x0a" + _BYTE[len(ancestry)] + bytes(ancestry)
+            if status:
+                envelope += b"\x30" + _BYTE[status]
+        else:
+            envelope = None
+        if envelope is not None:
+            try:
+                header = _HEADER.pack(HEADER_SIZE + len(envelope) + len(payload), MAGIC, PROTOCOL_VERSION,
+                                      kind, 0, stage, len(envelope), request_id, 0)
+            except struct.error:
+                pass  # out of range: encode_frame says which field
+            else:
+                return header + envelope + payload if envelope else header + payload
+    return encode_frame(kind, stage=stage, request_id=request_id, ancestry=ancestry, payload=payload,
+                        status=status)
+
+
+_BYTE = tuple(bytes((i,)) for i in range(256))
 
 
 def _envelope_problem(

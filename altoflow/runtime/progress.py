@@ -30,7 +30,7 @@ feed it events and act on what it returns.
 from __future__ import annotations
 
 from collections import defaultdict
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Iterable
 
 from altoflow.compiler.plan import Plan
@@ -106,7 +106,8 @@ class Topology:
         return [sorted((t, min(dt, self.targets[t])) for t, dt in d[s].items()) for s in range(n)]
 
 
-@dataclass(frozen=True)
+# Slotted, not frozen, like the core's events: one is built per request or group (core.py).
+@dataclass(slots=True)
 class Unreachable:
     """Nothing in flight can reach ``target`` with an ancestry inside ``prefix`` any more."""
 
@@ -114,22 +115,22 @@ class Unreachable:
     prefix: Ancestry
 
 
-@dataclass(frozen=True)
+@dataclass(slots=True)
 class RequestIdle:
     """Request ``request`` has no work in flight at all: it is done."""
 
     request: int
 
 
-@dataclass
 class _RequestState:
-    holds: int = 0
-    counts: dict[tuple[int, Ancestry], int] = field(default_factory=dict)
-    watches: set[tuple[int, Ancestry]] = field(default_factory=set)
-    # (target, key) -> watched prefixes that start with key
-    watch_index: dict[tuple[int, Ancestry], set[Ancestry]] = field(
-        default_factory=lambda: defaultdict(set)
-    )
+    __slots__ = ("counts", "holds", "watch_index", "watches")
+
+    def __init__(self) -> None:
+        self.holds = 0
+        self.counts: dict[tuple[int, Ancestry], int] = {}
+        self.watches: set[tuple[int, Ancestry]] = set()
+        # (target, key) -> watched prefixes that start with key
+        self.watch_index: dict[tuple[int, Ancestry], set[Ancestry]] = defaultdict(set)
 
 
 class Progress:

@@ -18,19 +18,30 @@ from typing import Any
 
 import time
 
-import anyio
-
-from altoflow._result import Event
-from altoflow.server.ingress import Histogram, MetricFamily, Overloaded, RequestStream, render_metrics
+from altoflow._result import Event, done_event, output_event
+from altoflow.server.ingress import (
+    EventChannel, Histogram, MetricFamily, Overloaded, RequestStream, render_metrics,
+)
 from altoflow.compiler import CompiledPipeline
 from altoflow.runtime import frames as fr
 from altoflow.runtime.codec import Codec
 from altoflow.runtime.core import (
-    Abort, Ack, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Invoke, Open, Output,
+    Abort, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Invoke, Open,
     ReplicaDown, ReplicaUp, RouterCore, Submit,
 )
 
 STATUS = {0: "ok", 1: "dropped", 2: "failed"}
+_DATA, _ACK, _FLUSH_DONE, _HEARTBEAT = fr.Kind.DATA, fr.Kind.ACK, fr.Kind.FLUSH_DONE, fr.Kind.HEARTBEAT
+
+
+def _output_hint(spec: Any) -> Any:
+    """The type to decode a stage's outputs with for the client: a map stage's return
+    annotation tells pydantic and protobuf payloads what they are; a generator's or an
+    aggregate's does not describe its items."""
+    hint = spec.return_annotation
+    if hint is inspect.Signature.empty or spec.is_generator or spec.aggregate is not None:
+        return None
+    return hint
 
 
 @dataclass
@@ -94,7 +105,7 @@ class Router:
         self.max_inflight = max_inflight
         self.stage_index = {name: i for i, name in enumerate(self.plan.names)}
         self.conns: dict[int, _Conn] = {}
-        self.requests: dict[int, Any] = {}  # request id -> the send side of its event stream
+        self.requests: dict[int, EventChannel] = {}  # request id -> its events' buffer
         self._ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._dirty: set[int] = set()
@@ -103,6 +114,7 @@ class Router:
         self._started: dict[tuple[int, tuple], float] = {}  # (replica, ancestry) -> dispatch time
         self._admitted: dict[int, float] = {}
         self.server: asyncio.AbstractServer | None = None
+        self._output_hints = {name: _output_hint(compiled.specs[name]) for name in self.plan.names}
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -141,19 +153,19 @@ class Router:
             raise Overloaded(f"{len(self.requests)} requests in flight (max_inflight={self.max_inflight})")
         encoded = {name: self.codec.encode(v) for name, v in values.items()}
         request = next(self._ids)
-        send, receive = anyio.create_memory_object_stream[Event](float("inf"))
-        self.requests[request] = send
+        channel = EventChannel()
+        self.requests[request] = channel
         self._admitted[request] = time.perf_counter()
         self.stats.admitted += 1
         self._apply(self.core.handle(Submit(request, encoded)))
         self._schedule_flush()
-        return RequestStream(receive, lambda: self._cancel(request), request)
+        return RequestStream(channel, lambda: self._cancel(request), request)
 
     def _cancel(self, request: int) -> None:
-        send = self.requests.pop(request, None)
-        if send is None:
+        channel = self.requests.pop(request, None)
+        if channel is None:
             return  # it had finished
-        send.close()
+        channel.close()
         self._finished(request, "cancelled")
         self._apply(self.core.handle(Cancel(request)))
         self._schedule_flush()
@@ -175,32 +187,31 @@ class Router:
     # -- frames in ------------------------------------------------------------------------
 
     def _on_frame(self, conn: _Conn, frame: fr.Frame) -> None:
-        if conn.rid is None:
+        # The per-frame path: kinds compared by identity (the reader hands out the Kind
+        # members themselves), and an ACK's error looked at only when it has one.
+        stage = conn.stage
+        if stage is None:
             self._on_hello(conn, frame)
             return
-        stage = conn.stage
-        assert stage is not None
-        anc = (frame.request_id, *frame.ancestry)
         kind = frame.kind
-        if kind == fr.Kind.DATA:
-            event: Any = Output(conn.rid, stage, anc, frame.payload)
+        anc = (frame.request_id, *frame.ancestry)
+        if kind is _DATA:
             self.stats.items[stage] += 1
-        elif kind == fr.Kind.ACK:
+            self._apply(self.core.output(conn.rid, stage, anc, frame.payload))  # type: ignore[arg-type]
+        elif kind is _ACK:
             started = self._started.pop((conn.rid, anc), None)
             if started is not None:
                 self.stats.stage_latency[stage].observe(time.perf_counter() - started)
+            error = None
             if frame.status == 2:
                 self.stats.errors[stage] += 1
-            event = Ack(conn.rid, stage, anc, STATUS[frame.status],
-                        self._error(stage, self.core.stages[stage].levels_in, anc, frame.body))
-        elif kind == fr.Kind.FLUSH_DONE:
-            event = FlushDone(conn.rid, stage, anc, STATUS[frame.status],
-                              self._error(stage, self.core.stages[stage].route_key or [], anc, frame.body))
-        elif kind == fr.Kind.HEARTBEAT:
-            return
-        else:
+                error = self._error(stage, self.core.stages[stage].levels_in, anc, frame.body)
+            self._apply(self.core.ack(conn.rid, stage, anc, STATUS[frame.status], error))  # type: ignore[arg-type]
+        elif kind is _FLUSH_DONE:
+            error = self._error(stage, self.core.stages[stage].route_key or [], anc, frame.body)
+            self._apply(self.core.handle(FlushDone(conn.rid, stage, anc, STATUS[frame.status], error)))  # type: ignore[arg-type]
+        elif kind is not _HEARTBEAT:
             raise fr.RemoteProtocolError(f"the router does not take {kind.name} frames from replicas")
-        self._apply(self.core.handle(event))
 
     def _on_hello(self, conn: _Conn, frame: fr.Frame) -> None:
         hello = frame.body
@@ -239,39 +250,49 @@ class Router:
 
     def _apply(self, instructions: list[Any]) -> None:
         for ins in instructions:
-            if isinstance(ins, Invoke):
+            t = type(ins)
+            if t is Invoke:
                 self._started[(ins.replica, ins.ancestry)] = time.perf_counter()
                 stage = self.core.stages[ins.stage]
-                parts = [ins.args[p] for p in stage.params]
-                self._send(ins.replica, fr.Kind.DATA, stage=self.stage_index[ins.stage],
-                           request_id=ins.ancestry[0], ancestry=ins.ancestry[1:],
-                           payload=b"".join(parts), part_sizes=[len(p) for p in parts])
-            elif isinstance(ins, Open):
-                self._send(ins.replica, fr.Kind.OPEN, stage=self.stage_index[ins.stage],
-                           request_id=ins.prefix[0], ancestry=ins.prefix[1:])
-            elif isinstance(ins, Flush):
-                self._send(ins.replica, fr.Kind.FLUSH, stage=self.stage_index[ins.stage],
-                           request_id=ins.prefix[0], ancestry=ins.prefix[1:],
-                           status=1 if ins.opened else 0)
-            elif isinstance(ins, Abort):
-                self._send(ins.replica, fr.Kind.CANCEL, request_id=ins.request)
-            elif isinstance(ins, Emit):
-                send = self.requests.get(ins.request)
-                if send is not None:
-                    send.send_nowait(Event("output", ins.stage, ins.ancestry, self._decode(ins)))
-            elif isinstance(ins, Finish):
-                send = self.requests.pop(ins.request, None)
-                if send is None:
+                anc = ins.ancestry
+                if len(stage.params) == 1:
+                    payload = ins.args[stage.params[0]]
+                    self._write(ins.replica, fr.encode_item(_DATA, self.stage_index[ins.stage], anc[0],
+                                                            anc[1:], payload))
+                else:
+                    parts = [ins.args[p] for p in stage.params]
+                    self._send(ins.replica, _DATA, stage=self.stage_index[ins.stage], request_id=anc[0],
+                               ancestry=anc[1:], payload=b"".join(parts),
+                               part_sizes=[len(p) for p in parts] if len(parts) > 1 else ())
+            elif t is Emit:
+                channel = self.requests.get(ins.request)
+                if channel is not None:
+                    value = self.codec.decode(ins.payload, self._output_hints[ins.stage])
+                    channel.send_nowait(output_event(ins.stage, ins.ancestry, value))
+            elif t is Finish:
+                channel = self.requests.pop(ins.request, None)
+                if channel is None:
                     continue
                 if ins.error is None:
-                    send.send_nowait(Event("done"))
+                    channel.send_nowait(done_event())
                     self._finished(ins.request, "done")
                 else:
                     e = ins.error
-                    send.send_nowait(Event("error", e.stage, e.ancestry, error=e.detail,
-                                           exc_type=e.exc_type))
+                    channel.send_nowait(Event("error", e.stage, e.ancestry, error=e.detail,
+                                              exc_type=e.exc_type))
                     self._finished(ins.request, "error")
-                send.close()
+                channel.end()
+            elif t is Open:
+                self._write(ins.replica, fr.encode_item(fr.Kind.OPEN, self.stage_index[ins.stage],
+                                                        ins.prefix[0], ins.prefix[1:]))
+            elif t is Flush:
+                self._write(ins.replica, fr.encode_item(fr.Kind.FLUSH, self.stage_index[ins.stage],
+                                                        ins.prefix[0], ins.prefix[1:],
+                                                        status=1 if ins.opened else 0))
+            elif t is Abort:
+                self._write(ins.replica, fr.encode_item(fr.Kind.CANCEL, 0, ins.request))
+            else:
+                raise TypeError(f"unknown instruction {ins!r}")
 
     def metrics(self) -> str:
         """Prometheus text: requests, and per stage queue depth, in-flight, items, errors, latency."""
@@ -309,26 +330,20 @@ class Router:
                          per(self.ready())),
         ])
 
-    def _decode(self, ins: Emit) -> Any:
-        # A map stage's return annotation tells pydantic and protobuf payloads what they are;
-        # a generator's or an aggregate's does not describe its items.
-        spec = self.compiled.specs[ins.stage]
-        hint = spec.return_annotation
-        if hint is inspect.Signature.empty or spec.is_generator or spec.aggregate is not None:
-            hint = None
-        return self.codec.decode(ins.payload, hint)
-
     def _send(self, rid: int, kind: fr.Kind, **fields: Any) -> None:
+        self._write(rid, fr.encode_frame(kind, **fields))
+
+    def _write(self, rid: int, frame: bytes) -> None:
         conn = self.conns.get(rid)
         if conn is None:
             return  # it died; the core has been told (ReplicaDown) and re-routes
-        conn.writer.send_nowait(kind, **fields)
+        conn.writer.write_nowait(frame)
         self._dirty.add(rid)
 
     def _schedule_flush(self) -> None:
         # One write per replica per event-loop turn, however many frames the turn produced
         # (perf-notes.md: batching is worth a factor of ten).
-        if not self._flush_scheduled:
+        if self._dirty and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_all)
 

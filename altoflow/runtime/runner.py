@@ -51,11 +51,25 @@ class StageRunner:
         self.op = spec.aggregate
         self.cut = 1 + len(plan.route_key or [])
         self.groups: dict[Ancestry, _Group] = {}
+        # The common case, an async map with no retries, timeout, barrier or fold, skips the
+        # general path's two extra coroutine frames (docs/benchmarks-router.md).
+        self._plain = (spec.is_async and not spec.is_generator and self.op is None and not barrier
+                       and plan.retries == 0 and plan.timeout is None)
 
     # -- invocations ---------------------------------------------------------------------------
 
     async def invoke(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
         """Run the stage on one input; outputs go to ``emit`` the moment they exist."""
+        if self._plain:
+            try:
+                value = await self.fn(**kwargs)
+            except Exception as exc:
+                failed = self._failure(self.plan.levels_in, anc, exc)
+                return failed.status, failed.error
+            if value is DROP:
+                return "dropped", None
+            self.emit(anc, value)
+            return "ok", None
         held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
         emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
         try:
@@ -96,32 +110,38 @@ class StageRunner:
         )
 
     async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any], emit: Emit) -> None:
-        index = 0
+        emitted = [0]  # items emitted so far, kept across attempts and read after an error
         error: Exception | None = None
         for _ in range(self.plan.retries + 1):
             try:
-                with anyio.fail_after(self.plan.timeout):
-                    if self.spec.is_async:
-                        agen = self.fn(**kwargs)
-                        try:
-                            async for value in agen:
-                                index = self._yielded(anc, index, value, emit)
-                        finally:
-                            await agen.aclose()
-                    else:
-                        gen = self.fn(**kwargs)
-                        try:
-                            while (value := await anyio.to_thread.run_sync(
-                                    _next, gen, abandon_on_cancel=True)) is not _END:
-                                index = self._yielded(anc, index, value, emit)
-                        finally:
-                            _close(gen)
+                if self.plan.timeout is None:  # no cancel scope: it costs more than a call
+                    await self._generate(anc, kwargs, emit, emitted)
+                else:
+                    with anyio.fail_after(self.plan.timeout):
+                        await self._generate(anc, kwargs, emit, emitted)
                 return
             except Exception as exc:
                 error = exc
-                if index:  # items have streamed on: a retry would yield them again
+                if emitted[0]:  # items have streamed on: a retry would yield them again
                     break
         raise self._failure(self.plan.levels_in, anc, error)
+
+    async def _generate(self, anc: Ancestry, kwargs: dict[str, Any], emit: Emit, emitted: list[int]) -> None:
+        if self.spec.is_async:
+            agen = self.fn(**kwargs)
+            try:
+                async for value in agen:
+                    emitted[0] = self._yielded(anc, emitted[0], value, emit)
+            finally:
+                await agen.aclose()
+        else:
+            gen = self.fn(**kwargs)
+            try:
+                while (value := await anyio.to_thread.run_sync(
+                        _next, gen, abandon_on_cancel=True)) is not _END:
+                    emitted[0] = self._yielded(anc, emitted[0], value, emit)
+            finally:
+                _close(gen)
 
     def _yielded(self, anc: Ancestry, index: int, value: Any, emit: Emit) -> int:
         if value is DROP:  # a generator drops an element by not yielding it; DROP skips it too

@@ -12,7 +12,8 @@ frames until the router goes away or says SHUTDOWN:
 - CANCEL: the request is over: its invocations are cancelled (and acknowledged as dropped) and
   its groups forgotten.
 
-Frames out are coalesced and written once per event-loop turn.
+Frames out are coalesced and written once per event-loop turn, or at once when the invocation
+that wrote them was the only one running (nothing could join the write).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import asyncio
 import os
 import sys
+from collections import deque
 from typing import Any
 
 from altoflow.compiler import load_target
@@ -30,6 +32,7 @@ from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.runner import StageRunner
 
 STATUS_CODE = {"ok": 0, "dropped": 1, "failed": 2}
+_DATA = fr.Kind.DATA
 
 
 class Worker:
@@ -49,14 +52,19 @@ class Worker:
         self.runner = StageRunner(self.spec, self.stage, fn, self._emit, barrier=barrier)
         self.writer = fr.FrameWriter()
         self.reader = fr.FrameReader()
-        self.tasks: dict[int, set[asyncio.Task]] = {}
-        self.slots = asyncio.Semaphore(self.stage.concurrency)
+        self.tasks: dict[int, set[asyncio.Task]] = {}  # request id -> its running invocations
+        self.running: dict[asyncio.Task, tuple[int, ...]] = {}  # invocation -> its ancestry
+        # Inputs beyond `concurrency`, from a router that does not keep to its credits.
+        self.backlog: deque[tuple[tuple[int, ...], tuple[bytes, ...]]] = deque()
         self._flush_scheduled = False
 
     # -- output ---------------------------------------------------------------------------
 
     def _send(self, kind: fr.Kind, **fields: Any) -> None:
-        self.writer.send_nowait(kind, stage=self.stage_index, **fields)
+        self._write(fr.encode_frame(kind, stage=self.stage_index, **fields))
+
+    def _write(self, frame: bytes) -> None:
+        self.writer.write_nowait(frame)
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -68,21 +76,27 @@ class Worker:
             self.transport.write(data)
 
     def _emit(self, anc: tuple[int, ...], value: Any) -> None:
-        self._send(fr.Kind.DATA, request_id=anc[0], ancestry=anc[1:], payload=self.codec.encode(value))
+        self._write(fr.encode_item(fr.Kind.DATA, self.stage_index, anc[0], anc[1:], self.codec.encode(value)))
 
     def _status(self, kind: fr.Kind, anc: tuple[int, ...], status: Status, error: ErrorInfo | None) -> None:
         """ACK or FLUSH_DONE with the status; a failure carries what is known of the error."""
-        body = fr.ErrorInfo(error.detail, error.exc_type or "") if error is not None else None
-        self._send(kind, request_id=anc[0], ancestry=anc[1:], status=STATUS_CODE[status], body=body)
+        if error is None:
+            self._write(fr.encode_item(kind, self.stage_index, anc[0], anc[1:], status=STATUS_CODE[status]))
+        else:
+            self._send(kind, request_id=anc[0], ancestry=anc[1:], status=STATUS_CODE[status],
+                       body=fr.ErrorInfo(error.detail, error.exc_type or ""))
 
     # -- input ----------------------------------------------------------------------------
 
     def handle(self, frame: fr.Frame) -> None:
         anc = (frame.request_id, *frame.ancestry)
-        if frame.kind == fr.Kind.DATA:
-            task = asyncio.get_running_loop().create_task(self._invoke(anc, frame.parts()))
-            self.tasks.setdefault(frame.request_id, set()).add(task)
-            task.add_done_callback(self._forget_task(frame.request_id))
+        if frame.kind is _DATA:
+            if len(self.running) < self.stage.concurrency:
+                self._start(anc, frame.parts())
+            else:
+                # The router keeps to the credits it gave (concurrency), so this only happens
+                # if a peer does not; the input waits for a free slot all the same.
+                self.backlog.append((anc, frame.parts()))
         elif frame.kind == fr.Kind.OPEN:
             status, error = self.runner.open(anc)
             if status == "failed":
@@ -94,6 +108,12 @@ class Worker:
             self.runner.abort(frame.request_id)
             for task in self.tasks.pop(frame.request_id, ()):
                 task.cancel()
+            if self.backlog:
+                waiting = self.backlog
+                self.backlog = deque(w for w in waiting if w[0][0] != frame.request_id)
+                for anc_, _parts in waiting:
+                    if anc_[0] == frame.request_id:
+                        self._status(fr.Kind.ACK, anc_, "dropped", None)
         elif frame.kind == fr.Kind.READY:
             ready = frame.body
             if not isinstance(ready, fr.Ready) or ready.stage_index != self.stage_index:
@@ -111,25 +131,38 @@ class Worker:
         elif frame.kind != fr.Kind.HEARTBEAT:
             raise fr.RemoteProtocolError(f"a replica does not take {frame.kind.name} frames")
 
-    def _forget_task(self, request: int) -> Any:
-        def done(task: asyncio.Task) -> None:
-            tasks = self.tasks.get(request)
-            if tasks is not None:
-                tasks.discard(task)
-                if not tasks:
-                    del self.tasks[request]
-        return done
+    def _start(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
+        task = asyncio.get_running_loop().create_task(self._invoke(anc, parts))
+        self.running[task] = anc
+        tasks = self.tasks.get(anc[0])
+        if tasks is None:
+            tasks = self.tasks[anc[0]] = set()
+        tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task) -> None:
+        anc = self.running.pop(task)
+        tasks = self.tasks.get(anc[0])
+        if tasks is not None:
+            tasks.discard(task)
+            if not tasks:
+                del self.tasks[anc[0]]
+        if task.cancelled():
+            # Cancelled before it started (a CANCEL in the same read as its DATA): _invoke never
+            # ran, so acknowledge here, or the router would wait for this credit forever.
+            self._status(fr.Kind.ACK, anc, "dropped", None)
+        while self.backlog and len(self.running) < self.stage.concurrency:
+            self._start(*self.backlog.popleft())
 
     async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
         status: Status = "dropped"
         error = None
         try:
-            async with self.slots:
-                kwargs = {
-                    name: self.codec.decode(part, self.annotations.get(name))
-                    for name, part in zip(self.stage.params, parts)
-                }
-                status, error = await self.runner.invoke(anc, kwargs)
+            kwargs = {
+                name: self.codec.decode(part, self.annotations.get(name))
+                for name, part in zip(self.stage.params, parts)
+            }
+            status, error = await self.runner.invoke(anc, kwargs)
         except asyncio.CancelledError:
             status, error = "dropped", None  # the request was cancelled: acknowledge, quietly
         except Exception as exc:  # undecodable input: the stage never ran
@@ -137,6 +170,10 @@ class Worker:
                 self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
                 f"cannot decode the input: {exc}", type(exc).__name__)
         self._status(fr.Kind.ACK, anc, status, error)
+        if len(self.running) == 1:
+            # No other invocation is running, so none can join this write: send it now rather
+            # than in the next loop turn (a turn of latency on every lone request).
+            self._flush()
 
     # -- connection -----------------------------------------------------------------------
 

@@ -17,10 +17,11 @@ counters and histograms, for every ingress to share.
 
 from __future__ import annotations
 
+import asyncio
 import bisect
 import logging
 import math
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, runtime_checkable
@@ -74,32 +75,127 @@ class Ingress(Protocol):
     async def __aexit__(self, *exc_info: object) -> Any: ...
 
 
+class EventSource(Protocol):
+    """The consumer's side of a request's event buffer, as ``RequestStream`` reads it.
+
+    anyio's ``MemoryObjectReceiveStream`` is one; ``EventChannel`` is a cheaper one for
+    ingresses that live on an asyncio loop. ``receive_nowait`` raises ``anyio.WouldBlock`` when
+    nothing is buffered, and both raise ``anyio.EndOfStream`` once the producer has ended it.
+    """
+
+    def receive_nowait(self) -> Event: ...
+
+    async def receive(self) -> Event: ...
+
+    def close(self) -> None: ...
+
+
+class EventChannel:
+    """An unbounded buffer of one request's events for a producer on an asyncio loop.
+
+    The router fills it from its protocol callbacks (``send_nowait``, then ``end``) and the
+    request's consumer reads it through ``RequestStream``. Unlike an anyio memory stream it takes
+    no checkpoint for an event that is already buffered: a request's events usually arrive
+    together (an output and the done), and a loop turn per event was a third of the router's
+    cost per request (docs/benchmarks-router.md). ``RequestStream`` still yields to the loop every
+    ``RequestStream.YIELD_EVERY`` events, so a long buffered stream cannot starve other tasks.
+    """
+
+    __slots__ = ("_closed", "_ended", "_items", "_waiter")
+
+    def __init__(self) -> None:
+        self._items: deque[Event] = deque()
+        self._ended = False  # the producer is done: EndOfStream once the buffer is empty
+        self._closed = False  # the consumer is gone: events are dropped
+        self._waiter: asyncio.Future[None] | None = None
+
+    def send_nowait(self, event: Event) -> None:
+        if self._closed:
+            return  # the consumer left; the router cancels the request on that same call
+        if self._ended:
+            raise anyio.ClosedResourceError("send_nowait after end()")
+        self._items.append(event)
+        self._wake()
+
+    def end(self) -> None:
+        """No more events: the consumer gets those buffered, then ``EndOfStream``."""
+        self._ended = True
+        self._wake()
+
+    def close(self) -> None:
+        """The consumer's close: buffered and later events are dropped."""
+        self._closed = True
+        self._items.clear()
+        self._wake()
+
+    def receive_nowait(self) -> Event:
+        if self._items:
+            return self._items.popleft()
+        if self._closed:
+            raise anyio.ClosedResourceError
+        if self._ended:
+            raise anyio.EndOfStream
+        raise anyio.WouldBlock
+
+    async def receive(self) -> Event:
+        """The next event; a checkpoint, as anyio's ``receive`` is (``receive_nowait`` is not)."""
+        if self._items or self._ended or self._closed:
+            await asyncio.sleep(0)
+        while True:
+            try:
+                return self.receive_nowait()
+            except anyio.WouldBlock:
+                pass
+            if self._waiter is not None:
+                raise anyio.BusyResourceError("receiving")
+            self._waiter = asyncio.get_running_loop().create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+
 class RequestStream:
     """The events of one request, as an async iterator; ``await stream.aclose()`` cancels it.
 
-Reading it to its end closes it too.
+    Reading it to its end closes it too.
 
-    An ingress feeds ``receive`` (an anyio memory stream) and learns of the close through
-    ``on_close``, called once, synchronously: closing works inside a cancelled scope too, which
-    is where a server closes the stream of a client that went away.
+    An ingress feeds ``receive`` (an anyio memory stream, or an ``EventChannel``) and learns of
+    the close through ``on_close``, called once, synchronously: closing works inside a cancelled
+    scope too, which is where a server closes the stream of a client that went away. An event
+    that is already buffered is returned without a checkpoint, but at least every
+    ``YIELD_EVERY`` events the reader passes through one, so that it can be cancelled and other
+    tasks get to run.
     """
 
-    def __init__(
-        self,
-        receive: MemoryObjectReceiveStream[Event],
-        on_close: Callable[[], None],
-        request_id: int,
-    ) -> None:
+    YIELD_EVERY = 32
+
+    def __init__(self, receive: EventSource, on_close: Callable[[], None], request_id: int) -> None:
         self.request_id = request_id
         self._receive = receive
         self._on_close: Callable[[], None] | None = on_close
+        self._unyielded = 0
 
     def __aiter__(self) -> RequestStream:
         return self
 
     async def __anext__(self) -> Event:
         try:
-            return await self._receive.receive()
+            if self._unyielded < self.YIELD_EVERY:
+                try:
+                    event = self._receive.receive_nowait()
+                except anyio.WouldBlock:
+                    pass
+                else:
+                    self._unyielded += 1
+                    return event
+            self._unyielded = 0
+            return await self._receive.receive()  # a checkpoint
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self.close()  # read to the end: the same as closing it
             raise StopAsyncIteration from None
