@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
 import re
 import typing
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 import altoflow as af
 from altoflow import ops, stage
@@ -287,3 +290,58 @@ def test_from_module_collects_stages_in_definition_order():
     p = Pipeline.from_module(importlib.import_module(
         [m for m in __import__("sys").modules if m.startswith("factool_")][0]))
     assert [s.name for s in p.specs] == mod.names
+
+
+def _plain_pipeline() -> typing.Any:
+    @stage
+    def a(s: str, b: bytes, i: int, f: float) -> str:
+        return s
+
+    @stage
+    def z(a: str, flag: bool, anything: typing.Any, k: int = 3) -> str:
+        return a
+
+    return Pipeline([a, z], name="plain").compiled
+
+
+_values = st.one_of(st.text(max_size=3), st.binary(max_size=3), st.integers(), st.floats(allow_nan=False),
+                    st.booleans(), st.none(), st.lists(st.integers(), max_size=2))
+
+
+@st.composite
+def _requests(draw: st.DrawFn) -> dict:
+    # Mostly well-typed requests (the fast path), some with one value of another type, a
+    # missing field or an unknown one (pydantic's path), so that both are exercised.
+    fields = {"s": draw(st.text(max_size=3)), "b": draw(st.binary(max_size=3)), "i": draw(st.integers()),
+              "f": draw(st.floats()), "flag": draw(st.booleans()), "anything": draw(_values),
+              "k": draw(st.integers())}
+    change = draw(st.sampled_from(["none", "none", "retype", "drop", "add"]))
+    name = draw(st.sampled_from(sorted(fields)))
+    if change == "retype":
+        fields[name] = draw(_values)
+    elif change == "drop":
+        del fields[name]
+    elif change == "add":
+        fields["extra"] = draw(_values)
+    return fields
+
+
+@given(_requests())
+def test_the_plain_field_fast_path_validates_as_pydantic_does(fields: dict) -> None:
+    # Requests whose fields all have their exact plain types skip pydantic; the result (or the
+    # refusal) must be the same as pydantic's.
+    cp = _plain_pipeline()
+    try:
+        model = cp.request_model.model_validate(fields)
+    except Exception:
+        with pytest.raises(af.InputError):
+            cp.validate_request(fields)
+        return
+    expected = {name: getattr(model, name) for name in type(model).model_fields}
+    got = cp.validate_request(fields)
+    assert list(got) == list(expected)
+    for name in expected:  # NaN != NaN: compare what each value is, and its type
+        same = got[name] == expected[name] or (isinstance(got[name], float) and math.isnan(got[name])
+                                               and math.isnan(expected[name]))
+        assert same, name
+        assert type(got[name]) is type(expected[name]), name

@@ -709,3 +709,34 @@ def test_frames_benchmark_runs_on_a_tiny_setting(tmp_path: Path) -> None:
         assert len(row["samples"]) == results["repeats"], row
         assert row["name"] in proc.stdout  # one row of the table per case
 
+
+
+@given(
+    st.sampled_from(sorted(frames._ITEM_KINDS) + [Kind.HELLO, Kind.SHUTDOWN]),
+    st.integers(0, 2**32 - 1),
+    st.integers(0, 2**64 - 1),
+    st.lists(st.one_of(st.integers(0, 130), st.integers(0, 2**32 - 1)), max_size=4).map(tuple)
+    | st.lists(st.integers(0, 5), min_size=126, max_size=130).map(tuple),
+    st.binary(max_size=40),
+    st.integers(0, 2),
+)
+def test_encode_item_writes_what_encode_frame_writes(
+    kind: Kind, stage: int, request_id: int, ancestry: tuple[int, ...], payload: bytes, status: int
+) -> None:
+    # The router's and the workers' per-item encoder is a shortcut: it must give the same bytes,
+    # or the same error, as the general one for every input.
+    def run(f: Any) -> Any:
+        try:
+            return f()
+        except LocalProtocolError as exc:
+            return ("error", str(exc))
+
+    fast = run(lambda: frames.encode_item(kind, stage, request_id, ancestry, payload, status))
+    slow = run(lambda: encode_frame(kind, stage=stage, request_id=request_id, ancestry=ancestry,
+                                    payload=payload, status=status))
+    assert fast == slow
+
+
+def test_encode_item_refuses_what_does_not_fit_the_header() -> None:
+    with pytest.raises(LocalProtocolError, match="request_id"):
+        frames.encode_item(Kind.DATA, 0, 2**64, (), b"")
