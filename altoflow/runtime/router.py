@@ -78,7 +78,7 @@ class _Protocol(asyncio.Protocol):
             # The peer's mistake: drop that replica, keep serving everyone else.
             print(f"altoflow router: replica {self.conn.stage}#{self.conn.rid}: {exc}", file=sys.stderr)
             self.conn.transport.close()
-        router._schedule_flush()
+        router._flush_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.conn.router._on_lost(self.conn)
@@ -158,7 +158,7 @@ class Router:
         self._admitted[request] = time.perf_counter()
         self.stats.admitted += 1
         self._apply(self.core.handle(Submit(request, encoded)))
-        self._schedule_flush()
+        self._flush_soon()
         return RequestStream(channel, lambda: self._cancel(request), request)
 
     def _cancel(self, request: int) -> None:
@@ -256,14 +256,13 @@ class Router:
                 stage = self.core.stages[ins.stage]
                 anc = ins.ancestry
                 if len(stage.params) == 1:
-                    payload = ins.args[stage.params[0]]
-                    self._write(ins.replica, fr.encode_item(_DATA, self.stage_index[ins.stage], anc[0],
-                                                            anc[1:], payload))
+                    frame = fr.encode_item(_DATA, self.stage_index[ins.stage], anc[0], anc[1:],
+                                           ins.args[stage.params[0]])
                 else:
                     parts = [ins.args[p] for p in stage.params]
-                    self._send(ins.replica, _DATA, stage=self.stage_index[ins.stage], request_id=anc[0],
-                               ancestry=anc[1:], payload=b"".join(parts),
-                               part_sizes=[len(p) for p in parts] if len(parts) > 1 else ())
+                    frame = fr.encode_item(_DATA, self.stage_index[ins.stage], anc[0], anc[1:],
+                                           b"".join(parts), part_sizes=[len(p) for p in parts])
+                self._write(ins.replica, frame)
             elif t is Emit:
                 channel = self.requests.get(ins.request)
                 if channel is not None:
@@ -330,15 +329,20 @@ class Router:
                          per(self.ready())),
         ])
 
-    def _send(self, rid: int, kind: fr.Kind, **fields: Any) -> None:
-        self._write(rid, fr.encode_frame(kind, **fields))
-
     def _write(self, rid: int, frame: bytes) -> None:
         conn = self.conns.get(rid)
         if conn is None:
             return  # it died; the core has been told (ReplicaDown) and re-routes
         conn.writer.write_nowait(frame)
         self._dirty.add(rid)
+
+    def _flush_soon(self) -> None:
+        # With at most one request in flight, nothing else could join these writes, so they go
+        # now rather than a loop turn later (the worker does the same for a lone invocation).
+        if len(self.requests) <= 1:
+            self._flush_all()
+        else:
+            self._schedule_flush()
 
     def _schedule_flush(self) -> None:
         # One write per replica per event-loop turn, however many frames the turn produced

@@ -717,23 +717,30 @@ def test_frames_benchmark_runs_on_a_tiny_setting(tmp_path: Path) -> None:
     st.integers(0, 2**64 - 1),
     st.lists(st.one_of(st.integers(0, 130), st.integers(0, 2**32 - 1)), max_size=4).map(tuple)
     | st.lists(st.integers(0, 5), min_size=126, max_size=130).map(tuple),
-    st.binary(max_size=40),
+    st.binary(max_size=300),
     st.integers(0, 2),
+    st.data(),
 )
 def test_encode_item_writes_what_encode_frame_writes(
-    kind: Kind, stage: int, request_id: int, ancestry: tuple[int, ...], payload: bytes, status: int
+    kind: Kind, stage: int, request_id: int, ancestry: tuple[int, ...], payload: bytes, status: int,
+    data: st.DataObject,
 ) -> None:
     # The router's and the workers' per-item encoder is a shortcut: it must give the same bytes,
     # or the same error, as the general one for every input.
+    cuts = sorted(data.draw(st.lists(st.integers(0, len(payload)), max_size=4)))
+    part_sizes = [b - a for a, b in zip([0, *cuts], [*cuts, len(payload)])] if cuts else []
+    if data.draw(st.booleans()):
+        part_sizes = data.draw(st.lists(st.integers(0, 2**33), max_size=3))  # mostly wrong ones
+
     def run(f: Any) -> Any:
         try:
             return f()
         except LocalProtocolError as exc:
             return ("error", str(exc))
 
-    fast = run(lambda: frames.encode_item(kind, stage, request_id, ancestry, payload, status))
+    fast = run(lambda: frames.encode_item(kind, stage, request_id, ancestry, payload, status, part_sizes))
     slow = run(lambda: encode_frame(kind, stage=stage, request_id=request_id, ancestry=ancestry,
-                                    payload=payload, status=status))
+                                    payload=payload, status=status, part_sizes=part_sizes))
     assert fast == slow
 
 
