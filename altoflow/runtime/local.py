@@ -28,7 +28,9 @@ The rules (design section 4), as they are implemented:
 
 from __future__ import annotations
 
+import asyncio
 import functools
+import sys
 from collections import deque
 from typing import Any, Callable
 
@@ -193,15 +195,30 @@ def run(target: Any, /, **fields: Any) -> Result:
     stage fails under ``on_error="fail"``.
     """
     compiled = load_target(target).compiled
-    try:
-        import sniffio
-
-        sniffio.current_async_library()
-    except Exception:
-        pass
-    else:
+    if _in_event_loop():
         raise RuntimeError(
             "altoflow.run() was called inside a running event loop; use "
             "`await altoflow.arun(target, **fields)` there instead."
         )
     return anyio.run(functools.partial(execute, compiled, fields))
+
+
+def _in_event_loop() -> bool:
+    """Whether this thread is running an asyncio or trio event loop (anyio runs on either).
+
+    Asked of the loops themselves: anyio >= 4.16 no longer installs sniffio, and its own
+    message for a nested ``anyio.run`` does not say what to do instead.
+    """
+    try:
+        asyncio.get_running_loop()
+        return True
+    except RuntimeError:
+        pass
+    trio = sys.modules.get("trio")
+    if trio is not None:
+        try:
+            trio.lowlevel.current_task()
+            return True
+        except RuntimeError:
+            pass
+    return False

@@ -91,7 +91,7 @@ class EventSource(Protocol):
 
 
 class EventChannel:
-    """An unbounded buffer of one request's events for a producer on an asyncio loop.
+    """An unbounded buffer of one request's events; producer and consumer share one asyncio loop.
 
     The router fills it from its protocol callbacks (``send_nowait``, then ``end``) and the
     request's consumer reads it through ``RequestStream``. Unlike an anyio memory stream it takes
