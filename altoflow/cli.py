@@ -6,7 +6,7 @@ import json
 import os
 import sys
 from enum import Enum
-from typing import Any, Optional
+from typing import Any, NoReturn, Optional
 
 import anyio
 import typer
@@ -30,7 +30,7 @@ class GraphFormat(str, Enum):
     dot = "dot"
 
 
-def _fail(message: str, code: int) -> None:
+def _fail(message: str, code: int) -> NoReturn:
     typer.echo(f"error: {message}", err=True)
     raise typer.Exit(code)
 
@@ -57,22 +57,10 @@ def compile(
     """Check a pipeline and print what altoflow infers: stages, level stacks, keys, replicas."""
     from altoflow.compiler.render import FORMATS
 
+    if show_graph and format is not GraphFormat.text:
+        _fail(f"--show-graph prints the text picture; drop it, or drop --format {format.value}", 2)
     compiled = _load(target)
     typer.echo(FORMATS[format.value](compiled.plan), nl=False)
-
-
-def _json_default(value: Any) -> Any:
-    if hasattr(value, "tolist"):
-        return value.tolist()
-    if hasattr(value, "model_dump"):
-        return value.model_dump(mode="json")
-    if isinstance(value, (set, frozenset, tuple)):
-        return list(value)
-    return repr(value)
-
-
-def _dumps(obj: Any) -> str:
-    return json.dumps(obj, default=_json_default, ensure_ascii=False)
 
 
 @app.command()
@@ -83,6 +71,7 @@ def run(
 ) -> None:
     """Run one request in this process (the reference executor) and print its result as JSON."""
     from altoflow.runtime.local import execute
+    from altoflow.server.http import encode_event, jsonable
 
     try:
         fields = json.loads(input)
@@ -92,9 +81,18 @@ def run(
         _fail(f"--input must be a JSON object of request fields, not {type(fields).__name__}", 2)
     compiled = _load(target)
 
+    unsendable: list[Event] = []
+
     def show(event: Event) -> None:
-        typer.echo(_dumps(event.to_json()))
+        # The lines POST /v1/run would stream: an output that has no JSON form is an error line,
+        # and the stream ends there.
+        if unsendable:
+            return
+        line, ended = encode_event(event)
+        sys.stdout.write(line.decode())
         sys.stdout.flush()
+        if ended and event.type == "output":
+            unsendable.append(event)
 
     try:
         result = anyio.run(lambda: execute(compiled, fields, on_event=show if events else None))
@@ -104,8 +102,15 @@ def run(
         if not events:  # with --events the error event was printed already
             typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1)
+    if unsendable:
+        raise typer.Exit(1)
     if not events:
-        typer.echo(json.dumps(result.to_dict(), default=_json_default, ensure_ascii=False, indent=2))
+        try:
+            out = {name: jsonable(value, f"stage '{name}' output") for name, value in result.to_dict().items()}
+        except (TypeError, ValueError) as exc:
+            _fail(f"{exc}. Return JSON-like values (str, int, float, bool, None, lists, dicts with str "
+                  f"keys), numpy arrays, pydantic models, dataclasses or bytes, or convert it in a stage.", 1)
+        typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
 
 
 def _replica_counts(values: list[str]) -> dict[str, int]:
@@ -151,10 +156,11 @@ def serve(
         _fail(str(exc), 2)
     address = None
     if listen is not None:
-        host, _, port = listen.rpartition(":")
-        if not port.isdigit():
+        # Its own names: --host and --port stay the HTTP address.
+        listen_host, _, listen_port = listen.rpartition(":")
+        if not listen_port.isdigit():
             _fail(f"--listen takes HOST:PORT (e.g. 0.0.0.0:7000), not {listen!r}", 2)
-        address = (host or "0.0.0.0", int(port))
+        address = (listen_host or "0.0.0.0", int(listen_port))
     secret = _secret(secret_file)
     if address is not None and not secret:
         _fail("--listen needs a shared secret: --secret-file PATH or ALTOFLOW_SECRET", 2)

@@ -38,6 +38,7 @@ from altoflow.runtime.frames import (
     TracePoint,
     TraceStamp,
     encode_frame,
+    encode_item,
     pack_header,
     peek_header,
 )
@@ -76,6 +77,14 @@ def cases(n: int) -> dict[str, tuple[str, int, Callable[[], object]]]:
         for i in range(n):
             encode_frame(Kind.DATA, stage=2, request_id=i, ancestry=(3, 1), seq=i, payload=PAYLOAD, **traced)
 
+    def encode_item_data() -> None:
+        for i in range(n):
+            encode_item(Kind.DATA, 2, i, (3, 1), PAYLOAD)
+
+    def encode_item_ack() -> None:
+        for i in range(n):
+            encode_item(Kind.ACK, 2, i, (3, 1))
+
     def encode_ack() -> None:
         for i in range(n):
             encode_frame(Kind.ACK, stage=2, request_id=i, ancestry=(3, 1), seq=i, produced=2)
@@ -96,7 +105,8 @@ def cases(n: int) -> dict[str, tuple[str, int, Callable[[], object]]]:
             reader.feed_raw(frame)
 
     def forward() -> None:
-        # The router's path without sockets: split, new header, queue the original rest, flush.
+        # A bare forwarder without sockets (router.py's baseline): split, new header, queue the
+        # original rest, flush.
         reader = FrameReader()
         writer = FrameWriter()
         for batch in batches:
@@ -141,10 +151,12 @@ def cases(n: int) -> dict[str, tuple[str, int, Callable[[], object]]]:
         "encode_frame DATA (2 indices, seq, 100 B payload)": ("frames/s", n, encode_data),
         "encode_frame DATA + 1 trace stamp": ("frames/s", n, encode_data_traced),
         "encode_frame ACK": ("frames/s", n, encode_ack),
+        "encode_item DATA (2 indices, 100 B payload; the runtime's path)": ("frames/s", n, encode_item_data),
+        "encode_item ACK": ("frames/s", n, encode_item_ack),
         "FrameReader.feed, 64 KiB chunks (decoded)": ("frames/s", n, feed_batched),
-        "FrameReader.feed_raw, 64 KiB chunks (router)": ("frames/s", n, feed_raw_batched),
+        "FrameReader.feed_raw, 64 KiB chunks (undecoded)": ("frames/s", n, feed_raw_batched),
         "FrameReader.feed_raw, one frame per feed": ("frames/s", n, feed_raw_trickle),
-        "forward: feed_raw + pack_header + FrameWriter": ("frames/s", n, forward),
+        "bare forward: feed_raw + pack_header + FrameWriter": ("frames/s", n, forward),
         "peek_header": ("ns/op", n, peek),
         "protobuf Envelope.FromString (baseline)": ("ns/op", n, envelope_parse),
         "codec small dict encode+decode": ("values/s", n, codec_small_roundtrip),

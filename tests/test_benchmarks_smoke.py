@@ -25,3 +25,33 @@ def test_executor_benchmark_quick(tmp_path):
         assert len(variant["seconds"]) == record["repeat"], name
         assert set(variant["summary"]) == {"median_s", "min_s", "max_s", "items_per_s"}, name
         assert name in proc.stdout  # one row of the table per variant
+
+
+def test_router_benchmark_quick(tmp_path):
+    out = tmp_path / "router.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "router.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "router"
+    (loop, data), = record["loops"].items()
+    assert set(data["trials"]) == {"direct", "worker", "bare", "router-1", "router-2"}
+    for system, runs in data["trials"].items():
+        assert len(runs) == record["repeat"], system
+        for run in runs:
+            assert run["latency_us"]["n"] > 0 and run["items_per_s"] > 0, system
+        assert system in proc.stdout  # one row of the table per system
+    memory = data["memory"]
+    assert memory["finished"] > 0 and memory["points"] and memory["trend"]
+    assert "hop_p50" in data["goals"] and "memory" in data["goals"]
+
+    md = tmp_path / "router.md"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "router.py"), "--out", str(out), "--markdown", str(md)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 0, proc.stderr
+    text = md.read_text()
+    assert "| router-1 |" in text and record["command"] in text

@@ -324,3 +324,18 @@ def test_result_mapping_and_events():
     assert {e.to_json()["stage"] for e in r.events} == {"upper", "joined"}
     with pytest.raises(KeyError, match="not an output stage"):
         r["cs"]
+
+
+def test_an_aggregate_that_fails_when_its_group_is_decided_early_fails_the_request():
+    # ops.any is decided by its first True, so the group emits as soon as it opens; a result
+    # that cannot fan out then fails there, before any flush, and must not be lost.
+    @stage(fanout="item")
+    def items(n: int):
+        yield from range(n)
+
+    @stage(aggregate=ops.any, fanout="bit")
+    def anybit(items: int) -> bool:
+        return items > 0
+
+    with pytest.raises(af.StageError, match="anybit.*cannot fan out on level 'bit'"):
+        af.run(P(items, anybit), n=3)

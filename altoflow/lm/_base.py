@@ -19,7 +19,6 @@ from __future__ import annotations
 import abc
 import dataclasses
 import difflib
-import logging
 from collections.abc import AsyncGenerator, Mapping, Sequence
 from dataclasses import dataclass
 from types import TracebackType
@@ -43,7 +42,6 @@ __all__ = [
     "prompt_text",
 ]
 
-log = logging.getLogger("altoflow.lm")
 
 T = TypeVar("T")
 

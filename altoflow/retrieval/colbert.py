@@ -161,7 +161,7 @@ class ColBERTReranker:
         Encoded ``batch_size`` at a time. Short queries are padded with [MASK] tokens, which
         ColBERT uses as learned query expansion, so every query has ``query_maxlen`` vectors.
         """
-        queries = _texts_arg(queries, "encode_queries", "queries")
+        queries = _texts_arg(queries, "encode_queries", "queries", "query")
         if not queries:
             return self._torch.zeros((0, self.query_maxlen, self.dim))
         return self._model.queryFromText(queries, bsize=self.batch_size, to_cpu=True).float()
@@ -221,10 +221,10 @@ def _query_arg(query: Any, method: str) -> str:
     return query
 
 
-def _texts_arg(texts: Any, method: str, what: str) -> list[str]:
+def _texts_arg(texts: Any, method: str, what: str, one: str) -> list[str]:
     if isinstance(texts, str):
         raise TypeError(
-            f"ColBERTReranker.{method} takes a sequence of {what}, got one str; wrap it: [{what[:-1]}]"
+            f"ColBERTReranker.{method} takes a sequence of {what}, got one str; wrap it: [{one}]"
         )
     texts = list(texts)
     for text in texts:

@@ -94,7 +94,10 @@ def read_dictd(index_path: str | os.PathLike[str], dict_path: str | os.PathLike[
             headword, offset, length = fields[0], fields[1], fields[2]
             if headword.startswith(_METADATA_PREFIX):
                 continue
-            span = (decode_dictd_number(offset), decode_dictd_number(length))
+            try:
+                span = (decode_dictd_number(offset), decode_dictd_number(length))
+            except ValueError as exc:
+                raise ValueError(f"{index_path}:{lineno}: {exc}; the line is {line!r}") from None
             if span[0] + span[1] > len(data):
                 raise ValueError(
                     f"{index_path}:{lineno}: {headword!r} points past the end of {dict_path} "

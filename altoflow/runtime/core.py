@@ -405,13 +405,14 @@ class RouterCore:
         req = self.requests.get(ev.prefix[0])
         if req is None:
             return
+        if ev.status == "failed":
+            # From a flush, or from an open whose group was decided at once and failed to emit.
+            self._fail_request(ev.prefix[0], ev.error)
+            return
         stage = self.stages[ev.stage]
         if (stage.name, ev.prefix) not in req.flushing:
             return  # the answer to a flush that discarded an unopened group
         req.flushing.discard((stage.name, ev.prefix))
-        if ev.status == "failed":
-            self._fail_request(ev.prefix[0], ev.error)
-            return
         if ev.status == "ok" and stage.fanout is not None:
             self._open_groups(stage.fanout, ev.prefix)
         self._release(self.topo.fold_loc[stage.name], ev.prefix)

@@ -16,10 +16,14 @@ Every message between the router and a replica is one frame. All integers are li
                                   status, trace stamps, body; E = 0 when all are empty
     32+E    rest  payload         opaque bytes, (de)serialised by codec.py in the workers only
 
-The first 32 bytes are a fixed struct so that the router can route a frame (kind, stage,
-request, key) and forward its original bytes without parsing protobuf; perf-notes.md measured
-87 ns for the struct against 180-880 ns for the envelope.
+The first 32 bytes are a fixed struct so that a frame can be routed (kind, stage, request, key)
+from it alone; `feed_raw` and `pack_header` split and re-head frames without parsing protobuf
+(87 ns for the struct against 180-880 ns for the envelope, measured on this machine class).
+The router itself decodes every frame it reads, and benchmarks/router.py uses the raw path for
+its bare-forwarder baseline.
 
+`encode_item` writes the per-item frames (DATA, ACK, OPEN, FLUSH, FLUSH_DONE, CANCEL) that the
+router and the workers send, the same bytes as `encode_frame`, without protobuf.
 `FrameReader.feed` takes bytes split anywhere and returns every complete frame in them;
 `FrameWriter` coalesces frames into one buffer per flush. A stream that is not valid frames
 raises `RemoteProtocolError`, and after that the connection must be closed.
@@ -63,6 +67,8 @@ __all__ = [
     "ReaderStatistics",
     "Ready",
     "RemoteProtocolError",
+    "STATUS_CODES",
+    "STATUS_NAMES",
     "TracePoint",
     "TraceStamp",
     "WriterStatistics",
@@ -92,7 +98,10 @@ _tuple_new = tuple.__new__
 assert _HEADER.size == HEADER_SIZE
 _U32 = 0xFFFF_FFFF
 _U64 = 0xFFFF_FFFF_FFFF_FFFF
-_STATUS_MAX = 2  # wire.proto enum Status: OK, DROPPED, FAILED
+# wire.proto enum Status, by value, as the core names the outcomes; and back.
+STATUS_NAMES = ("ok", "dropped", "failed")
+STATUS_CODES = {name: code for code, name in enumerate(STATUS_NAMES)}
+_STATUS_MAX = len(STATUS_NAMES) - 1
 
 
 class Kind(IntEnum):
@@ -291,7 +300,7 @@ class Header(NamedTuple):
 
 
 class RawFrame(NamedTuple):
-    """A frame split off the stream but not decoded: what the router forwards."""
+    """A frame split off the stream but not decoded, for forwarding it as it is."""
 
     header: Header
     data: bytes  # the whole frame, header included
@@ -369,7 +378,7 @@ def pack_header(
     payload_size: int,
     key_hash: int | None = None,
 ) -> bytes:
-    """A 32-byte header, for a router that forwards an envelope and payload with a new header."""
+    """A 32-byte header, for forwarding an envelope and payload under a new header."""
     length = HEADER_SIZE + envelope_size + payload_size
     flags = 0 if key_hash is None else HAS_KEY
     try:
@@ -465,17 +474,22 @@ def encode_item(
     same bytes.
 
     The per-item path of the router and the workers: when the envelope holds at most the
-    ancestry (every index below 128), part sizes and a status, it is written here as protobuf
-    writes it (packed fields 1 and 3, then field 6) instead of through a protobuf message and
-    `encode_frame`'s checks, about 1 us against 8. Anything else goes through `encode_frame`.
+    ancestry, part sizes and a status (each packed list under 128 bytes), it is written here as
+    protobuf writes it (packed fields 1 and 3, then field 6) instead of through a protobuf
+    message and `encode_frame`'s checks (benchmarks/frames.py times both). Anything else goes
+    through `encode_frame`.
     """
-    if kind in _ITEM_KINDS and 0 <= status <= _STATUS_MAX and len(ancestry) < 128:
+    if kind in _ITEM_KINDS and type(status) is int and 0 <= status <= _STATUS_MAX:
         envelope: bytes | None = b""
         if ancestry:
-            if max(ancestry) < 128 and min(ancestry) >= 0:
-                envelope = b"\x0a" + _BYTE[len(ancestry)] + bytes(ancestry)
+            if min(ancestry) >= 0 and max(ancestry) < 128:
+                packed: bytes | None = bytes(ancestry)  # one byte per index: the common case
             else:
+                packed = _packed_u32(ancestry)
+            if packed is None or len(packed) >= 128:
                 envelope = None
+            else:
+                envelope = b"\x0a" + _BYTE[len(packed)] + packed
         if part_sizes and envelope is not None:
             packed = _packed_u32(part_sizes)
             if packed is None or len(packed) >= 128 or sum(part_sizes) != len(payload):
@@ -760,7 +774,7 @@ class FrameReader:
         return self._feed(data, False)  # type: ignore[return-value]
 
     def feed_raw(self, data: bytes | bytearray | memoryview) -> list[RawFrame]:
-        """Like `feed`, but envelopes stay undecoded: the router's path."""
+        """Like `feed`, but envelopes stay undecoded: a forwarder's path."""
         return self._feed(data, True)  # type: ignore[return-value]
 
     def eof(self) -> None:
@@ -873,7 +887,7 @@ class FrameWriter:
     def write_nowait(self, *chunks: bytes | bytearray | memoryview) -> None:
         """Queue one already-encoded frame, given whole or in pieces (a new header + the old rest).
 
-        The bytes are not checked: this is the router's forwarding path.
+        The bytes are not checked: they are frames already encoded (or forwarded).
         """
         size = 0
         for chunk in chunks:

@@ -30,7 +30,6 @@ from altoflow.runtime.core import (
     ReplicaDown, ReplicaUp, RouterCore, Submit,
 )
 
-STATUS = {0: "ok", 1: "dropped", 2: "failed"}
 _DATA, _ACK, _FLUSH_DONE, _HEARTBEAT = fr.Kind.DATA, fr.Kind.ACK, fr.Kind.FLUSH_DONE, fr.Kind.HEARTBEAT
 
 
@@ -150,7 +149,8 @@ class Router:
         values = self.compiled.validate_request(fields)
         if len(self.requests) >= self.max_inflight:
             self.stats.rejected += 1
-            raise Overloaded(f"{len(self.requests)} requests in flight (max_inflight={self.max_inflight})")
+            raise Overloaded(f"the server is busy: {len(self.requests)} requests in flight, the most it "
+                             f"takes (--max-inflight {self.max_inflight}); retry in 1 s")
         encoded = {name: self.codec.encode(v) for name, v in values.items()}
         request = next(self._ids)
         channel = EventChannel()
@@ -175,6 +175,10 @@ class Router:
         self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
         if started is not None and outcome != "cancelled":
             self.stats.latency.observe(time.perf_counter() - started)
+
+    def live_slots(self) -> set[tuple[str, int]]:
+        """(stage, slot) of every connected replica."""
+        return {(rep.stage, rep.slot) for rep in self.core.replicas.values() if rep.state == "ready"}
 
     def ready(self) -> dict[str, int]:
         """Live replicas per stage."""
@@ -206,10 +210,10 @@ class Router:
             if frame.status == 2:
                 self.stats.errors[stage] += 1
                 error = self._error(stage, self.core.stages[stage].levels_in, anc, frame.body)
-            self._apply(self.core.ack(conn.rid, stage, anc, STATUS[frame.status], error))  # type: ignore[arg-type]
+            self._apply(self.core.ack(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error))  # type: ignore[arg-type]
         elif kind is _FLUSH_DONE:
             error = self._error(stage, self.core.stages[stage].route_key or [], anc, frame.body)
-            self._apply(self.core.handle(FlushDone(conn.rid, stage, anc, STATUS[frame.status], error)))  # type: ignore[arg-type]
+            self._apply(self.core.handle(FlushDone(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error)))  # type: ignore[arg-type]
         elif kind is not _HEARTBEAT:
             raise fr.RemoteProtocolError(f"the router does not take {kind.name} frames from replicas")
 
@@ -223,6 +227,11 @@ class Router:
             raise fr.RemoteProtocolError(
                 f"HELLO for slot {hello.replica_id} of {hello.stage}, which has "
                 f"{self.core.stages[hello.stage].replicas} replicas")
+        if hello.replica_id in self.core.slots[hello.stage]:
+            # Two replicas on one slot would split an aggregate's groups between them.
+            raise fr.RemoteProtocolError(
+                f"slot {hello.replica_id} of {hello.stage} is connected already; start each "
+                f"`altoflow worker --slot N` once")
         proof = b""
         if conn.challenge is not None:
             fr.verify_proof(fr.replica_proof(self.secret, conn.challenge, hello), hello.proof,

@@ -15,7 +15,7 @@ import shutil
 import signal
 import sys
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from altoflow.compiler import CompiledPipeline
@@ -29,7 +29,7 @@ class _Child:
     slot: int
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
-    log: list[str] = field(default_factory=list)
+    connected: bool = False  # it has said HELLO once: a later crash is a restart, not a bad start
 
 
 def with_replicas(compiled: CompiledPipeline, replicas: dict[str, int]) -> CompiledPipeline:
@@ -98,12 +98,20 @@ class Supervisor:
         want = {s.name: s.replicas for s in self.compiled.plan.stages}
 
         async def poll() -> None:
-            while self.router.ready() != want:
+            while True:
+                live = self.router.live_slots()
                 for child in self.children:
-                    if child.process is not None and child.process.returncode not in (None, 0) \
-                            and not self.restart:
-                        raise RuntimeError(f"replica {child.stage}#{child.slot} exited "
-                                           f"({child.process.returncode})")
+                    child.connected = child.connected or (child.stage, child.slot) in live
+                if self.router.ready() == want:
+                    return
+                for child in self.children:
+                    code = child.process.returncode if child.process is not None else None
+                    if not child.connected and (child.restarts or code not in (None, 0)):
+                        # A replica that dies before the pipeline is up will not get better by
+                        # restarting: the target does not import, or a class stage's __init__ fails.
+                        raise RuntimeError(
+                            f"replica {child.stage}#{child.slot} exited before it connected; its "
+                            f"traceback is above. Fix the stage's imports or __init__ and start again")
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(poll(), timeout)

@@ -31,7 +31,6 @@ from altoflow.runtime.codec import Codec
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.runner import StageRunner
 
-STATUS_CODE = {"ok": 0, "dropped": 1, "failed": 2}
 _DATA = fr.Kind.DATA
 
 
@@ -81,9 +80,9 @@ class Worker:
     def _status(self, kind: fr.Kind, anc: tuple[int, ...], status: Status, error: ErrorInfo | None) -> None:
         """ACK or FLUSH_DONE with the status; a failure carries what is known of the error."""
         if error is None:
-            self._write(fr.encode_item(kind, self.stage_index, anc[0], anc[1:], status=STATUS_CODE[status]))
+            self._write(fr.encode_item(kind, self.stage_index, anc[0], anc[1:], status=fr.STATUS_CODES[status]))
         else:
-            self._send(kind, request_id=anc[0], ancestry=anc[1:], status=STATUS_CODE[status],
+            self._send(kind, request_id=anc[0], ancestry=anc[1:], status=fr.STATUS_CODES[status],
                        body=fr.ErrorInfo(error.detail, error.exc_type or ""))
 
     # -- input ----------------------------------------------------------------------------
@@ -157,18 +156,21 @@ class Worker:
     async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
         status: Status = "dropped"
         error = None
+        name = None
         try:
-            kwargs = {
-                name: self.codec.decode(part, self.annotations.get(name))
-                for name, part in zip(self.stage.params, parts)
-            }
+            kwargs = {}
+            for name, part in zip(self.stage.params, parts):
+                kwargs[name] = self.codec.decode(part, self.annotations.get(name))
+            name = None
             status, error = await self.runner.invoke(anc, kwargs)
         except asyncio.CancelledError:
             status, error = "dropped", None  # the request was cancelled: acknowledge, quietly
         except Exception as exc:  # undecodable input: the stage never ran
             status, error = "failed", ErrorInfo(
                 self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
-                f"cannot decode the input: {exc}", type(exc).__name__)
+                f"cannot decode parameter {name!r} as {self.annotations.get(name)!r}: {exc}; the stage "
+                f"that produces '{name}' must return what this annotation says" if name is not None
+                else f"cannot decode the input: {exc}", type(exc).__name__)
         self._status(fr.Kind.ACK, anc, status, error)
         if len(self.running) == 1:
             # No other invocation is running, so none can join this write: send it now rather

@@ -70,7 +70,7 @@ def create_app(ingress: Ingress) -> Starlette:
         except InputError as exc:
             return _unprocessable(str(exc), _validation_errors(exc))
         except Overloaded as exc:
-            retry_after = getattr(exc, "retry_after", 1)
+            retry_after = exc.retry_after
             return JSONResponse({"detail": str(exc)}, status_code=503,
                                 headers={"Retry-After": str(retry_after)})
         return EventStreamResponse(stream)

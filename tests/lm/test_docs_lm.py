@@ -98,14 +98,11 @@ def test_the_documented_server_command_knows_its_options() -> None:
 
 
 def test_sim_lm_command_registers_as_a_cli_verb() -> None:
-    import typer
+    # The real `altoflow` app: the verb the docs tell users to type.
     from typer.testing import CliRunner
 
-    from altoflow.lm.sim_server import sim_lm_command
+    from altoflow.cli import app
 
-    app = typer.Typer()
-    app.command("sim-lm")(sim_lm_command)
-    app.command("other")(lambda: None)  # with two verbs, typer dispatches on the name
     runner = CliRunner()
     shown = runner.invoke(app, ["sim-lm", "--help"])
     assert shown.exit_code == 0, shown.output

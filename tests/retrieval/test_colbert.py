@@ -150,6 +150,8 @@ def test_argument_errors(reranker: ColBERTReranker) -> None:
         reranker.rerank("q", ["ok", 3])  # type: ignore[list-item]
     with pytest.raises(ValueError, match="k must be a positive int, got 0"):
         reranker.rerank("q", ["ok"], k=0)
+    with pytest.raises(TypeError, match=r"wrap it: \[query\]"):
+        reranker.encode_queries("unix")  # type: ignore[arg-type]
     with pytest.raises(TypeError, match=r"takes one query \(str\)"):
         reranker.score(["q"], ["ok"])  # type: ignore[arg-type]
 

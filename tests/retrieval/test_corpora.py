@@ -90,6 +90,9 @@ def test_read_dictd_names_the_bad_line(tmp_path: Path) -> None:
     index_path.write_text("x\tA\tZZZ\n", encoding="utf-8")
     with pytest.raises(ValueError, match=r"points past the end of .*are the two files from one database"):
         read_dictd(index_path, dict_path)
+    index_path.write_text("x\tA\tB=\n", encoding="utf-8")
+    with pytest.raises(ValueError, match=r"test\.index:1: .*the line is"):
+        read_dictd(index_path, dict_path)
 
 
 def test_missing_foldoc_names_the_apt_package(tmp_path: Path) -> None:

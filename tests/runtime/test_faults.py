@@ -130,7 +130,7 @@ def test_flood_beyond_capacity_is_refused_not_queued():
         sup = await _started(max_inflight=3)
         try:
             handles = [sup.router.submit({"n": 2, "delay": 0.2}) for _ in range(3)]
-            with pytest.raises(Overloaded, match="max_inflight=3"):
+            with pytest.raises(Overloaded, match=r"busy.*--max-inflight 3"):
                 sup.router.submit({"n": 2})
             for h in handles:
                 assert (await asyncio.wait_for(_events(h), 30))[-1].type == "done"
@@ -151,3 +151,18 @@ def test_shutdown_leaves_no_process_behind():
     for pid in asyncio.run(main()):
         with pytest.raises(ProcessLookupError):
             os.kill(pid, 0)
+
+
+def test_a_replica_that_cannot_start_fails_the_start_and_says_so():
+    target = str(Path(__file__).resolve().parent.parent / "pipelines" / "broken_init.py")
+
+    async def main() -> None:
+        sup = Supervisor(load_target(target).compiled, target)
+        await sup.__aenter__()
+        try:
+            with pytest.raises(RuntimeError, match=r"replica Scorer#0 exited before it connected.*__init__"):
+                await sup.wait_ready(timeout=60)
+        finally:
+            await sup.stop()
+
+    asyncio.run(main())

@@ -99,3 +99,17 @@ async def _beyond_concurrency():
     assert sorted((f.request_id, f.ancestry, f.status) for f in out if f.kind is fr.Kind.ACK) == [
         (1, (i,), 0) for i in range(6)] + [(2, (0,), 1)]
     assert sorted(Codec().decode(f.payload) for f in out if f.kind is fr.Kind.DATA) == [i * 10 for i in range(6)]
+
+
+def test_an_input_that_does_not_decode_fails_naming_the_parameter():
+    asyncio.run(_undecodable())
+
+
+async def _undecodable():
+    worker, transport = _worker()
+    _feed(worker, fr.encode_frame(fr.Kind.DATA, stage=1, request_id=5, ancestry=(0,), payload=b"\xee"))
+    for _ in range(5):
+        await asyncio.sleep(0)
+    (ack,) = _frames_out(transport)
+    assert ack.kind is fr.Kind.ACK and ack.status == 2
+    assert "cannot decode parameter 'items'" in ack.body.message and "must return" in ack.body.message
