@@ -398,3 +398,25 @@ def test_console_script_finds_a_module_target_in_the_current_directory():
         capture_output=True, text=True, timeout=60, env=env, cwd=TESTS,
     )
     assert proc.returncode == 0, proc.stderr
+
+
+def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(monkeypatch):
+    # Nothing is started: the ingress and uvicorn are replaced by recorders.
+    import uvicorn
+
+    import altoflow.runtime.serve as serve_mod
+
+    seen: dict = {}
+
+    class Ingress:
+        def __init__(self, target, **kw):
+            seen["ingress"] = kw
+
+    monkeypatch.setattr(serve_mod, "ServedIngress", Ingress)
+    monkeypatch.setattr("altoflow.server.http.create_app", lambda ingress: ingress)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(http=kw))
+    monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
+    result = cli("serve", WORDCOUNT, "--host", "127.0.0.2", "--port", "8123", "--listen", "0.0.0.0:7000")
+    assert result.exit_code == 0, result.output
+    assert (seen["http"]["host"], seen["http"]["port"]) == ("127.0.0.2", 8123)
+    assert seen["ingress"]["listen"] == ("0.0.0.0", 7000)

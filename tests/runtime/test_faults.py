@@ -166,3 +166,34 @@ def test_a_replica_that_cannot_start_fails_the_start_and_says_so():
             await sup.stop()
 
     asyncio.run(main())
+
+
+def test_a_second_replica_for_a_connected_slot_is_turned_away(capsys):
+    # Two `altoflow worker --slot 0` by mistake would split an aggregate's groups between them.
+    from altoflow.runtime import frames as fr
+    from altoflow.runtime.router import Router, _Protocol
+
+    class Transport:
+        closed = False
+
+        def write(self, data: bytes) -> None:
+            pass
+
+        def close(self) -> None:
+            self.closed = True
+
+        def is_closing(self) -> bool:
+            return self.closed
+
+    async def main() -> None:
+        router = Router(load_target(TARGET).compiled)
+        hello = fr.encode_frame(fr.Kind.HELLO, body=fr.Hello(stage="total", replica_id=0))
+        first, second = _Protocol(router), _Protocol(router)
+        for proto in (first, second):
+            proto.connection_made(Transport())
+            proto.data_received(hello)
+        assert not first.conn.transport.closed and second.conn.transport.closed
+        assert router.live_slots() == {("total", 0)}
+
+    asyncio.run(main())
+    assert "slot 0 of total is connected already" in capsys.readouterr().err
