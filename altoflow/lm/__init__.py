@@ -14,6 +14,9 @@ Engines:
 - :class:`VllmLM`: vLLM in-process (``altoflow[vllm]``).
 - :class:`SGLangLM`: SGLang in-process (``altoflow[sglang]``).
 
+:func:`lm_from_env` picks one of them from ``ALTOFLOW_LM*`` environment variables
+(:mod:`altoflow.lm.settings`), the one convention every example application follows.
+
 Engine libraries are imported when an engine is created, never when this package is imported;
 ``OpenAILM`` is loaded on first access, as it needs httpx.
 """
@@ -37,6 +40,7 @@ from ._base import (
 )
 from ._text import JsonListError, JsonListParser, LineSplitter
 from .llamacpp import LlamaCppLM
+from .settings import LMSettings, LMSettingsError, lm_from_env
 from .sglang import SGLangLM
 from .sim import (
     CLAIMS,
@@ -69,6 +73,8 @@ __all__ = [
     "LMError",
     "LMProtocolError",
     "LMResponseError",
+    "LMSettings",
+    "LMSettingsError",
     "LMStream",
     "LMTimeoutError",
     "LengthDist",
@@ -84,6 +90,7 @@ __all__ = [
     "SimulatedLM",
     "TimingModel",
     "VllmLM",
+    "lm_from_env",
 ]
 
 
