@@ -71,7 +71,7 @@ def run(
 ) -> None:
     """Run one request in this process (the reference executor) and print its result as JSON."""
     from altoflow.runtime.local import execute
-    from altoflow.server.http import encode_event, jsonable
+    from altoflow._result import encode_event, jsonable
 
     try:
         fields = json.loads(input)
@@ -145,8 +145,9 @@ def serve(
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
 
-    from altoflow.runtime.serve import ServedIngress, with_replicas
+    from altoflow.runtime.supervisor import with_replicas
     from altoflow.server.http import create_app
+    from altoflow.server.served import ServedIngress
 
     compiled = _load(target)
     counts = _replica_counts(replicas)
