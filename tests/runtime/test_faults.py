@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from altoflow.compiler import load_target
-from altoflow.runtime.router import Overloaded
-from altoflow.runtime.serve import Supervisor
+from altoflow._errors import Overloaded
+from altoflow.runtime.supervisor import Supervisor
 
 TARGET = str(Path(__file__).resolve().parent.parent / "pipelines" / "slow.py")
 
