@@ -84,8 +84,9 @@ class _Protocol(asyncio.Protocol):
                 router._on_frame(self.conn, frame)
         except fr.ProtocolError as exc:
             # The peer's mistake: drop that replica, keep serving everyone else.
-            logger.warning("replica %s#%s broke the protocol, dropping it: %s",
-                           self.conn.stage, self.conn.rid, exc)
+            who = (f"replica {self.conn.stage} (connection {self.conn.rid})" if self.conn.stage
+                   else "a connecting replica")
+            logger.warning("%s broke the protocol and was dropped: %s", who, exc)
             self.conn.transport.close()
         router._flush_soon()
 
