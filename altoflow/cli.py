@@ -167,9 +167,12 @@ def serve(
         _fail("--listen needs a shared secret: --secret-file PATH or ALTOFLOW_SECRET", 2)
     if remote and address is None:
         _fail("--remote stages connect over TCP: add --listen HOST:PORT", 2)
-    ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
-                            allow_pickle=allow_pickle, listen=address, secret=secret,
-                            remote=frozenset(remote))
+    try:
+        ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
+                                allow_pickle=allow_pickle, listen=address, secret=secret,
+                                remote=frozenset(remote))
+    except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
+        _fail(str(exc), 2)
     try:
         import uvloop  # noqa: F401
 

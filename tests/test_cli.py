@@ -420,3 +420,10 @@ def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(mo
     assert result.exit_code == 0, result.output
     assert (seen["http"]["host"], seen["http"]["port"]) == ("127.0.0.2", 8123)
     assert seen["ingress"]["listen"] == ("0.0.0.0", 7000)
+
+
+def test_serve_allow_pickle_with_listen_is_refused_with_a_message(monkeypatch):
+    monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
+    result = cli("serve", WORDCOUNT, "--allow-pickle", "--listen", "0.0.0.0:7000")
+    assert result.exit_code == 2
+    assert "--allow-pickle is for local sockets only" in result.output
