@@ -2,9 +2,9 @@
 
 It owns no routing logic (that is ``core.RouterCore``); it turns frames into core events and
 core instructions into frames, and hands each request's events to whoever submitted it. Writes
-to each replica are coalesced into one buffer per event-loop turn: one write of many frames
-costs about what one write of one frame does, and the router benchmark measured batching to be
-worth a factor of ten in frames per second.
+to each replica are coalesced into one buffer per event-loop turn: a write of many frames costs
+about what a write of one frame does (one system call), so batching them is worth about a
+factor of ten in frames per second.
 
 The router never unpickles, and does not decode output values at all: an output's payload
 bytes go into its event unread, and the request's ``RequestStream`` decodes them as its
