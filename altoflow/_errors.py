@@ -2,7 +2,7 @@
 
 Two families, kept apart on purpose: ``CompileError`` and its subclasses are *your pipeline's*
 mistakes, found before anything runs; ``StageError`` is a failure *inside* a stage while a
-request runs. ``InputError`` is a bad request (fields that do not fit the request schema).
+request runs. ``InputError`` is a bad request (fields that do not fit the request schema). ``Overloaded`` is a server's answer to one request too many.
 """
 
 from __future__ import annotations
@@ -50,6 +50,17 @@ class TargetError(CompileError):
 
 class InputError(ValueError):
     """A request's fields do not fit the pipeline's request schema."""
+
+
+class Overloaded(Exception):
+    """Every request slot of a server is taken; try again after ``retry_after`` seconds.
+
+    The HTTP API answers it with 503 and a ``Retry-After`` header.
+    """
+
+    def __init__(self, message: str, retry_after: int = 1) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after
 
 
 class StageError(Exception):

@@ -1,10 +1,19 @@
-"""``Event`` and ``Result``: what a request produced, in-process or served."""
+"""``Event`` and ``Result``: what a request produced, in-process or served, and the JSON form of
+events (``encode_event``, ``jsonable``) that ``POST /v1/run`` streams and ``altoflow run`` prints.
+"""
 
 from __future__ import annotations
 
+import base64
+import dataclasses
+import datetime
+import enum
+import json
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Iterator, Literal
+
+import pydantic
 
 EventType = Literal["output", "done", "error"]
 
@@ -32,7 +41,7 @@ class Event:
         return getattr(self, key, default)
 
     def to_json(self) -> dict[str, Any]:
-        """The NDJSON object of design section 6 (``value`` as given; encode it yourself)."""
+        """The event's NDJSON object, with ``value`` as given (``encode_event`` makes it JSON)."""
         if self.type == "output":
             return {"type": "output", "stage": self.stage, "ancestry": self.ancestry,
                     "value": self.value}
@@ -125,3 +134,69 @@ class Result(Mapping[str, Any]):
 
     def __repr__(self) -> str:
         return f"Result({self.to_dict()!r})"
+
+
+# -- the JSON form of events -------------------------------------------------------------------
+
+
+def encode_event(event: Event) -> tuple[bytes, bool]:
+    """One NDJSON line for ``event``, and whether it ends the request.
+
+    An output value that cannot be made JSON gives an ``error`` line instead.
+    """
+    obj = event.to_json()
+    if event.type == "output":
+        try:
+            obj["value"] = jsonable(event.value)
+            return _line(obj), False
+        except (TypeError, ValueError, RecursionError) as exc:
+            return _line(Event(
+                "error", event.stage, event.ancestry, exc_type=type(exc).__name__,
+                error=f"stage '{event.stage}' produced a value that cannot be sent as JSON: "
+                      f"{exc}. Return JSON-like values (str, int, float, bool, None, lists, "
+                      f"dicts with str keys), numpy arrays, pydantic models, dataclasses or "
+                      f"bytes, or convert it in a stage.",
+            ).to_json()), True
+    return _line(obj), event.type in ("done", "error")
+
+
+def _line(obj: dict[str, Any]) -> bytes:
+    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
+
+
+def jsonable(value: Any, path: str = "value") -> Any:
+    """``value`` as plain JSON data: lists, dicts with string keys, str, numbers, bool, None.
+
+    numpy arrays and scalars via ``tolist()``, pydantic models via ``model_dump(mode="json")``,
+    dataclasses as dicts, tuples and sets as lists, enums by value, dates and times in ISO 8601,
+    and bytes as a base64 string (standard alphabet, padded). Anything else raises TypeError,
+    naming where in ``value`` it sits. Non-finite floats are written as ``NaN``/``Infinity``, as
+    Python's json module does.
+    """
+    if value is None or isinstance(value, (str, bool, int, float)):
+        return value
+    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy (and array-likes)
+        return jsonable(value.tolist(), path)
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            if not (k is None or isinstance(k, (str, int, float, bool))):
+                raise TypeError(f"{path} has a key {k!r} of type {type(k).__name__}; JSON "
+                                f"object keys are strings")
+            out[k] = jsonable(v, f"{path}[{k!r}]")
+        return out
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return [jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+    if isinstance(value, (bytes, bytearray, memoryview)):
+        return base64.b64encode(bytes(value)).decode("ascii")
+    if isinstance(value, pydantic.BaseModel):
+        return value.model_dump(mode="json")
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: jsonable(getattr(value, f.name), f"{path}.{f.name}")
+                for f in dataclasses.fields(value)}
+    if isinstance(value, enum.Enum):
+        return jsonable(value.value, path)
+    if isinstance(value, (datetime.date, datetime.time)):
+        return value.isoformat()
+    raise TypeError(f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which "
+                    f"has no JSON form")

@@ -71,7 +71,7 @@ def run(
 ) -> None:
     """Run one request in this process (the reference executor) and print its result as JSON."""
     from altoflow.runtime.local import execute
-    from altoflow.server.http import encode_event, jsonable
+    from altoflow._result import encode_event, jsonable
 
     try:
         fields = json.loads(input)
@@ -145,8 +145,9 @@ def serve(
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
 
-    from altoflow.runtime.serve import ServedIngress, with_replicas
+    from altoflow.runtime.supervisor import with_replicas
     from altoflow.server.http import create_app
+    from altoflow.server.served import ServedIngress
 
     compiled = _load(target)
     counts = _replica_counts(replicas)
@@ -166,9 +167,12 @@ def serve(
         _fail("--listen needs a shared secret: --secret-file PATH or ALTOFLOW_SECRET", 2)
     if remote and address is None:
         _fail("--remote stages connect over TCP: add --listen HOST:PORT", 2)
-    ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
-                            allow_pickle=allow_pickle, listen=address, secret=secret,
-                            remote=frozenset(remote))
+    try:
+        ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
+                                allow_pickle=allow_pickle, listen=address, secret=secret,
+                                remote=frozenset(remote))
+    except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
+        _fail(str(exc), 2)
     try:
         import uvloop  # noqa: F401
 

@@ -404,7 +404,7 @@ def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(mo
     # Nothing is started: the ingress and uvicorn are replaced by recorders.
     import uvicorn
 
-    import altoflow.runtime.serve as serve_mod
+    import altoflow.server.served as served_mod
 
     seen: dict = {}
 
@@ -412,7 +412,7 @@ def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(mo
         def __init__(self, target, **kw):
             seen["ingress"] = kw
 
-    monkeypatch.setattr(serve_mod, "ServedIngress", Ingress)
+    monkeypatch.setattr(served_mod, "ServedIngress", Ingress)
     monkeypatch.setattr("altoflow.server.http.create_app", lambda ingress: ingress)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(http=kw))
     monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
@@ -420,3 +420,10 @@ def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(mo
     assert result.exit_code == 0, result.output
     assert (seen["http"]["host"], seen["http"]["port"]) == ("127.0.0.2", 8123)
     assert seen["ingress"]["listen"] == ("0.0.0.0", 7000)
+
+
+def test_serve_allow_pickle_with_listen_is_refused_with_a_message(monkeypatch):
+    monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
+    result = cli("serve", WORDCOUNT, "--allow-pickle", "--listen", "0.0.0.0:7000")
+    assert result.exit_code == 2
+    assert "--allow-pickle is for local sockets only" in result.output

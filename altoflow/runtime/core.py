@@ -35,7 +35,7 @@ import hashlib
 import random
 from collections import defaultdict, deque
 from dataclasses import dataclass, field
-from typing import Any, Literal, Union
+from typing import Any, Literal, NamedTuple, Union
 
 from altoflow._errors import StageError
 from altoflow.compiler.plan import Plan, StagePlan
@@ -243,6 +243,15 @@ _REPLICA_TRANSITIONS: dict[tuple[ReplicaState, str], ReplicaState] = {
 }
 
 
+class CoreStatistics(NamedTuple):
+    """Invocations per stage: ``queued`` wait for a replica's credit (in the stage's queue, a
+    keyed replica's queue, or parked for a slot with no live replica); ``in_flight`` have been
+    dispatched to a replica and not acknowledged yet."""
+
+    queued: dict[str, int]
+    in_flight: dict[str, int]
+
+
 class RouterCore:
     """All routing and progress decisions of one router, for any number of requests."""
 
@@ -303,6 +312,17 @@ class RouterCore:
             self._pump()
         self._out = []
         return out
+
+    def statistics(self) -> CoreStatistics:
+        """What waits and what runs, per stage, now (for the metrics; it walks every queue)."""
+        queued = {name: len(q) for name, q in self.stage_queue.items()}
+        in_flight = dict.fromkeys(self.stages, 0)
+        for rep in self.replicas.values():
+            queued[rep.stage] += len(rep.queue)
+            in_flight[rep.stage] += len(rep.inflight)
+        for (name, _slot), parked in self.parked.items():
+            queued[name] += sum(1 for entry in parked if entry[0] == "invoke")
+        return CoreStatistics(queued, in_flight)
 
     # -- events --------------------------------------------------------------------------------
 

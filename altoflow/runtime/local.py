@@ -12,7 +12,7 @@ fold state). Instead of sockets, instructions go straight to in-process runners,
 stay Python objects. ``tests/oracle.py`` checks the whole against a naive evaluator that shares
 no code with it.
 
-The rules (design section 4), as they are implemented:
+The rules of the programming model, as they are implemented:
 
 - each stage has ``replicas`` runners of ``concurrency`` invocations each;
 - a failed invocation is retried ``retries`` times (a generator only while it has yielded
@@ -31,8 +31,9 @@ from __future__ import annotations
 import asyncio
 import functools
 import sys
+import time
 from collections import deque
-from typing import Any, Callable
+from typing import TYPE_CHECKING, Any, Callable
 
 import anyio
 import anyio.to_thread
@@ -45,6 +46,9 @@ from altoflow.runtime.core import (
 )
 from altoflow.runtime.runner import StageRunner
 
+if TYPE_CHECKING:  # prometheus_client is imported only by servers, not by `import altoflow`
+    from altoflow.runtime.metrics import ServerMetrics
+
 REQUEST = 0  # this executor runs one request per execution
 
 
@@ -54,10 +58,12 @@ class _Execution:
         compiled: CompiledPipeline,
         fields: dict[str, Any],
         on_event: Callable[[Event], None] | None,
+        stats: ServerMetrics | None = None,
     ) -> None:
         self.plan = compiled.plan
         self.core = RouterCore(self.plan, seed=0)
         self.on_event = on_event
+        self.stats = stats
         self.events: list[Event] = []
         self.error: StageError | None = None
         self.done = anyio.Event()
@@ -65,7 +71,7 @@ class _Execution:
         self.runners: dict[int, StageRunner] = {}
         self._queue: deque[Any] = deque()  # core events waiting to be handled
         self._handling = False
-        self.inbox: dict[int, deque[Invoke]] = {}
+        self.inbox: dict[int, deque[tuple[Invoke, float]]] = {}  # with the time of dispatch
         self.active: dict[int, int] = {}
         self.limit: dict[int, int] = {}
         rid = 0
@@ -79,12 +85,18 @@ class _Execution:
                 rid += 1
 
     async def run(self) -> None:
-        async with anyio.create_task_group() as tg:
-            self.tg = tg
-            self._queue.append(Submit(REQUEST, self.fields))
-            self._handle()
-            await self.done.wait()
-            tg.cancel_scope.cancel()
+        if self.stats is not None:
+            self.stats.cores.add(self.core)  # its queues count towards the server's gauges
+        try:
+            async with anyio.create_task_group() as tg:
+                self.tg = tg
+                self._queue.append(Submit(REQUEST, self.fields))
+                self._handle()
+                await self.done.wait()
+                tg.cancel_scope.cancel()
+        finally:
+            if self.stats is not None:
+                self.stats.cores.discard(self.core)
 
     # Events from runners go through one loop, so that no handler runs inside another.
     def _event(self, event: Any) -> None:
@@ -92,6 +104,8 @@ class _Execution:
         self._handle()
 
     def _output(self, rid: int, stage: str, anc: Any, value: Any) -> None:
+        if self.stats is not None:
+            self.stats.items[stage] += 1
         self._event(Output(rid, stage, anc, value))
 
     def _handle(self) -> None:
@@ -109,7 +123,7 @@ class _Execution:
         if isinstance(ins, Invoke):
             # One task per busy slot, reused while work is queued: spawning a task per
             # invocation costs more than most stages do.
-            self.inbox[ins.replica].append(ins)
+            self.inbox[ins.replica].append((ins, time.perf_counter()))
             if self.active[ins.replica] < self.limit[ins.replica]:
                 self.active[ins.replica] += 1
                 self.tg.start_soon(self._drain, ins.replica)
@@ -137,8 +151,11 @@ class _Execution:
         inbox, runner = self.inbox[rid], self.runners[rid]
         try:
             while inbox:
-                ins = inbox.popleft()
+                ins, dispatched = inbox.popleft()
                 status, error = await runner.invoke(ins.ancestry, ins.args)
+                if self.stats is not None:
+                    self.stats.acknowledged(ins.stage, status == "failed",
+                                            time.perf_counter() - dispatched)
                 self._event(Ack(rid, ins.stage, ins.ancestry, status, error))
         finally:
             self.active[rid] -= 1
@@ -168,11 +185,16 @@ async def execute(
     fields: dict[str, Any],
     *,
     on_event: Callable[[Event], None] | None = None,
+    stats: ServerMetrics | None = None,
 ) -> Result:
-    """Run one request of a compiled pipeline in this process; ``on_event`` sees each event live."""
+    """Run one request of a compiled pipeline in this process; ``on_event`` sees each event live.
+
+    ``stats``, a server's metrics, counts the request's stage items, errors and invocation times,
+    and sees its queues while it runs (``LocalIngress`` passes its own).
+    """
     values = compiled.validate_request(fields)
     await ensure_instances(compiled)
-    ex = _Execution(compiled, values, on_event)
+    ex = _Execution(compiled, values, on_event, stats)
     await ex.run()
     if ex.error is not None:
         raise ex.error

@@ -2,8 +2,16 @@
 
 It owns no routing logic (that is ``core.RouterCore``); it turns frames into core events and
 core instructions into frames, and hands each request's events to whoever submitted it. Writes
-to each replica are coalesced into one buffer per event-loop turn (perf-notes.md: batching is
-worth a factor of ten).
+to each replica are coalesced into one buffer per event-loop turn: a write of many frames costs
+about what a write of one frame does (one system call), so batching them is worth about a
+factor of ten in frames per second.
+
+The router never unpickles, and does not decode output values at all: an output's payload
+bytes go into its event unread, and the request's ``RequestStream`` decodes them as its
+consumer reads them, with ``output_codec`` (the one codec that may allow pickle, as
+``altoflow serve --allow-pickle`` does). So a pickled value is only ever loaded in the task of
+the request it belongs to, and a payload that cannot be decoded fails that request alone
+instead of the replica connection it came over.
 """
 
 from __future__ import annotations
@@ -11,24 +19,25 @@ from __future__ import annotations
 import asyncio
 import inspect
 import itertools
+import logging
 import os
-import sys
+import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import time
-
+from altoflow._errors import Overloaded
 from altoflow._result import Event, done_event, output_event
-from altoflow.server.ingress import (
-    EventChannel, Histogram, MetricFamily, Overloaded, RequestStream, render_metrics,
-)
 from altoflow.compiler import CompiledPipeline
 from altoflow.runtime import frames as fr
-from altoflow.runtime.codec import Codec
+from altoflow.runtime.codec import Codec, DecodeError
 from altoflow.runtime.core import (
     Abort, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Invoke, Open,
     ReplicaDown, ReplicaUp, RouterCore, Submit,
 )
+from altoflow.runtime.metrics import ServerMetrics
+from altoflow.runtime.stream import EventChannel, RequestStream
+
+logger = logging.getLogger("altoflow.router")
 
 _DATA, _ACK, _FLUSH_DONE, _HEARTBEAT = fr.Kind.DATA, fr.Kind.ACK, fr.Kind.FLUSH_DONE, fr.Kind.HEARTBEAT
 
@@ -75,7 +84,9 @@ class _Protocol(asyncio.Protocol):
                 router._on_frame(self.conn, frame)
         except fr.ProtocolError as exc:
             # The peer's mistake: drop that replica, keep serving everyone else.
-            print(f"altoflow router: replica {self.conn.stage}#{self.conn.rid}: {exc}", file=sys.stderr)
+            who = (f"replica {self.conn.stage} (connection {self.conn.rid})" if self.conn.stage
+                   else "a connecting replica")
+            logger.warning("%s broke the protocol and was dropped: %s", who, exc)
             self.conn.transport.close()
         router._flush_soon()
 
@@ -83,24 +94,26 @@ class _Protocol(asyncio.Protocol):
         self.conn.router._on_lost(self.conn)
 
 
-class _Stats:
-    def __init__(self, stages: list[str]) -> None:
-        self.admitted = 0
-        self.rejected = 0
-        self.outcomes: dict[str, int] = {"done": 0, "error": 0, "cancelled": 0}
-        self.items = {name: 0 for name in stages}
-        self.errors = {name: 0 for name in stages}
-        self.latency = Histogram()
-        self.stage_latency = {name: Histogram() for name in stages}
-
-
 class Router:
+    """One router: replicas connect to it, requests are submitted to it.
+
+    ``codec`` encodes request fields, and must refuse pickle; ``output_codec`` is what each
+    request's consumer decodes output values with, as it reads them (see the module's docstring).
+    """
+
     def __init__(self, compiled: CompiledPipeline, *, codec: Codec | None = None,
-                 max_inflight: int = 1024, seed: int | None = None) -> None:
+                 output_codec: Codec | None = None, max_inflight: int = 1024,
+                 seed: int | None = None) -> None:
+        codec = codec or Codec()
+        if codec.allow_pickle:
+            raise ValueError(
+                "the router never unpickles: give Router a codec without allow_pickle, and "
+                "pass Codec(allow_pickle=True) as output_codec for the requests' consumers")
         self.compiled = compiled
         self.plan = compiled.plan
         self.core = RouterCore(self.plan, seed=seed)
-        self.codec = codec or Codec()
+        self.codec = codec
+        self.output_codec = output_codec or Codec()
         self.max_inflight = max_inflight
         self.stage_index = {name: i for i, name in enumerate(self.plan.names)}
         self.conns: dict[int, _Conn] = {}
@@ -109,7 +122,9 @@ class Router:
         self._rids = itertools.count(1)
         self._dirty: set[int] = set()
         self._flush_scheduled = False
-        self.stats = _Stats(self.plan.names)
+        self.stats = ServerMetrics(self.plan.names, requests_in_flight=lambda: len(self.requests),
+                                   replicas_live=self.ready)
+        self.stats.cores.add(self.core)
         self._started: dict[tuple[int, tuple], float] = {}  # (replica, ancestry) -> dispatch time
         self._admitted: dict[int, float] = {}
         self.server: asyncio.AbstractServer | None = None
@@ -159,7 +174,20 @@ class Router:
         self.stats.admitted += 1
         self._apply(self.core.handle(Submit(request, encoded)))
         self._flush_soon()
-        return RequestStream(channel, lambda: self._cancel(request), request)
+        return RequestStream(channel, lambda: self._cancel(request), request, self._decode_output)
+
+    def _decode_output(self, event: Event) -> Event:
+        """Run by the request's consumer as it reads ``event``: its payload bytes become its value."""
+        try:
+            value = self.output_codec.decode(event.value, self._output_hints[event.stage])
+        except DecodeError as exc:
+            return Event("error", event.stage, event.ancestry, exc_type="DecodeError",
+                         error=f"stage '{event.stage}' produced a value this server cannot "
+                               f"decode: {exc}")
+        # The event was built for this consumer and nobody has seen it yet: fill its value in
+        # rather than build a second one per item.
+        event.__dict__["value"] = value
+        return event
 
     def _cancel(self, request: int) -> None:
         channel = self.requests.pop(request, None)
@@ -171,10 +199,8 @@ class Router:
         self._schedule_flush()
 
     def _finished(self, request: int, outcome: str) -> None:
-        started = self._admitted.pop(request, None)
-        self.stats.outcomes[outcome] = self.stats.outcomes.get(outcome, 0) + 1
-        if started is not None and outcome != "cancelled":
-            self.stats.latency.observe(time.perf_counter() - started)
+        started = self._admitted.pop(request)
+        self.stats.finished(outcome, time.perf_counter() - started)  # type: ignore[arg-type]
 
     def live_slots(self) -> set[tuple[str, int]]:
         """(stage, slot) of every connected replica."""
@@ -205,7 +231,7 @@ class Router:
         elif kind is _ACK:
             started = self._started.pop((conn.rid, anc), None)
             if started is not None:
-                self.stats.stage_latency[stage].observe(time.perf_counter() - started)
+                self.stats.invocation[stage].observe(time.perf_counter() - started)
             error = None
             if frame.status == 2:
                 self.stats.errors[stage] += 1
@@ -274,9 +300,8 @@ class Router:
                 self._write(ins.replica, frame)
             elif t is Emit:
                 channel = self.requests.get(ins.request)
-                if channel is not None:
-                    value = self.codec.decode(ins.payload, self._output_hints[ins.stage])
-                    channel.send_nowait(output_event(ins.stage, ins.ancestry, value))
+                if channel is not None:  # the payload stays bytes: the consumer decodes it
+                    channel.send_nowait(output_event(ins.stage, ins.ancestry, ins.payload))
             elif t is Finish:
                 channel = self.requests.pop(ins.request, None)
                 if channel is None:
@@ -302,42 +327,6 @@ class Router:
             else:
                 raise TypeError(f"unknown instruction {ins!r}")
 
-    def metrics(self) -> str:
-        """Prometheus text: requests, and per stage queue depth, in-flight, items, errors, latency."""
-        core, st = self.core, self.stats
-        queued = {name: len(q) for name, q in core.stage_queue.items()}
-        inflight = {name: 0 for name in self.plan.names}
-        for rep in core.replicas.values():
-            queued[rep.stage] += len(rep.queue)
-            inflight[rep.stage] += len(rep.inflight)
-        for (name, _slot), q in core.parked.items():
-            queued[name] += len(q)
-        per = lambda values: [("", {"stage": n}, v) for n, v in values.items()]  # noqa: E731
-        latency = [s for n in self.plan.names for s in st.stage_latency[n].samples({"stage": n})]
-        return render_metrics([
-            MetricFamily("altoflow_requests_in_flight", "gauge", "Requests admitted and not finished.",
-                         [("", {}, len(self.requests))]),
-            MetricFamily("altoflow_requests_total", "counter", "Requests admitted.", [("", {}, st.admitted)]),
-            MetricFamily("altoflow_requests_finished_total", "counter", "Requests that ended, by outcome.",
-                         [("", {"outcome": o}, n) for o, n in sorted(st.outcomes.items())]),
-            MetricFamily("altoflow_requests_rejected_total", "counter",
-                         "Requests answered 503 (max_inflight reached).", [("", {}, st.rejected)]),
-            MetricFamily("altoflow_request_duration_seconds", "histogram",
-                         "Admission to the done or error event.", st.latency.samples()),
-            MetricFamily("altoflow_stage_queue_depth", "gauge",
-                         "Invocations waiting in the router for a replica credit.", per(queued)),
-            MetricFamily("altoflow_stage_in_flight", "gauge", "Invocations running on replicas.",
-                         per(inflight)),
-            MetricFamily("altoflow_stage_output_items_total", "counter", "Items the stage produced.",
-                         per(st.items)),
-            MetricFamily("altoflow_stage_errors_total", "counter",
-                         "Invocations that failed under on_error='fail'.", per(st.errors)),
-            MetricFamily("altoflow_stage_invocation_seconds", "histogram",
-                         "Dispatch to acknowledgement of one invocation.", latency),
-            MetricFamily("altoflow_replicas_live", "gauge", "Connected replicas per stage.",
-                         per(self.ready())),
-        ])
-
     def _write(self, rid: int, frame: bytes) -> None:
         conn = self.conns.get(rid)
         if conn is None:
@@ -354,8 +343,7 @@ class Router:
             self._schedule_flush()
 
     def _schedule_flush(self) -> None:
-        # One write per replica per event-loop turn, however many frames the turn produced
-        # (perf-notes.md: batching is worth a factor of ten).
+        # One write per replica per event-loop turn, however many frames the turn produced.
         if self._dirty and not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush_all)

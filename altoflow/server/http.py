@@ -1,4 +1,4 @@
-"""The HTTP API of design section 6, as an ASGI app on Starlette: ``create_app(ingress)``.
+"""altoflow's HTTP API, as an ASGI app on Starlette: ``create_app(ingress)``.
 
 - ``POST /v1/run``: the body is the request fields as a JSON object. The answer streams NDJSON,
   one event per line, each line sent the moment its event exists; it ends with a ``done`` or an
@@ -8,18 +8,14 @@
 - ``GET /v1/graph``: ``altoflow compile --format json``'s document, plus ``outputs`` (the output
   stages) and ``request_schema`` (the request's JSON schema).
 - ``GET /healthz``: the ingress's health; 200 when its status is ``ok``, else 503.
-- ``GET /metrics``: Prometheus text exposition.
+- ``GET /metrics``: Prometheus text exposition (the ingress's one registry).
 
-Output values are made JSON here (``jsonable``); a value that cannot be ends the request with an
-``error`` event that says where in the value the trouble is.
+Output values are made JSON here (``altoflow._result.encode_event``); a value that cannot be ends
+the request with an ``error`` event that says where in the value the trouble is.
 """
 
 from __future__ import annotations
 
-import base64
-import dataclasses
-import datetime
-import enum
 import json
 import socket
 import threading
@@ -36,12 +32,13 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
-from altoflow._errors import InputError
-from altoflow._result import Event
-from altoflow.server.ingress import Ingress, Overloaded, RequestStream
+from altoflow._errors import InputError, Overloaded
+from altoflow._result import Event, encode_event
+from altoflow.runtime.metrics import CONTENT_TYPE as PROMETHEUS
+from altoflow.runtime.stream import RequestStream
+from altoflow.server.ingress import Ingress
 
 NDJSON = "application/x-ndjson"
-PROMETHEUS = "text/plain; version=0.0.4; charset=utf-8"
 
 
 def create_app(ingress: Ingress) -> Starlette:
@@ -175,69 +172,6 @@ class EventStreamResponse:
                 "is shutting down)", exc_type="Cancelled"))
             await send({"type": "http.response.body", "body": line, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
-
-
-def encode_event(event: Event) -> tuple[bytes, bool]:
-    """One NDJSON line for ``event``, and whether it ends the request.
-
-    An output value that cannot be made JSON gives an ``error`` line instead.
-    """
-    obj = event.to_json()
-    if event.type == "output":
-        try:
-            obj["value"] = jsonable(event.value)
-            return _line(obj), False
-        except (TypeError, ValueError, RecursionError) as exc:
-            return _line(Event(
-                "error", event.stage, event.ancestry, exc_type=type(exc).__name__,
-                error=f"stage '{event.stage}' produced a value that cannot be sent as JSON: "
-                      f"{exc}. Return JSON-like values (str, int, float, bool, None, lists, "
-                      f"dicts with str keys), numpy arrays, pydantic models, dataclasses or "
-                      f"bytes, or convert it in a stage.",
-            ).to_json()), True
-    return _line(obj), event.type in ("done", "error")
-
-
-def _line(obj: dict[str, Any]) -> bytes:
-    return (json.dumps(obj, ensure_ascii=False) + "\n").encode()
-
-
-def jsonable(value: Any, path: str = "value") -> Any:
-    """``value`` as plain JSON data: lists, dicts with string keys, str, numbers, bool, None.
-
-    numpy arrays and scalars via ``tolist()``, pydantic models via ``model_dump(mode="json")``,
-    dataclasses as dicts, tuples and sets as lists, enums by value, dates and times in ISO 8601,
-    and bytes as a base64 string (standard alphabet, padded). Anything else raises TypeError,
-    naming where in ``value`` it sits. Non-finite floats are written as ``NaN``/``Infinity``, as
-    Python's json module does.
-    """
-    if value is None or isinstance(value, (str, bool, int, float)):
-        return value
-    if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy (and array-likes)
-        return jsonable(value.tolist(), path)
-    if isinstance(value, dict):
-        out = {}
-        for k, v in value.items():
-            if not (k is None or isinstance(k, (str, int, float, bool))):
-                raise TypeError(f"{path} has a key {k!r} of type {type(k).__name__}; JSON "
-                                f"object keys are strings")
-            out[k] = jsonable(v, f"{path}[{k!r}]")
-        return out
-    if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
-    if isinstance(value, (bytes, bytearray, memoryview)):
-        return base64.b64encode(bytes(value)).decode("ascii")
-    if isinstance(value, pydantic.BaseModel):
-        return value.model_dump(mode="json")
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name), f"{path}.{f.name}")
-                for f in dataclasses.fields(value)}
-    if isinstance(value, enum.Enum):
-        return jsonable(value.value, path)
-    if isinstance(value, (datetime.date, datetime.time)):
-        return value.isoformat()
-    raise TypeError(f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which "
-                    f"has no JSON form")
 
 
 @contextmanager

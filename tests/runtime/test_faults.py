@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from altoflow.compiler import load_target
-from altoflow.runtime.router import Overloaded
-from altoflow.runtime.serve import Supervisor
+from altoflow._errors import Overloaded
+from altoflow.runtime.supervisor import Supervisor
 
 TARGET = str(Path(__file__).resolve().parent.parent / "pipelines" / "slow.py")
 
@@ -168,7 +168,7 @@ def test_a_replica_that_cannot_start_fails_the_start_and_says_so():
     asyncio.run(main())
 
 
-def test_a_second_replica_for_a_connected_slot_is_turned_away(capsys):
+def test_a_second_replica_for_a_connected_slot_is_turned_away(caplog):
     # Two `altoflow worker --slot 0` by mistake would split an aggregate's groups between them.
     from altoflow.runtime import frames as fr
     from altoflow.runtime.router import Router, _Protocol
@@ -196,4 +196,5 @@ def test_a_second_replica_for_a_connected_slot_is_turned_away(capsys):
         assert router.live_slots() == {("total", 0)}
 
     asyncio.run(main())
-    assert "slot 0 of total is connected already" in capsys.readouterr().err
+    assert "a connecting replica broke the protocol" in caplog.text
+    assert "slot 0 of total is connected already" in caplog.text

@@ -14,7 +14,7 @@ from hypothesis import strategies as st
 
 import altoflow as af
 from altoflow.compiler import load_target
-from altoflow.runtime.serve import Supervisor
+from altoflow.runtime.supervisor import Supervisor
 from oracle import evaluate
 
 TESTS = Path(__file__).resolve().parent.parent

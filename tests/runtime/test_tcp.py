@@ -9,7 +9,7 @@ import sys
 from pathlib import Path
 
 from altoflow.compiler import load_target
-from altoflow.runtime.serve import Supervisor
+from altoflow.runtime.supervisor import Supervisor
 
 TARGET = str(Path(__file__).resolve().parent.parent / "pipelines" / "slow.py")
 

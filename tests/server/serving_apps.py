@@ -10,12 +10,13 @@ from __future__ import annotations
 import dataclasses
 import enum
 import threading
+from fractions import Fraction
 
 import anyio
 import numpy as np
 import pydantic
 
-from altoflow import Pipeline, stage
+from altoflow import Pipeline, ops, stage
 
 
 class Gate:
@@ -83,3 +84,36 @@ def value(kind: str):
 
 
 values = Pipeline([value], name="values")
+
+
+# ``metered``: words, upper-cased (failing on the word "bad"), counted; both ingresses must
+# count the same things for it. ``ratios``: an output the codec has no format for, so that the
+# served runtime sends it pickled when started with allow_pickle.
+
+
+@stage(fanout="word")
+def split(text: str):
+    yield from text.split()
+
+
+@stage
+def shouted(split: str) -> str:
+    if split == "bad":
+        raise ValueError(f"cannot shout {split!r}")
+    return split.upper()
+
+
+@stage(aggregate=ops.count)
+def counted(shouted: str) -> str:
+    return shouted
+
+
+metered = Pipeline([split, shouted, counted], name="metered")
+
+
+@stage
+def third(n: int) -> Fraction:
+    return Fraction(n, 3)
+
+
+ratios = Pipeline([third], name="ratios")

@@ -1,4 +1,4 @@
-"""The HTTP API of design section 6, end to end: LocalIngress behind a real uvicorn server."""
+"""The HTTP API, end to end: LocalIngress behind a real uvicorn server."""
 
 from __future__ import annotations
 
@@ -248,7 +248,7 @@ def test_metrics_parse_as_prometheus_text_and_count_what_happened(serve) -> None
 
     assert value("altoflow_requests_total") == 2
     assert value("altoflow_requests_finished_total", outcome="done") == 2
-    assert value("altoflow_requests_failed_total") == 0
+    assert value("altoflow_requests_finished_total", outcome="error") == 0
     assert value("altoflow_request_duration_seconds_count") == 2
     assert value("altoflow_request_duration_seconds_bucket", le="+Inf") == 2
     assert value("altoflow_stage_output_items_total", stage="upper") == 4
@@ -259,4 +259,4 @@ def test_metrics_count_stage_errors(serve) -> None:
     url = serve(FAILING)
     httpx.post(url + "/v1/run", json={"text": "bad"})
     assert metric(url, "altoflow_stage_errors_total", {"stage": "checked"}) == 1
-    assert metric(url, "altoflow_requests_failed_total") == 1
+    assert metric(url, "altoflow_requests_finished_total", {"outcome": "error"}) == 1

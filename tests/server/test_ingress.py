@@ -1,4 +1,4 @@
-"""LocalIngress, the slot state machine, the value encoder and the metrics text, without HTTP."""
+"""LocalIngress, the slot state machine, the value encoder and the metrics, without HTTP."""
 
 from __future__ import annotations
 
@@ -6,7 +6,6 @@ import base64
 import dataclasses
 import datetime
 import json
-import math
 from pathlib import Path
 
 import anyio
@@ -16,19 +15,10 @@ import serving_apps
 from prometheus_client.parser import text_string_to_metric_families
 
 import altoflow as af
-from altoflow.server.http import encode_event, jsonable
-from altoflow.server.ingress import (
-    SLOT_TRANSITIONS,
-    EventChannel,
-    Histogram,
-    Ingress,
-    LocalIngress,
-    MetricFamily,
-    Overloaded,
-    RequestStream,
-    next_slot_state,
-    render_metrics,
-)
+from altoflow._errors import Overloaded
+from altoflow._result import encode_event, jsonable
+from altoflow.runtime.metrics import Buckets
+from altoflow.server.ingress import SLOT_TRANSITIONS, Ingress, LocalIngress, next_slot_state
 
 pytestmark = [pytest.mark.timeout(30), pytest.mark.anyio]
 
@@ -66,7 +56,7 @@ async def test_a_stage_error_gives_one_error_event_with_the_detail() -> None:
     assert events[-1] == af.Event("error", "checked", {"word": 1},
                                   error="ValueError: cannot check 'bad'", exc_type="ValueError")
     assert [e.type for e in events[:-1]] == ["output"] * (len(events) - 1)
-    assert ingress.stats.stage_errors["checked"] == 1 and ingress.stats.outcomes["error"] == 1
+    assert ingress.stats.errors["checked"] == 1 and ingress.stats.outcomes["error"] == 1
 
 
 async def test_invalid_fields_raise_input_error_naming_the_field() -> None:
@@ -130,18 +120,53 @@ async def test_leaving_the_ingress_cancels_running_requests(gate) -> None:
     assert await collect(stream) == []  # the stream just ends; HTTP writes an error line for it
 
 
+def samples_of(text: bytes) -> dict[tuple[str, tuple], float]:
+    return {(s.name, tuple(sorted(s.labels.items()))): s.value
+            for fam in text_string_to_metric_families(text.decode()) for s in fam.samples}
+
+
 async def test_metrics_render_what_happened() -> None:
     async with LocalIngress(WORDCOUNT) as ingress:
         async with ingress.submit({"text": "x y"}) as stream:
             await collect(stream)
-        text = ingress.metrics()
-    samples = {(s.name, tuple(sorted(s.labels.items()))): s.value
-               for fam in text_string_to_metric_families(text) for s in fam.samples}
+        samples = samples_of(ingress.metrics())
     assert samples[("altoflow_requests_total", ())] == 1
     assert samples[("altoflow_requests_in_flight", ())] == 0
+    assert samples[("altoflow_requests_finished_total", (("outcome", "done"),))] == 1
+    # Every stage's items, output stage or not: two words, two upper-cased, one count.
+    assert samples[("altoflow_stage_output_items_total", (("stage", "words"),))] == 2
     assert samples[("altoflow_stage_output_items_total", (("stage", "upper"),))] == 2
     assert samples[("altoflow_stage_output_items_total", (("stage", "total"),))] == 1
+    assert samples[("altoflow_stage_invocation_seconds_count", (("stage", "upper"),))] == 2
     assert samples[("altoflow_request_duration_seconds_count", ())] == 1
+    assert samples[("altoflow_replicas_live", (("stage", "upper"),))] == 1
+    assert samples[("altoflow_stage_in_flight", (("stage", "upper"),))] == 0
+    assert ("process_cpu_seconds_total", ()) in samples  # prometheus_client's own collectors
+
+
+async def test_stage_gauges_count_the_running_requests_work(gate) -> None:
+    async with LocalIngress(serving_apps.gated) as ingress:
+        stream = ingress.submit({"topic": "a"})
+        assert (await stream.__anext__()).type == "output"
+        while not gate.reached.is_set():
+            await anyio.sleep(0.005)
+        samples = samples_of(ingress.metrics())
+        # The generator waits behind the gate: one invocation of `claims` runs.
+        assert samples[("altoflow_stage_in_flight", (("stage", "claims"),))] == 1
+        assert samples[("altoflow_stage_queue_depth", (("stage", "claims"),))] == 0
+        assert samples[("altoflow_requests_in_flight", ())] == 1
+        gate.release.set()
+        assert (await collect(stream))[-1].type == "done"
+        samples = samples_of(ingress.metrics())
+        assert samples[("altoflow_stage_in_flight", (("stage", "claims"),))] == 0
+    assert samples_of(ingress.metrics())[("altoflow_replicas_live", (("stage", "claims"),))] == 0
+
+
+async def test_two_servers_in_one_process_keep_their_own_metrics() -> None:
+    async with LocalIngress(WORDCOUNT) as first, LocalIngress(WORDCOUNT) as second:
+        await collect(first.submit({"text": "x"}))
+        assert samples_of(first.metrics())[("altoflow_requests_total", ())] == 1
+        assert samples_of(second.metrics())[("altoflow_requests_total", ())] == 0
 
 
 # -- the slot state machine ----------------------------------------------------------------------
@@ -209,111 +234,12 @@ def test_event_lines() -> None:
     assert not ended and line == '{"type": "output", "stage": "s", "ancestry": {}, "value": "é"}\n'.encode()
 
 
-# -- Prometheus text -----------------------------------------------------------------------------
+# -- histogram buckets ---------------------------------------------------------------------------
 
 
-def test_histogram_buckets_are_cumulative() -> None:
-    h = Histogram([0.25, 1.0])
-    for v in (0.0625, 0.25, 0.5, 7.0):  # a value on a bound counts in it (le: less or equal)
+def test_buckets_are_cumulative_and_a_value_on_a_bound_counts_in_it() -> None:
+    h = Buckets([0.25, 1.0])
+    for v in (0.0625, 0.25, 0.5, 7.0):
         h.observe(v)
-    assert h.samples({"stage": "s"}) == [
-        ("_bucket", {"stage": "s", "le": "0.25"}, 2),
-        ("_bucket", {"stage": "s", "le": "1"}, 3),
-        ("_bucket", {"stage": "s", "le": "+Inf"}, 4),
-        ("_sum", {"stage": "s"}, 7.8125),
-        ("_count", {"stage": "s"}, 4),
-    ]
-
-
-def test_rendered_text_parses_with_escaped_labels_and_special_values() -> None:
-    h = Histogram([0.5])
-    h.observe(0.25)
-    text = render_metrics([
-        MetricFamily("x_total", "counter", "Help with a \\ and\na newline.",
-                     [("", {"stage": 'we"ird\\na\nme'}, 2)]),
-        MetricFamily("g", "gauge", "A gauge.", [("", {}, math.nan), ("", {"a": "b"}, 1.5)]),
-        MetricFamily("lat_seconds", "histogram", "Latency.", h.samples()),
-    ])
-    families = {f.name: f for f in text_string_to_metric_families(text)}
-    assert families["x"].samples[0].labels == {"stage": 'we"ird\\na\nme'}
-    assert families["x"].documentation == "Help with a \\ and\na newline."
-    assert math.isnan(families["g"].samples[0].value) and families["g"].samples[1].value == 1.5
-    assert [s.value for s in families["lat_seconds"].samples] == [1, 1, 0.25, 1]
-
-
-# -- EventChannel and RequestStream: the router's per-request event buffer -------------------
-
-
-def _channel_stream(closed: list[int]) -> tuple[EventChannel, RequestStream]:
-    channel = EventChannel()
-    return channel, RequestStream(channel, lambda: closed.append(1), 7)
-
-
-async def test_a_channel_delivers_buffered_events_then_ends() -> None:
-    closed: list[int] = []
-    channel, stream = _channel_stream(closed)
-    events = [af.Event("output", "s", {"i": i}, i) for i in range(100)] + [af.Event("done")]
-    for event in events:
-        channel.send_nowait(event)
-    channel.end()
-    assert [e async for e in stream] == events
-    assert closed == [1]  # read to its end: closed, once
-
-
-async def test_a_reader_waits_for_events_sent_later() -> None:
-    closed: list[int] = []
-    channel, stream = _channel_stream(closed)
-    got = []
-
-    async def read() -> None:
-        got.extend([e async for e in stream])
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(read)
-        for i in range(3):
-            await anyio.sleep(0.01)
-            channel.send_nowait(af.Event("output", "s", {}, i))
-        channel.end()
-    assert [e.value for e in got] == [0, 1, 2]
-
-
-async def test_reading_a_long_buffered_stream_lets_other_tasks_run_and_cancel_it() -> None:
-    channel, stream = _channel_stream([])
-    for i in range(10 * RequestStream.YIELD_EVERY):
-        channel.send_nowait(af.Event("output", "s", {}, i))
-    ticks = 0
-    read = 0
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while True:
-            ticks += 1
-            await anyio.sleep(0)
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(ticker)
-        await anyio.sleep(0)
-        before = ticks
-        async for _event in stream:
-            read += 1
-            if read == 5 * RequestStream.YIELD_EVERY:
-                break
-        assert ticks - before >= 4  # the reader passed through checkpoints on the way
-        tg.cancel_scope.cancel()
-
-    with anyio.CancelScope() as scope:
-        scope.cancel()
-        with pytest.raises(anyio.get_cancelled_exc_class()):
-            async for _event in stream:
-                read += 1
-    assert read <= 6 * RequestStream.YIELD_EVERY  # the cancel landed within YIELD_EVERY events
-
-
-async def test_closing_the_stream_drops_what_is_buffered_and_what_comes_later() -> None:
-    closed: list[int] = []
-    channel, stream = _channel_stream(closed)
-    channel.send_nowait(af.Event("output", "s", {}, 1))
-    await stream.aclose()
-    channel.send_nowait(af.Event("output", "s", {}, 2))  # the producer has not noticed yet
-    assert [e async for e in stream] == []
-    assert closed == [1]
+    assert h.cumulative() == [("0.25", 2), ("1.0", 3), ("+Inf", 4)]
+    assert (h.sum, h.count) == (7.8125, 4)

@@ -1,15 +1,17 @@
-"""``altoflow serve``: a router and one process per replica, supervised.
+"""The served runtime's processes: a router and one process per replica, supervised.
 
 The supervisor makes a private socket directory (mode 0700: over a UNIX socket, the
 directory's permissions are the authentication), starts the router in this process and every
 replica as a child process, restarts a replica that dies, and on SIGINT/SIGTERM stops accepting
 requests, tells replicas to shut down, and waits for them, so that no process is left behind.
+``altoflow.server.served.ServedIngress`` puts the HTTP API in front of it (``altoflow serve``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import logging
 import os
 import shutil
 import signal
@@ -21,6 +23,8 @@ from typing import Any
 from altoflow.compiler import CompiledPipeline
 from altoflow.runtime.codec import Codec
 from altoflow.runtime.router import Router
+
+logger = logging.getLogger("altoflow.supervisor")
 
 
 @dataclass
@@ -66,7 +70,9 @@ class Supervisor:
         self.target = target
         self.restart = restart
         self.allow_pickle = allow_pickle
-        self.router = Router(compiled, codec=Codec(allow_pickle=allow_pickle), max_inflight=max_inflight)
+        # Only the replicas and the requests' consumers may unpickle, never the router itself.
+        self.router = Router(compiled, output_codec=Codec(allow_pickle=allow_pickle),
+                             max_inflight=max_inflight)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
@@ -124,7 +130,9 @@ class Supervisor:
         if self.barrier:
             args.append("--barrier")
         env = dict(os.environ)
-        # perf-notes.md: glibc serves large blocks as fresh mmap each time; keep them.
+        # glibc serves every block above its mmap threshold with a fresh mmap and unmaps it on
+        # free, so a replica passing large payloads would map and fault in new pages per item;
+        # raising the thresholds keeps those blocks in its heap for reuse.
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "1073741824")
         env.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
         # Its own session: a Ctrl-C at the terminal reaches the supervisor, which shuts replicas
@@ -139,8 +147,8 @@ class Supervisor:
         if self._stopping or not self.restart:
             return
         child.restarts += 1
-        print(f"altoflow: replica {child.stage}#{child.slot} exited with {code}; restarting "
-              f"(restart {child.restarts})", file=sys.stderr)
+        logger.warning("replica %s#%s exited with %s; restarting (restart %d)",
+                       child.stage, child.slot, code, child.restarts)
         await asyncio.sleep(min(0.1 * 2 ** min(child.restarts, 6), 5))  # back off a crash loop
         if not self._stopping:
             await self._spawn(child)
@@ -169,58 +177,3 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         shutil.rmtree(self.dir, ignore_errors=True)
-
-
-class ServedIngress:
-    """The ``Ingress`` of the served runtime: a supervised router and its replica processes.
-
-    ``async with`` starts them and waits until every replica has connected (a replica that
-    cannot start, say because the target does not import, fails the start with its message).
-    """
-
-    def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
-                 max_inflight: int = 1024, barrier: bool = False, allow_pickle: bool = False,
-                 ready_timeout: float = 120, listen: tuple[str, int] | None = None,
-                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
-        from altoflow.compiler import load_target
-
-        self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
-                                     max_inflight=max_inflight, barrier=barrier,
-                                     allow_pickle=allow_pickle, listen=listen, secret=secret,
-                                     remote=remote)
-        self.compiled = self.supervisor.compiled
-        self.router = self.supervisor.router
-        self.ready_timeout = ready_timeout
-
-    async def __aenter__(self) -> "ServedIngress":
-        await self.supervisor.__aenter__()
-        try:
-            await self.supervisor.wait_ready(self.ready_timeout)
-        except BaseException:
-            await self.supervisor.stop()
-            raise
-        return self
-
-    async def __aexit__(self, *exc: Any) -> None:
-        for request in list(self.router.requests):
-            self.router._cancel(request)
-        await self.supervisor.stop()
-
-    def submit(self, fields: dict[str, Any]) -> Any:
-        return self.router.submit(fields)
-
-    def health(self) -> dict[str, Any]:
-        live = self.router.ready()
-        desired = {s.name: s.replicas for s in self.compiled.plan.stages}
-        status = "stopping" if self.supervisor._stopping else (
-            "ok" if live == desired else "degraded")
-        return {
-            "status": status,
-            "runtime": "served",
-            "in_flight": len(self.router.requests),
-            "max_inflight": self.router.max_inflight,
-            "replicas": {n: {"ready": live[n], "desired": desired[n]} for n in desired},
-        }
-
-    def metrics(self) -> str:
-        return self.router.metrics()

@@ -1,0 +1,65 @@
+"""``ServedIngress``: the served runtime (a supervised router and its replica processes) as an
+``Ingress``, which is what ``altoflow serve`` puts behind the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from altoflow.compiler import load_target
+from altoflow.runtime.stream import RequestStream
+from altoflow.runtime.supervisor import Supervisor
+
+
+class ServedIngress:
+    """The ``Ingress`` of the served runtime: a supervised router and its replica processes.
+
+    ``async with`` starts them and waits until every replica has connected (a replica that
+    cannot start, say because the target does not import, fails the start with its message).
+    Output values are decoded as the consumer reads each request's stream, not in the router;
+    with ``allow_pickle`` that is also where pickled values are loaded.
+    """
+
+    def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
+                 max_inflight: int = 1024, barrier: bool = False, allow_pickle: bool = False,
+                 ready_timeout: float = 120, listen: tuple[str, int] | None = None,
+                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
+        self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
+                                     max_inflight=max_inflight, barrier=barrier,
+                                     allow_pickle=allow_pickle, listen=listen, secret=secret,
+                                     remote=remote)
+        self.compiled = self.supervisor.compiled
+        self.router = self.supervisor.router
+        self.ready_timeout = ready_timeout
+
+    async def __aenter__(self) -> ServedIngress:
+        await self.supervisor.__aenter__()
+        try:
+            await self.supervisor.wait_ready(self.ready_timeout)
+        except BaseException:
+            await self.supervisor.stop()
+            raise
+        return self
+
+    async def __aexit__(self, *exc: Any) -> None:
+        for request in list(self.router.requests):
+            self.router._cancel(request)
+        await self.supervisor.stop()
+
+    def submit(self, fields: dict[str, Any]) -> RequestStream:
+        return self.router.submit(fields)
+
+    def health(self) -> dict[str, Any]:
+        live = self.router.ready()
+        desired = {s.name: s.replicas for s in self.compiled.plan.stages}
+        status = "stopping" if self.supervisor._stopping else (
+            "ok" if live == desired else "degraded")
+        return {
+            "status": status,
+            "runtime": "served",
+            "in_flight": len(self.router.requests),
+            "max_inflight": self.router.max_inflight,
+            "replicas": {n: {"ready": live[n], "desired": desired[n]} for n in desired},
+        }
+
+    def metrics(self) -> bytes:
+        return self.router.stats.render()
