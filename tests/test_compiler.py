@@ -15,7 +15,6 @@ from hypothesis import strategies as st
 
 import altoflow as af
 from altoflow import ops, stage
-from altoflow._stage import get_spec
 from altoflow.compiler import Pipeline, load_target
 from altoflow.compiler._compile import (check_joins, collect_stages, compute_route_keys,
                                         infer_level_stacks, resolve_edges)
