@@ -1,4 +1,9 @@
-"""``@stage``: record what a function is, validate what can be seen at once, return it unchanged."""
+"""``@stage``: record what a function is, validate what can be seen at once, return it unchanged.
+
+The keywords of ``@stage(...)`` are a ``StageOptions``; applied to a function or class they are
+checked one by one, then against the function (its call kind, its parameters), and recorded
+as the ``StageSpec`` the compiler reads.
+"""
 
 from __future__ import annotations
 
@@ -128,6 +133,109 @@ def params_of(fn: Callable[..., Any], *, skip_self: bool, label: str) -> tuple[P
     return tuple(params)
 
 
+@dataclass(frozen=True)
+class StageOptions:
+    """The keyword arguments of ``@stage(...)``, one field each, as the user wrote them.
+
+    ``checked`` validates every field on its own and normalises it; how the fields fit the
+    function (a fanout needs a generator, ...) is checked when the spec is made, where the
+    function is known.
+    """
+
+    fanout: str | None = None
+    aggregate: Any = None  # an operator class or instance; ``checked`` makes it an instance
+    over: str | None = None
+    replicas: int = 1
+    concurrency: int | None = None  # None: 1 for a sync function, 64 for an async one
+    gpus: float = 0
+    cpus: float = 1
+    timeout: float | None = None
+    retries: int = 0
+    on_error: Literal["fail", "drop"] = "fail"
+    name: str | None = None
+    output: bool | None = None
+
+    def checked(self, label: str) -> "StageOptions":
+        """These options, each field validated and normalised (an operator class becomes an
+        instance, numbers become floats); ``StageDefinitionError`` names ``label`` and the fix."""
+        return StageOptions(
+            fanout=_check_fanout(self.fanout, label),
+            aggregate=resolve_aggregator(self.aggregate, label) if self.aggregate is not None else None,
+            over=_check_over(self.over, label),
+            replicas=_check_count("replicas", self.replicas, 1, label),
+            concurrency=(None if self.concurrency is None
+                         else _check_count("concurrency", self.concurrency, 1, label)),
+            gpus=_check_amount("gpus", self.gpus, label),
+            cpus=_check_amount("cpus", self.cpus, label),
+            timeout=_check_timeout(self.timeout, label),
+            retries=_check_count("retries", self.retries, 0, label),
+            on_error=_check_on_error(self.on_error, label),
+            name=None if self.name is None else _check_name(self.name, label),
+            output=_check_output(self.output, label),
+        )
+
+
+def _check_fanout(fanout: Any, label: str) -> str | None:
+    if fanout is not None and (not isinstance(fanout, str) or not fanout.isidentifier()):
+        raise StageDefinitionError(
+            f"stage {label}: fanout={fanout!r} must name the new level, e.g. fanout='claim'."
+        )
+    return fanout
+
+
+def _check_over(over: Any, label: str) -> str | None:
+    if over is not None and (not isinstance(over, str) or not over.isidentifier()):
+        raise StageDefinitionError(
+            f"stage {label}: over={over!r} must name the level the aggregate folds away, e.g. "
+            f"over='claim'."
+        )
+    return over
+
+
+def _check_count(option: str, value: Any, least: int, label: str) -> int:
+    if not isinstance(value, int) or value < least:
+        raise StageDefinitionError(f"stage {label}: {option}={value!r} must be an int >= {least}.")
+    return value
+
+
+def _check_amount(option: str, value: Any, label: str) -> float:
+    if not isinstance(value, (int, float)) or value < 0:
+        raise StageDefinitionError(f"stage {label}: {option}={value!r} must be a number >= 0.")
+    return float(value)
+
+
+def _check_timeout(timeout: Any, label: str) -> float | None:
+    if timeout is None:
+        return None
+    if not isinstance(timeout, (int, float)) or timeout <= 0:
+        raise StageDefinitionError(f"stage {label}: timeout={timeout!r} must be seconds > 0 or None.")
+    return float(timeout)
+
+
+def _check_on_error(on_error: Any, label: str) -> Literal["fail", "drop"]:
+    if on_error not in ("fail", "drop"):
+        raise StageDefinitionError(
+            f"stage {label}: on_error={on_error!r}; it is 'fail' (end the request with an "
+            f"error) or 'drop' (drop the item)."
+        )
+    return on_error
+
+
+def _check_name(name: Any, label: str) -> str:
+    if not isinstance(name, str) or not name.isidentifier():
+        raise StageDefinitionError(
+            f"stage {label}: name={name!r} is not a valid identifier; downstream stages refer to "
+            f"a stage by a parameter of that name."
+        )
+    return name
+
+
+def _check_output(output: Any, label: str) -> bool | None:
+    if output is not None and not isinstance(output, bool):
+        raise StageDefinitionError(f"stage {label}: output={output!r} must be True, False or None.")
+    return output
+
+
 @overload
 def stage(fn: F, /) -> F: ...
 
@@ -172,24 +280,14 @@ def stage(
     The function is returned unchanged (a spec is attached to it), so it stays a plain,
     unit-testable function. See ``docs/concepts.md`` for what each argument means.
     """
+    options = StageOptions(
+        fanout=fanout, aggregate=aggregate, over=over, replicas=replicas,
+        concurrency=concurrency, gpus=gpus, cpus=cpus, timeout=timeout, retries=retries,
+        on_error=on_error, name=name, output=output,
+    )
 
     def decorate(obj: Any) -> Any:
-        spec = _make_spec(
-            obj,
-            fanout=fanout,
-            aggregate=aggregate,
-            over=over,
-            replicas=replicas,
-            concurrency=concurrency,
-            gpus=gpus,
-            cpus=cpus,
-            timeout=timeout,
-            retries=retries,
-            on_error=on_error,
-            name=name,
-            output=output,
-        )
-        setattr(obj, SPEC_ATTR, spec)
+        setattr(obj, SPEC_ATTR, _make_spec(obj, options))
         return obj
 
     if fn is None:
@@ -202,10 +300,53 @@ def stage(
     return decorate(fn)
 
 
-def _make_spec(obj: Any, **kw: Any) -> StageSpec:
-    is_class = inspect.isclass(obj)
-    label = describe(obj, kw["name"])
-    if is_class:
+def _make_spec(obj: Any, options: StageOptions) -> StageSpec:
+    """The spec of ``obj`` under ``options``: read the callable, check each option, check that
+    they fit the callable, resolve the defaults."""
+    label = describe(obj, options.name)
+    shape = _read_callable(obj, label)
+    checked = options.checked(label)
+    name = checked.name if checked.name is not None else _check_name(obj.__name__, label)
+    _check_fits(checked, shape.call_kind, label)
+    _check_no_self_input(shape.params, name, label)
+    concurrency = checked.concurrency
+    if concurrency is None:
+        concurrency = 64 if shape.call_kind in ("async", "async_generator") else 1
+    return StageSpec(
+        obj=obj,
+        name=name,
+        params=shape.params,
+        call_kind=shape.call_kind,
+        is_class=shape.is_class,
+        fanout=checked.fanout,
+        aggregate=checked.aggregate,
+        over=checked.over,
+        replicas=checked.replicas,
+        concurrency=concurrency,
+        gpus=checked.gpus,
+        cpus=checked.cpus,
+        timeout=checked.timeout,
+        retries=checked.retries,
+        on_error=checked.on_error,
+        output=checked.output,
+        return_annotation=shape.return_annotation,
+    )
+
+
+@dataclass(frozen=True)
+class _Callable:
+    """What the signature of a stage's function (or its class's ``__call__``) says."""
+
+    call_kind: CallKind
+    params: tuple[Param, ...]
+    return_annotation: Any
+    is_class: bool
+
+
+def _read_callable(obj: Any, label: str) -> _Callable:
+    """The call kind, parameters and return annotation of a function, or of a class's
+    ``__call__``; a class must be creatable with no arguments."""
+    if inspect.isclass(obj):
         owner = next((k for k in obj.__mro__ if k is not object and "__call__" in vars(k)), None)
         call = vars(owner)["__call__"] if owner is not None else None
         if not callable(call):
@@ -213,7 +354,6 @@ def _make_spec(obj: Any, **kw: Any) -> StageSpec:
                 f"class stage {label} has no __call__ method. A class stage runs __init__ once "
                 f"per replica and __call__ once per item: define `def __call__(self, ...)`."
             )
-        kind = call_kind_of(call)
         params = params_of(call, skip_self=True, label=label)
         init_params = [
             p
@@ -227,33 +367,21 @@ def _make_spec(obj: Any, **kw: Any) -> StageSpec:
                 f"itself, once per replica, with no arguments. Give them defaults or read them "
                 f"from configuration inside __init__."
             )
-        return_annotation = inspect.signature(call).return_annotation
-    elif inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj):
-        kind = call_kind_of(obj)
+        return _Callable(call_kind_of(call), params, inspect.signature(call).return_annotation, True)
+    if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj):
         params = params_of(obj, skip_self=False, label=label)
-        return_annotation = inspect.signature(obj).return_annotation
-    else:
-        raise StageDefinitionError(
-            f"@stage was applied to {obj!r}; a stage must be a function (def or async def, "
-            f"plain or generator) or a class with __call__."
-        )
+        return _Callable(call_kind_of(obj), params, inspect.signature(obj).return_annotation, False)
+    raise StageDefinitionError(
+        f"@stage was applied to {obj!r}; a stage must be a function (def or async def, "
+        f"plain or generator) or a class with __call__."
+    )
 
-    name = kw["name"] if kw["name"] is not None else obj.__name__
-    if not isinstance(name, str) or not name.isidentifier():
-        raise StageDefinitionError(
-            f"stage {label}: name={name!r} is not a valid identifier; downstream stages refer to "
-            f"a stage by a parameter of that name."
-        )
 
-    fanout = kw["fanout"]
-    if fanout is not None:
-        if not isinstance(fanout, str) or not fanout.isidentifier():
-            raise StageDefinitionError(
-                f"stage {label}: fanout={fanout!r} must name the new level, e.g. fanout='claim'."
-            )
-    aggregate = kw["aggregate"]
-    if aggregate is not None:
-        aggregate = resolve_aggregator(aggregate, label)
+def _check_fits(options: StageOptions, kind: CallKind, label: str) -> None:
+    """The options that depend on each other and on the call kind: a fanout is a generator
+    (unless an aggregate's result fans out), a generator opens a level, ``over`` needs an
+    aggregate."""
+    fanout, aggregate = options.fanout, options.aggregate
     is_generator = kind in ("generator", "async_generator")
     if fanout is not None and not is_generator and aggregate is None:
         raise StageDefinitionError(
@@ -273,57 +401,17 @@ def _make_spec(obj: Any, **kw: Any) -> StageSpec:
             f"per input item, and the operator's result is what fans out. Make the function "
             f"`return` the value, keep aggregate=... and fanout=...."
         )
-    if kw["over"] is not None and aggregate is None:
+    if options.over is not None and aggregate is None:
         raise StageDefinitionError(
-            f"stage {label} has over={kw['over']!r} but no aggregate=...; `over` names the level "
-            f"an aggregate folds away. Add an operator, e.g. aggregate=ops.collect."
+            f"stage {label} has over={options.over!r} but no aggregate=...; `over` names the "
+            f"level an aggregate folds away. Add an operator, e.g. aggregate=ops.collect."
         )
-    if not isinstance(kw["replicas"], int) or kw["replicas"] < 1:
-        raise StageDefinitionError(f"stage {label}: replicas={kw['replicas']!r} must be an int >= 1.")
-    concurrency = kw["concurrency"]
-    if concurrency is None:
-        concurrency = 64 if kind in ("async", "async_generator") else 1
-    if not isinstance(concurrency, int) or concurrency < 1:
-        raise StageDefinitionError(f"stage {label}: concurrency={concurrency!r} must be an int >= 1.")
-    if kw["on_error"] not in ("fail", "drop"):
-        raise StageDefinitionError(
-            f"stage {label}: on_error={kw['on_error']!r}; it is 'fail' (end the request with an "
-            f"error) or 'drop' (drop the item)."
-        )
-    if not isinstance(kw["retries"], int) or kw["retries"] < 0:
-        raise StageDefinitionError(f"stage {label}: retries={kw['retries']!r} must be an int >= 0.")
-    timeout = kw["timeout"]
-    if timeout is not None and (not isinstance(timeout, (int, float)) or timeout <= 0):
-        raise StageDefinitionError(f"stage {label}: timeout={timeout!r} must be seconds > 0 or None.")
-    for res in ("gpus", "cpus"):
-        if not isinstance(kw[res], (int, float)) or kw[res] < 0:
-            raise StageDefinitionError(f"stage {label}: {res}={kw[res]!r} must be a number >= 0.")
-    if kw["output"] not in (None, True, False):
-        raise StageDefinitionError(f"stage {label}: output={kw['output']!r} must be True, False or None.")
 
+
+def _check_no_self_input(params: tuple[Param, ...], name: str, label: str) -> None:
     for p in params:
         if p.name == name:
             raise StageDefinitionError(
                 f"stage {label} has a parameter named '{p.name}', its own name: a stage cannot "
                 f"consume its own output. Rename the parameter (or the stage with name=...)."
             )
-
-    return StageSpec(
-        obj=obj,
-        name=name,
-        params=params,
-        call_kind=kind,
-        is_class=is_class,
-        fanout=fanout,
-        aggregate=aggregate,
-        over=kw["over"],
-        replicas=kw["replicas"],
-        concurrency=concurrency,
-        gpus=float(kw["gpus"]),
-        cpus=float(kw["cpus"]),
-        timeout=float(timeout) if timeout is not None else None,
-        retries=kw["retries"],
-        on_error=kw["on_error"],
-        output=kw["output"],
-        return_annotation=return_annotation,
-    )

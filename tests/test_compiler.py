@@ -1,10 +1,13 @@
-"""What the compiler infers, and how it rejects pipelines that break design section 3."""
+"""What the compiler infers, and how it rejects pipelines that break its rules (edges from
+parameter names, level stacks that chain, unique levels, an ``over`` that is open)."""
 
 from __future__ import annotations
 
+import ast
 import math
 import re
 import typing
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -13,7 +16,10 @@ from hypothesis import strategies as st
 import altoflow as af
 from altoflow import ops, stage
 from altoflow.compiler import Pipeline, load_target
+from altoflow.compiler._compile import (check_joins, collect_stages, compute_route_keys,
+                                        infer_level_stacks, resolve_edges)
 from altoflow.compiler.plan import Plan
+from altoflow.compiler.render import to_text
 
 HERE = r"test_compiler\.py:\d+"
 
@@ -22,7 +28,7 @@ def compiled(*fns):
     return Pipeline(list(fns)).compiled
 
 
-def test_design_example_levels_kinds_and_keys():
+def test_factool_levels_kinds_and_keys():
     plan = load_target("tests/pipelines/factool.py").compiled.plan
     s = {st.name: st for st in plan.stages}
     assert plan.names == ["answer", "claims", "queries", "query_tokens", "bm25", "evidence"]
@@ -345,3 +351,192 @@ def test_the_plain_field_fast_path_validates_as_pydantic_does(fields: dict) -> N
                                                and math.isnan(expected[name]))
         assert same, name
         assert type(got[name]) is type(expected[name]), name
+
+
+# -- the steps, one at a time -----------------------------------------------------------------
+
+
+def _factool_stages() -> dict:
+    return collect_stages(load_target("tests/pipelines/factool.py"))
+
+
+def test_resolve_edges_splits_parameters_into_inputs_and_fields():
+    edges = resolve_edges(_factool_stages())
+    assert edges.order == ["answer", "claims", "queries", "query_tokens", "bm25", "evidence"]
+    assert edges.inputs["evidence"] == ["claims", "bm25"]
+    assert [p.name for p in edges.fields["answer"]] == ["question"]
+    assert edges.consumers["claims"] == ["queries", "evidence"]
+    assert edges.consumers["evidence"] == []
+
+
+def test_level_stacks_joins_and_keys_step_by_step():
+    stages = _factool_stages()
+    edges = resolve_edges(stages)
+    levels = infer_level_stacks(stages, edges)
+    assert levels.unjoinable is None
+    assert levels.stages["bm25"].levels_in == ("claim", "query", "token")
+    assert levels.stages["bm25"].over == "token"
+    assert levels.stages["evidence"].over == "claim"
+    joins = check_joins(stages, edges, levels)
+    assert (joins["evidence"].drives, joins["evidence"].broadcasts) == (["bm25"], ["claims"])
+    keys = compute_route_keys(levels)
+    assert keys["bm25"] == ["claim", "query"] and keys["evidence"] == [] and keys["claims"] is None
+
+
+def test_inference_stops_at_a_cross_branch_join_and_check_joins_names_it():
+    # A stage below the bad join has an `over` that only the guessed stack would lack: the
+    # error must be the join's, not a level error about the stage below it.
+    @stage(fanout="claim")
+    def claims(answer):
+        yield answer
+
+    @stage(fanout="query")
+    def queries(claims):
+        yield claims
+
+    @stage(fanout="keyword")
+    def keywords(claims):
+        yield claims
+
+    @stage
+    def mix(queries, keywords):
+        return queries
+
+    @stage(aggregate=ops.collect, over="keyword")
+    def grouped(mix):
+        return mix
+
+    stages = collect_stages(Pipeline([claims, queries, keywords, mix, grouped]))
+    edges = resolve_edges(stages)
+    levels = infer_level_stacks(stages, edges)
+    assert levels.unjoinable == "mix" and set(levels.stages) == {"claims", "queries", "keywords"}
+    with pytest.raises(af.LevelError, match=r"'mix' \(.*different branches"):
+        check_joins(stages, edges, levels)
+
+
+def test_the_compiler_modules_import_each_other_without_a_cycle():
+    # Every import counts, also one inside a function: each module depends on the ones it
+    # names, and none of them, through any chain, on itself.
+    package = Path(af.__file__).parent / "compiler"
+    modules = {f"altoflow.compiler.{p.stem}" for p in package.glob("*.py") if p.stem != "__init__"}
+    deps: dict[str, set[str]] = {}
+    for m in modules:
+        tree = ast.parse((package / f"{m.rpartition('.')[2]}.py").read_text())
+        names = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module:
+                names.add(node.module)
+            elif isinstance(node, ast.Import):
+                names.update(a.name for a in node.names)
+        deps[m] = names & modules
+    assert deps["altoflow.compiler._pipeline"] >= {"altoflow.compiler._compile"}
+    assert "altoflow.compiler._pipeline" not in deps["altoflow.compiler._compile"]
+
+    def reaches(start: str, goal: str, seen: set[str]) -> bool:
+        return any(d == goal or (d not in seen and reaches(d, goal, seen | {d})) for d in deps[start])
+
+    assert not [m for m in modules if reaches(m, m, set())]
+
+
+# -- a parameter named almost like a stage ----------------------------------------------------
+
+
+def _misspelt_shop(total: bool):
+    @stage(fanout="item")
+    def items(order: str):
+        yield from order.split(",")
+
+    @stage
+    def priced(itmes):  # meant: items
+        return len(itmes)
+
+    @stage(aggregate=ops.sum)
+    def cost(priced):
+        return priced
+
+    return [items, priced, cost] if total else [items, priced]
+
+
+NOTE = r"stage 'priced' \(.*test_compiler\.py:\d+\) reads 'itmes', which is no stage, so it is a request field: did you mean `items`\?"
+
+
+def test_a_misspelt_input_is_noted_in_the_plan_and_the_picture():
+    plan = Pipeline(_misspelt_shop(total=False), name="shop").compiled.plan
+    assert plan.stage("priced").fields == ["itmes"]  # still a request field
+    assert plan.stage("priced").near_stages == {"itmes": "items"}
+    assert plan.stage("items").near_stages == {}
+    text = to_text(plan)
+    assert "  ! 'itmes' is no stage, so it is a request field: did you mean `items`?\n" in text
+    assert max(len(line) for line in text.splitlines()) <= 80
+
+
+def test_the_error_a_misspelt_input_causes_carries_the_note():
+    # `cost` reads `priced`, now a source: the error names `cost`, the note names the cause.
+    msg = _compile_error(*_misspelt_shop(total=True), cls=af.LevelError,
+                         patterns=[r"stage 'cost' \(.*aggregates, but its input has no open level", NOTE])
+    assert msg.index("'cost'") < msg.index("Note:")
+
+
+def test_a_parameter_in_the_singular_of_a_stage_is_noted():
+    # A parameter receives one item of a stage at a time, so the singular is an easy slip.
+    @stage(fanout="claim")
+    def claims(answer: str):
+        yield answer
+
+    @stage
+    def verified(claim):
+        return claim
+
+    assert compiled(claims, verified).plan.stage("verified").near_stages == {"claim": "claims"}
+
+
+def test_a_request_missing_the_misspelt_field_carries_the_note():
+    cp = Pipeline(_misspelt_shop(total=False), name="shop").compiled
+    with pytest.raises(af.InputError) as info:
+        cp.validate_request({"order": "a,b"})
+    assert re.search(r"itmes\s+Field required", str(info.value))
+    assert re.search(NOTE, str(info.value))
+    with pytest.raises(af.InputError) as info:  # the note only where its field is at fault
+        cp.validate_request({"itmes": 1})
+    assert "order" in str(info.value) and "did you mean" not in str(info.value)
+
+
+def test_the_compile_command_prints_the_note(tmp_path):
+    from typer.testing import CliRunner
+
+    from altoflow.cli import app
+
+    app_file = tmp_path / "shop.py"
+    app_file.write_text(
+        "from altoflow import stage\n\n"
+        "@stage(fanout='item')\ndef items(order: str):\n    yield from order.split(',')\n\n"
+        "@stage\ndef priced(itmes):\n    return len(itmes)\n"
+    )
+    result = CliRunner().invoke(app, ["compile", str(app_file)])
+    assert result.exit_code == 0, result.output
+    assert "! 'itmes' is no stage, so it is a request field: did you mean `items`?" in result.stdout
+
+
+def test_names_that_are_not_misspellings_get_no_note():
+    @stage(fanout="claim")
+    def claims(answer: str):
+        yield answer
+
+    @stage
+    def verify(claims, claim_style: str, claim: int = 0):  # reads `claims` already
+        return claims
+
+    @stage(fanout="subquestion")
+    def subquestions(question: str):  # a longer name containing the field
+        yield question
+
+    @stage
+    def summary(subquestions):
+        return subquestions
+
+    plan = compiled(claims, verify, subquestions, summary).plan
+    assert all(s.near_stages == {} for s in plan.stages)
+    assert "did you mean" not in to_text(plan)
+    for target in ("tests/pipelines/factool.py", "tests/pipelines/twelve.py:pipeline",
+                   "examples/helpsearch.py"):
+        assert load_target(target).compiled.plan.near_stage_notes() == [], target

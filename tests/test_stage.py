@@ -2,13 +2,20 @@
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 import re
+import typing
 
 import pytest
 
 import altoflow as af
 from altoflow import ops, stage
-from altoflow._stage import get_spec
+from altoflow._stage import StageOptions, get_spec
+
+# The keyword arguments of @stage(...) that code outside altoflow relies on.
+CONTRACT_OPTIONS = ["fanout", "aggregate", "over", "replicas", "concurrency", "gpus", "cpus",
+                    "timeout", "retries", "on_error", "name", "output"]
 
 
 def test_stage_returns_the_function_unchanged():
@@ -181,6 +188,12 @@ def test_parameter_named_like_the_stage():
         ({"gpus": -1}, "gpus=-1"),
         ({"name": "not a name"}, "not a valid identifier"),
         ({"fanout": "two words"}, "must name the new level"),
+        ({"over": 3}, "over=3 must name the level the aggregate folds away"),
+        ({"concurrency": 2.5}, "concurrency=2.5 must be an int >= 1"),
+        ({"cpus": "two"}, "cpus='two' must be a number >= 0"),
+        ({"timeout": "5"}, "timeout='5' must be seconds > 0 or None"),
+        ({"output": "yes"}, "output='yes' must be True, False or None"),
+        ({"name": 7}, "name=7 is not a valid identifier"),
     ],
 )
 def test_bad_arguments(kwargs, pattern):
@@ -219,3 +232,33 @@ def test_class_without_call_or_with_init_args():
 
 def test_positional_argument_to_stage():
     _raises(lambda: stage("claim"), "keywords", r"fanout='claim'")
+
+
+def test_options_are_the_keywords_of_the_contract_in_every_signature():
+    # StageOptions, the typed overload and the implementation list the same keywords, so that
+    # an option cannot be added to one and forgotten in another.
+    fields = [f.name for f in dataclasses.fields(StageOptions)]
+    keyword_overload = [o for o in typing.get_overloads(stage) if "fanout" in inspect.signature(o).parameters]
+    assert len(keyword_overload) == 1
+    overload_kw = list(inspect.signature(keyword_overload[0]).parameters)
+    impl_kw = [n for n, p in inspect.signature(stage).parameters.items() if p.kind is p.KEYWORD_ONLY]
+    assert fields == overload_kw == impl_kw == CONTRACT_OPTIONS
+    defaults = {f.name: f.default for f in dataclasses.fields(StageOptions)}
+    assert defaults == {n: p.default for n, p in inspect.signature(stage).parameters.items()
+                        if p.kind is p.KEYWORD_ONLY}
+
+
+def test_checked_options_are_normalised():
+    checked = StageOptions(aggregate=ops.sum, timeout=2, gpus=1, cpus=2).checked("'f' (here)")
+    assert isinstance(checked.aggregate, ops.Aggregator) and type(checked.aggregate) is ops.sum
+    assert (checked.timeout, checked.gpus, checked.cpus) == (2.0, 1.0, 2.0)
+    assert all(type(v) is float for v in (checked.timeout, checked.gpus, checked.cpus))
+    assert checked.concurrency is None  # resolved by call kind once the function is known
+    with pytest.raises(af.StageDefinitionError, match=r"stage 'f' \(here\): retries=-1"):
+        StageOptions(retries=-1).checked("'f' (here)")
+
+
+def test_an_unnamed_function_needs_a_name():
+    _raises(lambda: stage(lambda x: x), "name='<lambda>' is not a valid identifier")
+    spec = get_spec(stage(name="double")(lambda x: 2 * x))
+    assert spec.name == "double"

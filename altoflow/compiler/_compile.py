@@ -1,186 +1,352 @@
 """The compiler: stages in, a checked graph with level stacks, kinds, keys and joins out.
 
-Rules (design section 3): edges come from parameter names; a stage's inputs form a chain under
-"is a prefix of" (the deepest drive and are zipped, shallower ones are broadcast); map keeps the
-stack, fan-out pushes a level, an aggregate cuts the stack before the level it folds; the routing
-key of an aggregate is the stack it keeps.
+The rules, each applied by one step of ``compile_pipeline``:
+
+- A parameter named like a stage is an edge from that stage; any other parameter is a request
+  field, typed by its annotation.
+- Every edge carries a level stack, the levels open on its items. A stage with no upstream
+  stage gets ``[]`` (one item per request). A map keeps its input stack, a fanout pushes its
+  level, an aggregate cuts the stack before the level it folds (``over``, by default the
+  innermost). Level names are unique in a pipeline.
+- A stage's inputs form a chain under "is a prefix of": the deepest drive and are zipped by
+  equal ancestry, the shallower ones are broadcast to the deeper items. Inputs on different
+  branches of fan-out cannot be joined.
+- The routing key of an aggregate is the stack it keeps: every item of one group goes to one
+  replica. Every other stage is load-balanced.
 """
 
 from __future__ import annotations
 
-import functools
-from dataclasses import dataclass, field
-from typing import Any
+import difflib
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Iterator, Protocol
 
 import networkx as nx
 import pydantic
 
-from altoflow._errors import CompileError, GraphError, InputError, LevelError, where
+from altoflow._errors import CompileError, GraphError, LevelError, where
 from altoflow._stage import Param, StageSpec
-from altoflow.compiler._pipeline import Pipeline
-from altoflow.compiler.plan import Plan, StagePlan
+from altoflow.compiler._compiled import CompiledPipeline
+from altoflow.compiler._request import build_request_schema
+from altoflow.compiler.plan import Plan, StagePlan, near_stage_note
 
 
-@dataclass(frozen=True)
-class CompiledPipeline:
-    """A compiled pipeline: the serialisable ``plan`` plus what only this process has."""
+class StageSet(Protocol):
+    """What the compiler reads of a pipeline (``Pipeline`` is one)."""
 
-    plan: Plan
-    specs: dict[str, StageSpec]
-    graph: nx.DiGraph
-    request_model: type[pydantic.BaseModel]
-    # Instances of class stages, created once and reused by the in-process executor.
-    instances: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
+    @property
+    def name(self) -> str: ...
 
-    def validate_request(self, fields: dict[str, Any]) -> dict[str, Any]:
-        plain = self._plain_fields
-        if plain is not None and type(fields) is dict and len(fields) == len(plain):
-            # Every field given, each of exactly its plain type: pydantic would return the
-            # values unchanged, at 10-20 us a request (docs/benchmarks-router.md).
-            values = {}
-            for name, t in plain.items():
-                value = fields.get(name, _MISSING)
-                if value is _MISSING or (t is not None and type(value) is not t):
-                    break  # pydantic says what is wrong, or converts it
-                values[name] = value
-            else:
-                return values
-        try:
-            model = self.request_model.model_validate(fields)
-        except pydantic.ValidationError as exc:
-            raise InputError(f"invalid request for pipeline '{self.plan.name}': {exc}") from exc
-        return {name: getattr(model, name) for name in type(model).model_fields}
+    @property
+    def target(self) -> str | None: ...
 
-    @functools.cached_property
-    def _plain_fields(self) -> dict[str, type | None] | None:
-        """Field -> its type when every field is a plain str, bytes, int, float or bool (None
-        for Any); None when any field has another type, where only pydantic can say."""
-        plain: dict[str, type | None] = {}
-        for name, info in self.request_model.model_fields.items():
-            if info.annotation in _PLAIN_TYPES and not info.metadata:
-                plain[name] = info.annotation
-            elif info.annotation is Any and not info.metadata:
-                plain[name] = None
-            else:
-                return None
-        return plain
+    @property
+    def specs(self) -> tuple[StageSpec, ...]: ...
 
 
-_PLAIN_TYPES = (str, bytes, int, float, bool)
-_MISSING = object()
+def compile_pipeline(pipeline: StageSet) -> CompiledPipeline:
+    """Check ``pipeline`` against the rules above and build its plan; raises ``CompileError``
+    (``GraphError``, ``LevelError``) naming the stage and the fix."""
+    stages = collect_stages(pipeline)
+    edges = resolve_edges(stages)
+    near = find_near_stages(stages, edges)
+    with _noting_near_stages(stages, near):
+        levels = infer_level_stacks(stages, edges)
+        joins = check_joins(stages, edges, levels)
+        keys = compute_route_keys(levels)
+        request_model = build_request_schema(pipeline.name, stages, edges.fields)
+        plan = build_plan(pipeline, stages, edges, levels, joins, keys, near, request_model)
+    return CompiledPipeline(plan=plan, specs=stages, graph=edges.graph, request_model=request_model)
 
 
-def _fmt_stack(levels: tuple[str, ...] | list[str]) -> str:
-    return "[" + "/".join(levels) + "]" if levels else "[] (one item per request)"
+# -- collect stages ----------------------------------------------------------------------------
 
 
-def compile_pipeline(pipeline: Pipeline) -> CompiledPipeline:
-    specs = list(pipeline.specs)
-    if not specs:
+def collect_stages(pipeline: StageSet) -> dict[str, StageSpec]:
+    """The pipeline's stages by name, in definition order. Raises ``GraphError`` when there are
+    none or two share a name."""
+    if not pipeline.specs:
         raise GraphError(
             f"pipeline '{pipeline.name}' has no stages. Mark functions with @stage, and give "
             f"Pipeline.from_module the module that defines them."
         )
-    by_name: dict[str, StageSpec] = {}
-    for spec in specs:
-        if spec.name in by_name:
-            other = by_name[spec.name]
+    stages: dict[str, StageSpec] = {}
+    for spec in pipeline.specs:
+        if spec.name in stages:
+            other = stages[spec.name]
             raise GraphError(
                 f"two stages are named '{spec.name}': {other.describe()} and {spec.describe()}. "
                 f"Stage names must be unique: rename one function, or pass name=... to @stage."
             )
-        by_name[spec.name] = spec
+        stages[spec.name] = spec
+    return stages
 
-    inputs = {s.name: [p.name for p in s.params if p.name in by_name] for s in specs}
-    fields = {s.name: [p for p in s.params if p.name not in by_name] for s in specs}
 
+# -- resolve edges -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Edges:
+    """Who reads whom, by stage name."""
+
+    graph: nx.DiGraph
+    order: list[str]  # topological; ties keep definition order
+    inputs: dict[str, list[str]]  # upstream stages, in parameter order
+    fields: dict[str, list[Param]]  # request fields, in parameter order
+    consumers: dict[str, list[str]]  # downstream stages, in topological order
+
+
+def resolve_edges(stages: dict[str, StageSpec]) -> Edges:
+    """Each parameter named like a stage is an edge from it; every other one is a request
+    field. Raises ``GraphError`` for a cycle, naming each stage on it and what it reads."""
+    inputs = {name: [p.name for p in s.params if p.name in stages] for name, s in stages.items()}
+    fields = {name: [p for p in s.params if p.name not in stages] for name, s in stages.items()}
     graph = nx.DiGraph()
-    for s in specs:
-        graph.add_node(s.name)
-    for s in specs:
-        for i in inputs[s.name]:
-            graph.add_edge(i, s.name)
+    graph.add_nodes_from(stages)
+    graph.add_edges_from((i, name) for name in stages for i in inputs[name])
     try:
         cycle = nx.find_cycle(graph)
     except nx.NetworkXNoCycle:
         cycle = None
     if cycle:
         names = [u for u, _ in cycle] + [cycle[0][0]]
-        lines = "\n".join(f"  {by_name[v].describe()} reads '{u}'" for u, v in cycle)
+        lines = "\n".join(f"  {stages[v].describe()} reads '{u}'" for u, v in cycle)
         raise GraphError(
             f"stages form a cycle: {' -> '.join(names)}.\n{lines}\n"
             f"A parameter named like a stage receives that stage's items; rename the parameter "
             f"that closes the loop (it is then a request field) or restructure the pipeline."
         )
-
-    order_index = {s.name: i for i, s in enumerate(specs)}
-    order = list(nx.lexicographical_topological_sort(graph, key=lambda n: order_index[n]))
-
-    request_model, field_names = _request_model(pipeline, specs, fields)
-
-    levels: dict[str, str] = {}
-    stack_out: dict[str, tuple[str, ...]] = {}
-    stage_plans: list[StagePlan] = []
+    position = {name: i for i, name in enumerate(stages)}
+    order = list(nx.lexicographical_topological_sort(graph, key=position.__getitem__))
     consumers = {n: [c for c in order if n in inputs[c]] for n in order}
-    for name in order:
-        spec = by_name[name]
-        ins = inputs[name]
-        stack_in = _stack_in(spec, ins, stack_out, by_name)
-        depth = len(stack_in)
-        drives = [i for i in ins if len(stack_out[i]) == depth] if ins else []
-        broadcasts = [i for i in ins if len(stack_out[i]) < depth]
+    return Edges(graph=graph, order=order, inputs=inputs, fields=fields, consumers=consumers)
 
+
+def find_near_stages(stages: dict[str, StageSpec], edges: Edges) -> dict[str, dict[str, str]]:
+    """Request fields named almost like a stage, by stage: ``{"priced": {"itmes": "items"}}``.
+
+    A misspelt input silently becomes a request field, and the error it causes (a missing
+    field, a stage without an open level) names another stage; these are reported beside it.
+    Close means a similar length and a ``difflib`` ratio of at least 0.8, and not a stage the
+    same function reads already. Raises nothing.
+    """
+    near: dict[str, dict[str, str]] = {}
+    for name in edges.order:
+        for p in edges.fields[name]:
+            candidates = [s for s in stages if s != name and s not in edges.inputs[name]
+                          and abs(len(s) - len(p.name)) <= 2]
+            close = difflib.get_close_matches(p.name, candidates, n=1, cutoff=0.8)
+            if close:
+                near.setdefault(name, {})[p.name] = close[0]
+    return near
+
+
+@contextmanager
+def _noting_near_stages(stages: dict[str, StageSpec], near: dict[str, dict[str, str]]) -> Iterator[None]:
+    """A ``CompileError`` raised inside gets the near-stage notes: a misspelt input is a likely
+    cause of it, whichever stage it names."""
+    try:
+        yield
+    except CompileError as exc:
+        notes = [near_stage_note(stages[s].describe(), f, n) for s, found in near.items()
+                 for f, n in found.items()]
+        if not notes:
+            raise
+        raise type(exc)("\n".join([str(exc), *notes])).with_traceback(exc.__traceback__) from None
+
+
+# -- infer level stacks ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class StageLevels:
+    """The level stacks of one stage's input and output, and the level it folds (aggregates)."""
+
+    levels_in: tuple[str, ...]
+    levels_out: tuple[str, ...]
+    over: str | None
+
+
+@dataclass(frozen=True)
+class Levels:
+    """The level stacks of a pipeline's stages, and which stage opens each level."""
+
+    stages: dict[str, StageLevels]  # every stage before ``unjoinable``, in topological order
+    opened_by: dict[str, str]  # level -> the stage whose fanout opens it, in order
+    unjoinable: str | None  # the first stage whose inputs do not chain; ``check_joins`` rejects it
+
+
+def infer_level_stacks(stages: dict[str, StageSpec], edges: Edges) -> Levels:
+    """Each stage's stacks, in topological order: the input stack is the deepest input's,
+    a map keeps it, a fanout pushes its level, an aggregate cuts it before ``over``.
+
+    Inference stops at the first stage whose inputs do not form a chain (``check_joins`` says
+    why), so that no error is reported on a stack guessed from it. Raises ``LevelError`` for a
+    level opened twice, an aggregate with no open level, and an ``over`` that is not open on
+    the stage's input.
+    """
+    found: dict[str, StageLevels] = {}
+    opened_by: dict[str, str] = {}
+    for name in edges.order:
+        spec, ins = stages[name], edges.inputs[name]
+        if _off_branch(ins, found) is not None:
+            return Levels(stages=found, opened_by=opened_by, unjoinable=name)
+        stack_in = max((found[i].levels_out for i in ins), key=len, default=())
         if spec.fanout is not None:
-            if spec.fanout in levels:
+            if spec.fanout in opened_by:
                 raise LevelError(
                     f"stage {spec.describe()} opens level '{spec.fanout}', which stage "
-                    f"{by_name[levels[spec.fanout]].describe()} opens already. Level names are "
+                    f"{stages[opened_by[spec.fanout]].describe()} opens already. Level names are "
                     f"unique in a pipeline: pick another name, e.g. fanout='{spec.fanout}_{name}'."
                 )
-            levels[spec.fanout] = name
-
-        route_key: list[str] | None = None
+            opened_by[spec.fanout] = name
         over = None
         if spec.aggregate is not None:
-            if not stack_in:
-                raise LevelError(
-                    f"stage {spec.describe()} aggregates, but its input has no open level: it "
-                    f"gets one item per request, so there is no group to fold. Aggregate "
-                    f"downstream of a fanout stage, or make it a plain map (drop aggregate=)."
-                )
-            over = spec.over if spec.over is not None else stack_in[-1]
-            if over not in stack_in:
-                elsewhere = (f" Level '{over}' is opened by '{levels[over]}' but is not open "
-                             f"here." if over in levels else "")
-                raise LevelError(
-                    f"stage {spec.describe()} has over='{over}', which is not an open level of "
-                    f"its input {_fmt_stack(stack_in)}.{elsewhere} "
-                    f"Use one of: {', '.join(repr(l) for l in stack_in)}."
-                )
-            cut = stack_in[: stack_in.index(over)]
-            route_key = list(cut)
-            out = cut + ((spec.fanout,) if spec.fanout else ())
+            over = _folded_level(spec, stack_in, opened_by)
+            out = _kept(stack_in, over) + ((spec.fanout,) if spec.fanout else ())
         elif spec.fanout is not None:
             out = stack_in + (spec.fanout,)
         else:
             out = stack_in
-        stack_out[name] = out
+        found[name] = StageLevels(levels_in=stack_in, levels_out=out, over=over)
+    return Levels(stages=found, opened_by=opened_by, unjoinable=None)
 
-        is_output = spec.output if spec.output is not None else not consumers[name]
+
+def _folded_level(spec: StageSpec, stack_in: tuple[str, ...], opened_by: dict[str, str]) -> str:
+    """The level an aggregate folds away: ``over``, or the innermost open one."""
+    if not stack_in:
+        raise LevelError(
+            f"stage {spec.describe()} aggregates, but its input has no open level: it "
+            f"gets one item per request, so there is no group to fold. Aggregate "
+            f"downstream of a fanout stage, or make it a plain map (drop aggregate=)."
+        )
+    over = spec.over if spec.over is not None else stack_in[-1]
+    if over not in stack_in:
+        elsewhere = (f" Level '{over}' is opened by '{opened_by[over]}' but is not open "
+                     f"here." if over in opened_by else "")
+        raise LevelError(
+            f"stage {spec.describe()} has over='{over}', which is not an open level of "
+            f"its input {_fmt_stack(stack_in)}.{elsewhere} "
+            f"Use one of: {', '.join(repr(l) for l in stack_in)}."
+        )
+    return over
+
+
+def _kept(stack_in: tuple[str, ...], over: str) -> tuple[str, ...]:
+    """What an aggregate over ``over`` keeps of its input stack: the levels outside ``over``."""
+    return stack_in[: stack_in.index(over)]
+
+
+def _off_branch(ins: list[str], found: dict[str, StageLevels]) -> tuple[str, str] | None:
+    """``(deepest input, an input not on its branch)``, or None when the inputs chain."""
+    if not ins:
+        return None
+    deepest = max(ins, key=lambda i: len(found[i].levels_out))
+    top = found[deepest].levels_out
+    for i in ins:
+        s = found[i].levels_out
+        if top[: len(s)] != s:
+            return deepest, i
+    return None
+
+
+def _fmt_stack(levels: tuple[str, ...] | list[str]) -> str:
+    return "[" + "/".join(levels) + "]" if levels else "[] (one item per request)"
+
+
+# -- check joins -------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Join:
+    """How a stage's inputs meet: the deepest drive (zipped), the shallower are broadcast."""
+
+    drives: list[str]
+    broadcasts: list[str]
+
+
+def check_joins(stages: dict[str, StageSpec], edges: Edges, levels: Levels) -> dict[str, Join]:
+    """How each stage's inputs meet. Raises ``LevelError`` for the first stage that joins
+    inputs from different branches of fan-out, naming both stacks and the aggregate that fixes
+    it."""
+    if levels.unjoinable is not None:
+        spec, ins = stages[levels.unjoinable], edges.inputs[levels.unjoinable]
+        pair = _off_branch(ins, levels.stages)
+        assert pair is not None
+        deepest, other = pair
+        top, s = levels.stages[deepest].levels_out, levels.stages[other].levels_out
+        raise LevelError(
+            f"stage {spec.describe()} joins '{deepest}' {_fmt_stack(top)} with '{other}' "
+            f"{_fmt_stack(s)}: these items come from different branches of fan-out, so no "
+            f"item of one has the ancestry of the other. Aggregate one of them first, e.g. a "
+            f"stage @stage(aggregate=ops.collect, over='{_first_diff(top, s)}') reading "
+            f"'{other if len(s) >= len(top) else deepest}', and join its output instead."
+        )
+    joins: dict[str, Join] = {}
+    for name in edges.order:
+        depth = len(levels.stages[name].levels_in)
+        ins = edges.inputs[name]
+        joins[name] = Join(
+            drives=[i for i in ins if len(levels.stages[i].levels_out) == depth],
+            broadcasts=[i for i in ins if len(levels.stages[i].levels_out) < depth],
+        )
+    return joins
+
+
+def _first_diff(a: tuple[str, ...], b: tuple[str, ...]) -> str:
+    for x, y in zip(a, b):
+        if x != y:
+            return y
+    return (b or a)[-1]
+
+
+# -- compute route keys ------------------------------------------------------------------------
+
+
+def compute_route_keys(levels: Levels) -> dict[str, list[str] | None]:
+    """Each stage's routing key: for an aggregate, the levels it keeps (every item of one group
+    hashes to one replica); None for every other stage (load-balanced). Raises nothing: the
+    levels were checked when they were inferred."""
+    return {
+        name: list(_kept(found.levels_in, found.over)) if found.over is not None else None
+        for name, found in levels.stages.items()
+    }
+
+
+# -- build the plan ----------------------------------------------------------------------------
+
+
+def build_plan(
+    pipeline: StageSet,
+    stages: dict[str, StageSpec],
+    edges: Edges,
+    levels: Levels,
+    joins: dict[str, Join],
+    keys: dict[str, list[str] | None],
+    near: dict[str, dict[str, str]],
+    request_model: type[pydantic.BaseModel],
+) -> Plan:
+    """The serialisable plan, stages in topological order. A sink is an output unless it says
+    ``output=False``; raises ``GraphError`` when no stage is an output."""
+    stage_plans: list[StagePlan] = []
+    for name in edges.order:
+        spec, found, join = stages[name], levels.stages[name], joins[name]
+        ins, consumers = edges.inputs[name], edges.consumers[name]
         stage_plans.append(
             StagePlan(
                 name=name,
-                kind=_kind(spec, ins, consumers[name]),
+                kind=_kind(spec, ins, consumers),
                 inputs=ins,
-                fields=[p.name for p in fields[name]],
+                fields=[p.name for p in edges.fields[name]],
                 params=[p.name for p in spec.params],
-                drives=drives,
-                broadcasts=broadcasts,
-                levels_in=list(stack_in),
-                levels_out=list(out),
-                route_key=route_key,
+                drives=join.drives,
+                broadcasts=join.broadcasts,
+                levels_in=list(found.levels_in),
+                levels_out=list(found.levels_out),
+                route_key=keys[name],
                 fanout=spec.fanout,
-                over=over,
+                over=found.over,
                 operator=repr(spec.aggregate) if spec.aggregate is not None else None,
                 replicas=spec.replicas,
                 concurrency=spec.concurrency,
@@ -189,60 +355,28 @@ def compile_pipeline(pipeline: Pipeline) -> CompiledPipeline:
                 timeout=spec.timeout,
                 retries=spec.retries,
                 on_error=spec.on_error,
-                output=is_output,
+                output=spec.output if spec.output is not None else not consumers,
                 call_kind=spec.call_kind,
                 is_class=spec.is_class,
                 module=spec.obj.__module__ or "",
                 qualname=spec.obj.__qualname__,
                 location=where(spec.obj),
-                consumers=consumers[name],
+                consumers=consumers,
+                near_stages=near.get(name, {}),
             )
         )
-
     if not any(p.output for p in stage_plans):
         raise GraphError(
             f"pipeline '{pipeline.name}' has no output stage: every sink has output=False. "
             f"Set output=True on the stage whose values the client should get."
         )
-
-    plan = Plan(
+    return Plan(
         name=pipeline.name,
         target=pipeline.target,
         stages=stage_plans,
-        levels=levels,
+        levels=levels.opened_by,
         request_schema=request_model.model_json_schema(),
     )
-    return CompiledPipeline(plan=plan, specs=by_name, graph=graph, request_model=request_model)
-
-
-def _stack_in(
-    spec: StageSpec,
-    ins: list[str],
-    stack_out: dict[str, tuple[str, ...]],
-    by_name: dict[str, StageSpec],
-) -> tuple[str, ...]:
-    if not ins:
-        return ()
-    deepest = max(ins, key=lambda i: len(stack_out[i]))
-    top = stack_out[deepest]
-    for i in ins:
-        s = stack_out[i]
-        if top[: len(s)] != s:
-            raise LevelError(
-                f"stage {spec.describe()} joins '{deepest}' {_fmt_stack(top)} with '{i}' "
-                f"{_fmt_stack(s)}: these items come from different branches of fan-out, so no "
-                f"item of one has the ancestry of the other. Aggregate one of them first, e.g. a "
-                f"stage @stage(aggregate=ops.collect, over='{_first_diff(top, s)}') reading "
-                f"'{i if len(s) >= len(top) else deepest}', and join its output instead."
-            )
-    return top
-
-
-def _first_diff(a: tuple[str, ...], b: tuple[str, ...]) -> str:
-    for x, y in zip(a, b):
-        if x != y:
-            return y
-    return (b or a)[-1]
 
 
 def _kind(spec: StageSpec, ins: list[str], consumers: list[str]) -> str:
@@ -257,45 +391,3 @@ def _kind(spec: StageSpec, ins: list[str], consumers: list[str]) -> str:
     if not consumers:
         return "sink"
     return "map"
-
-
-def _request_model(
-    pipeline: Pipeline, specs: list[StageSpec], fields: dict[str, list[Param]]
-) -> tuple[type[pydantic.BaseModel], list[str]]:
-    """The request schema: one pydantic field per request field, typed by the annotations."""
-    uses: dict[str, list[tuple[Param, StageSpec]]] = {}
-    for spec in specs:
-        for p in fields[spec.name]:
-            uses.setdefault(p.name, []).append((p, spec))
-    definitions: dict[str, Any] = {}
-    for name, params in uses.items():
-        typed = [(p, s) for p, s in params if p.annotation is not Any]
-        for p, s in typed[1:]:
-            if p.annotation != typed[0][0].annotation:
-                raise CompileError(
-                    f"request field '{name}' has two types: {_tname(typed[0][0].annotation)} in "
-                    f"{typed[0][1].describe()} and {_tname(p.annotation)} in {s.describe()}. "
-                    f"Annotate it the same way in both stages."
-                )
-        defaults = [(p, s) for p, s in params if not p.required]
-        for p, s in defaults[1:]:
-            if p.default != defaults[0][0].default:
-                raise CompileError(
-                    f"request field '{name}' has two defaults: {defaults[0][0].default!r} in "
-                    f"{defaults[0][1].describe()} and {p.default!r} in {s.describe()}. Give it one."
-                )
-        # A field is optional only if every stage that reads it gives it a default.
-        required = len(defaults) < len(params)
-        annotation = typed[0][0].annotation if typed else Any
-        definitions[name] = (annotation, ... if required else defaults[0][0].default)
-    model_name = "".join(w.capitalize() for w in pipeline.name.split("_") if w) + "Request"
-    model = pydantic.create_model(
-        model_name if model_name.isidentifier() else "Request",
-        __config__=pydantic.ConfigDict(extra="forbid", arbitrary_types_allowed=True),
-        **definitions,
-    )
-    return model, list(definitions)
-
-
-def _tname(annotation: Any) -> str:
-    return getattr(annotation, "__name__", repr(annotation))

@@ -9,13 +9,12 @@ import sys
 import types
 from functools import cached_property
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Iterable
+from typing import Any, Iterable
 
 from altoflow._errors import GraphError, TargetError, describe
 from altoflow._stage import StageSpec, get_spec
-
-if TYPE_CHECKING:
-    from altoflow.compiler._compile import CompiledPipeline
+from altoflow.compiler._compile import compile_pipeline
+from altoflow.compiler._compiled import CompiledPipeline
 
 
 class Pipeline:
@@ -58,9 +57,7 @@ class Pipeline:
         return cls(stages, name=name, target=target)
 
     @cached_property
-    def compiled(self) -> "CompiledPipeline":
-        from altoflow.compiler._compile import compile_pipeline
-
+    def compiled(self) -> CompiledPipeline:
         return compile_pipeline(self)
 
     def __repr__(self) -> str:

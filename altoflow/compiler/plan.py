@@ -7,7 +7,7 @@ stage by name.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Iterable, Literal
 
 from pydantic import BaseModel, ConfigDict
 
@@ -44,6 +44,8 @@ class StagePlan(BaseModel):
     qualname: str
     location: str
     consumers: list[str]
+    # Request fields named almost like a stage (a likely misspelt input) -> that stage's name.
+    near_stages: dict[str, str] = {}
 
     @property
     def is_aggregate(self) -> bool:
@@ -74,6 +76,25 @@ class Plan(BaseModel):
         return [s for s in self.stages if s.output]
 
     def contract_json(self) -> dict:
-        """The ``altoflow compile --format json`` document of design section 8."""
+        """The ``altoflow compile --format json`` document: per stage its name, kind, inputs,
+        level stacks, routing key and replicas. Code outside altoflow reads it; keep it stable."""
         keys = ("name", "kind", "inputs", "levels_in", "levels_out", "route_key", "replicas")
         return {"stages": [{k: getattr(s, k) for k in keys} for s in self.stages]}
+
+    def near_stage_notes(self, fields: Iterable[str] | None = None) -> list[str]:
+        """One line per request field named almost like a stage (of ``fields``, or every one):
+        which stage reads it, and the stage it was probably meant to be."""
+        wanted = None if fields is None else set(fields)
+        return [
+            near_stage_note(f"'{s.name}' ({s.location})", field, near)
+            for s in self.stages
+            for field, near in s.near_stages.items()
+            if wanted is None or field in wanted
+        ]
+
+
+def near_stage_note(stage: str, field: str, near: str) -> str:
+    """The note for a parameter that names no stage but almost names ``near``; ``stage`` is how
+    messages name the stage that has it (``'priced' (app.py:12)``)."""
+    return (f"Note: stage {stage} reads '{field}', which is no stage, so it is a request field: "
+            f"did you mean `{near}`?")

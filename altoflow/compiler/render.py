@@ -28,7 +28,8 @@ def _key(s: StagePlan) -> str:
 
 
 def to_text(plan: Plan, width: int = 80) -> str:
-    """One block per stage, in topological order, each input edge labelled with its level stack.
+    """One block per stage, in topological order, each input edge labelled with its level stack,
+    and a note under a request field named almost like a stage (a likely misspelt input).
 
     ::
 
@@ -55,6 +56,9 @@ def to_text(plan: Plan, width: int = 80) -> str:
             lines.extend(_wrap(f"  ← {i:<{width_in}} {stack(edge_levels)}{role}", width, "      "))
         if s.fields:
             lines.extend(_wrap(f"  ← request: {', '.join(s.fields)}", width, "      "))
+        for field, near in s.near_stages.items():
+            note = f"  ! '{field}' is no stage, so it is a request field: did you mean `{near}`?"
+            lines.extend(_wrap(note, width, "      "))
     return "\n".join(lines) + "\n"
 
 
