@@ -18,9 +18,18 @@ The timing model (:class:`TimingModel`) is that of an engine with continuous bat
 So a request alone that writes ``n`` tokens takes ``ttft + (n - 1) * time_per_token_s``.
 :class:`SimCore` is that model as a pure state machine over a virtual clock (submit, abort and
 advance to a time; it returns which tokens are due when), tested with no clock at all.
-:class:`SimulatedLM` is the thin shell: it reads the real clock, sleeps until the core's next
+
+A deployment (:class:`Profile`) is a pool of such engines per LM stage (:class:`Pool`:
+``engines`` cores, each with its own batch of at most ``max_batch`` and its own queue). A
+request names its pool by its model name, ``"sim/<pool>"``; :class:`SimPool` puts it on the
+least loaded engine of that pool, where it stays. :data:`UNBOUNDED` (the default) is one engine
+for every request, the engine as it was before profiles; :data:`PAPER` is the ALTO paper's
+deployment. Pools share nothing, so contention is only within a pool, as between separate
+vLLM instances.
+
+:class:`SimulatedLM` is the thin shell: it reads the real clock, sleeps until its pool's next
 deadline and hands the due tokens to the waiting streams. It needs no background task: every
-waiting stream drives the core itself, so there is nothing to start or to shut down.
+waiting stream drives its pool itself, so there is nothing to start or to shut down.
 
 One simulated token is one word (with its separator). The ALTO paper reports output lengths in
 words, so the calibration below is in words, and ``max_tokens`` counts words.
@@ -36,8 +45,10 @@ The defaults split that TTFT into 0.23 s fixed and 0.2 ms per prompt token (abou
 the ~100-word prompts of the pipeline). The output lengths are drawn from log-normal
 distributions with the table's means and standard deviations (:data:`RESPONSE`,
 :data:`CLAIMS`, :data:`QUERIES`). ``batch_slowdown`` (0.8% per extra running request) and
-``max_batch`` (256) are not from the paper: they are rough figures for a 7B model under vLLM on
-one A100, and the table's times are reached at low concurrency.
+``max_batch`` (256, vLLM's default number of running sequences) are not from the paper: they
+are rough figures for a 7B model under vLLM on one A100, and the table's times are reached at
+low concurrency. The counts of :data:`PAPER` (engines per stage, retriever replicas) are the
+paper's. docs/simulator.md has the full account, and what each profile does at 15 requests/s.
 """
 
 from __future__ import annotations
