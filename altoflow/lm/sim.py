@@ -530,7 +530,7 @@ class Profile:
 #: Today's engine: one engine for every stage, batching up to the timing model's ``max_batch``.
 UNBOUNDED = Profile(
     "unbounded",
-    about="one engine shared by every LM stage; the timing model's max_batch (256 by default)",
+    about="one engine for every request, as before profiles",
 )
 
 #: The ALTO paper's deployment of its FacTool pipeline (8 A100s running vLLM, measured at 15
@@ -542,7 +542,7 @@ PAPER = Profile(
     pools={"answer": Pool(2), "claims": Pool(2), "queries": Pool(3)},
     default=None,
     replicas={"bm25": 4, "colbert": 1, "rerank": 4},
-    about="the ALTO paper's FacTool deployment: LM instances answer 2, claims 2, queries 3",
+    about="the ALTO paper's FacTool deployment: engines for answer 2, claims 2, queries 3",
 )
 
 #: The profiles ``altoflow sim-lm --profile`` knows, by name.

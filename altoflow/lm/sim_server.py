@@ -44,6 +44,7 @@ from ._base import ChatMessage, Sampling
 from .sim import (
     PROFILES,
     SIMULATED_MODEL_NAME,
+    Profile,
     SimPlan,
     SimulatedLM,
     TimingModel,
@@ -388,10 +389,11 @@ def serve(
     model: TimingModel | None = None,
     seed: int = 0,
     *,
-    profile: str = "unbounded",
+    profile: Profile | str = "unbounded",
     log_level: str = "info",
 ) -> None:
-    """Serve a :class:`SimulatedLM` with ``model``'s timing until interrupted (blocks)."""
+    """Serve a :class:`SimulatedLM` with ``model``'s timing and ``profile``'s pools until
+    interrupted (blocks)."""
     timing = model if model is not None else TimingModel()
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
     lm = SimulatedLM(timing, seed=seed, profile=profile)
@@ -423,8 +425,8 @@ def sim_lm_command(
         str,
         typer.Option(
             help="Deployment simulated: "
-            + "; ".join(f"'{p.name}': {p.about}" for p in PROFILES.values())
-            + ". A request picks a pool with the model 'sim/<pool>'."
+            + "; ".join(f"{p.name} ({p.about})" for p in PROFILES.values())
+            + ". A request picks its pool by model name: 'sim/<pool>'."
         ),
     ] = "unbounded",
     ttft: Annotated[
@@ -458,7 +460,7 @@ def sim_lm_command(
 ) -> None:
     """Serve a SIMULATED LM (no real model) with an OpenAI-compatible API, for benchmarks and demos.
 
-    The defaults are calibrated to the ALTO paper's Table 1; see altoflow.lm.sim.
+    Timing: the ALTO paper's Table 1. --profile paper: its deployment. See docs/simulator.md.
     """
     try:
         timing = TimingModel(
