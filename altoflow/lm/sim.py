@@ -18,9 +18,18 @@ The timing model (:class:`TimingModel`) is that of an engine with continuous bat
 So a request alone that writes ``n`` tokens takes ``ttft + (n - 1) * time_per_token_s``.
 :class:`SimCore` is that model as a pure state machine over a virtual clock (submit, abort and
 advance to a time; it returns which tokens are due when), tested with no clock at all.
-:class:`SimulatedLM` is the thin shell: it reads the real clock, sleeps until the core's next
+
+A deployment (:class:`Profile`) is a pool of such engines per LM stage (:class:`Pool`:
+``engines`` cores, each with its own batch of at most ``max_batch`` and its own queue). A
+request names its pool by its model name, ``"sim/<pool>"``; :class:`SimPool` puts it on the
+least loaded engine of that pool, where it stays. :data:`UNBOUNDED` (the default) is one engine
+for every request, the engine as it was before profiles; :data:`PAPER` is the ALTO paper's
+deployment. Pools share nothing, so contention is only within a pool, as between separate
+vLLM instances.
+
+:class:`SimulatedLM` is the thin shell: it reads the real clock, sleeps until its pool's next
 deadline and hands the due tokens to the waiting streams. It needs no background task: every
-waiting stream drives the core itself, so there is nothing to start or to shut down.
+waiting stream drives its pool itself, so there is nothing to start or to shut down.
 
 One simulated token is one word (with its separator). The ALTO paper reports output lengths in
 words, so the calibration below is in words, and ``max_tokens`` counts words.
@@ -36,12 +45,15 @@ The defaults split that TTFT into 0.23 s fixed and 0.2 ms per prompt token (abou
 the ~100-word prompts of the pipeline). The output lengths are drawn from log-normal
 distributions with the table's means and standard deviations (:data:`RESPONSE`,
 :data:`CLAIMS`, :data:`QUERIES`). ``batch_slowdown`` (0.8% per extra running request) and
-``max_batch`` (256) are not from the paper: they are rough figures for a 7B model under vLLM on
-one A100, and the table's times are reached at low concurrency.
+``max_batch`` (256, vLLM's default number of running sequences) are not from the paper: they
+are rough figures for a 7B model under vLLM on one A100, and the table's times are reached at
+low concurrency. The counts of :data:`PAPER` (engines per stage, retriever replicas) are the
+paper's. docs/simulator.md has the full account, and what each profile does at 15 requests/s.
 """
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import heapq
 import itertools
@@ -51,8 +63,9 @@ import random
 import re
 import time
 from collections import OrderedDict, deque
-from collections.abc import AsyncGenerator, Callable, Sequence
+from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
+from types import MappingProxyType
 from typing import Any, NamedTuple
 
 import anyio
@@ -61,20 +74,31 @@ from ._base import LM, ChatMessage, Prompt, Sampling, normalize_prompt, prompt_t
 
 __all__ = [
     "CLAIMS",
+    "DEFAULT_POOL",
     "DEFAULT_RULES",
+    "PAPER",
+    "POOL_PREFIX",
+    "PROFILES",
     "QUERIES",
     "RESPONSE",
     "SIMULATED_MODEL_NAME",
     "Finished",
     "LengthDist",
     "OutputShape",
+    "Pool",
+    "PoolStats",
+    "Profile",
     "ShapeRule",
     "SimCore",
     "SimPlan",
+    "SimPool",
     "SimStats",
     "SimulatedLM",
     "TimingModel",
     "TokenDue",
+    "UNBOUNDED",
+    "UnknownPoolError",
+    "get_profile",
 ]
 
 log = logging.getLogger("altoflow.lm.sim")
@@ -173,6 +197,8 @@ class SimStats(NamedTuple):
     waiting: int
     tokens: int
     prefix_cache_hit_tokens: int
+    #: Requests that had to wait for a place in the batch (a sign of contention).
+    queued: int = 0
 
 
 @dataclass(slots=True)
@@ -232,6 +258,7 @@ class SimCore:
         # What became due while handling a submit or an abort, given back by the next advance.
         self._due: list[TokenDue | Finished] = []
         self._submitted = self._finished = self._aborted = self._tokens = self._hits = 0
+        self._queued = 0
 
     @property
     def running(self) -> int:
@@ -246,6 +273,7 @@ class SimCore:
             waiting=len(self._waiting),
             tokens=self._tokens,
             prefix_cache_hit_tokens=self._hits,
+            queued=self._queued,
         )
 
     def submit(self, rid: int, *, prompt: Sequence[str], n_out: int, now: float) -> None:
@@ -265,6 +293,7 @@ class SimCore:
             self._admit(seq, now)
         else:
             self._waiting.append(seq)
+            self._queued += 1
 
     def abort(self, rid: int, now: float) -> bool:
         """Stop request ``rid``; returns False if it is not running or waiting (e.g. finished)."""
@@ -285,6 +314,18 @@ class SimCore:
         self._aborted += 1
         self._admit_waiting(now)
         return True
+
+    def catch_up(self, now: float) -> None:
+        """Run the model up to ``now``, keeping what fell due for the next :meth:`advance`.
+
+        So that :attr:`load` is that of ``now``, as a pool needs before choosing an engine.
+        """
+        self._run_until(now, self._due)
+
+    @property
+    def load(self) -> int:
+        """Requests on this engine: running and waiting."""
+        return self.running + len(self._waiting)
 
     def next_deadline(self) -> float | None:
         """When the next token or admission is due, or None when nothing is running."""
@@ -363,6 +404,241 @@ class SimCore:
         out.append(Finished(seq.rid, seq.emitted, t))
         self._finished += 1
         self._admit_waiting(t)
+
+
+# -- deployments: pools of engines, one pool per LM stage -------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class Pool:
+    """``engines`` engines serving one LM stage, each batching at most ``max_batch`` requests.
+
+    ``max_batch=None`` takes the timing model's (``TimingModel.max_batch``), so that
+    ``altoflow sim-lm --max-batch`` sets it for every pool of a profile.
+    """
+
+    engines: int = 1
+    max_batch: int | None = None
+
+    def __post_init__(self) -> None:
+        if not isinstance(self.engines, int) or self.engines < 1:
+            raise ValueError(f"Pool.engines must be an integer >= 1, got {self.engines!r}")
+        if self.max_batch is not None and (
+            not isinstance(self.max_batch, int) or self.max_batch < 1
+        ):
+            raise ValueError(
+                f"Pool.max_batch must be an integer >= 1 or None (the timing model's), "
+                f"got {self.max_batch!r}"
+            )
+
+    def timing_of(self, timing: TimingModel) -> TimingModel:
+        """The timing model of each of this pool's engines."""
+        return timing if self.max_batch is None else replace(timing, max_batch=self.max_batch)
+
+
+#: The prefix of a model name that picks a pool: model ``"sim/answer"`` runs on pool ``answer``.
+POOL_PREFIX = "sim/"
+#: The name under which a profile's default pool appears in statistics.
+DEFAULT_POOL = "default"
+
+
+class UnknownPoolError(ValueError):
+    """A request named a pool that the profile does not have, or none where it must."""
+
+
+@dataclass(frozen=True)
+class Profile:
+    """A simulated deployment: a pool of engines per LM stage, and replica counts for the rest.
+
+    A request picks its pool by its model name, ``"sim/<pool>"`` (:meth:`pool_for`); a request
+    that names no pool (any other model name) runs on ``default``, and is refused when
+    ``default`` is None. A profile without pools runs every request on ``default``, whatever
+    its model name. ``replicas`` are the replica counts of the pipeline's non-LM stages in the
+    same deployment (retrievers, encoders), as data for a benchmark to pass to
+    ``altoflow serve --replicas``; the simulator does not use them.
+    """
+
+    name: str
+    pools: Mapping[str, Pool] = field(default_factory=dict)
+    default: Pool | None = Pool()
+    replicas: Mapping[str, int] = field(default_factory=dict)
+    about: str = ""
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "pools", MappingProxyType(dict(self.pools)))
+        object.__setattr__(self, "replicas", MappingProxyType(dict(self.replicas)))
+        for name in self.pools:
+            if not name or "/" in name or name == DEFAULT_POOL:
+                raise ValueError(
+                    f"profile {self.name!r}: a pool is named by a non-empty word without '/' "
+                    f"other than {DEFAULT_POOL!r}, got {name!r}"
+                )
+        if self.default is None and not self.pools:
+            raise ValueError(f"profile {self.name!r} has neither pools nor a default pool")
+        for stage, n in self.replicas.items():
+            if not isinstance(n, int) or n < 1:
+                raise ValueError(
+                    f"profile {self.name!r}: replicas[{stage!r}] must be an integer >= 1, got {n!r}"
+                )
+
+    def models(self) -> list[str]:
+        """The model names that pick a pool (what ``GET /v1/models`` lists)."""
+        if not self.pools:
+            return [SIMULATED_MODEL_NAME]
+        named = [POOL_PREFIX + name for name in self.pools]
+        return named if self.default is None else [SIMULATED_MODEL_NAME, *named]
+
+    def pool_for(self, model: str | None) -> str:
+        """The pool that a request for ``model`` runs on (:data:`DEFAULT_POOL` for the default).
+
+        Raises :class:`UnknownPoolError` for ``"sim/<name>"`` when ``name`` is not a pool of a
+        profile with pools, and for a model that names no pool when there is no default.
+        """
+        if not self.pools:
+            return DEFAULT_POOL
+        if model is not None and model.startswith(POOL_PREFIX):
+            name = model[len(POOL_PREFIX) :]
+            if name in self.pools:
+                return name
+            raise UnknownPoolError(
+                f"the simulated profile {self.name!r} has no pool {name!r} (model {model!r}); "
+                f"its models are {', '.join(map(repr, self.models()))}"
+            )
+        if self.default is None:
+            raise UnknownPoolError(
+                f"the simulated profile {self.name!r} has no default pool, so a request must "
+                f"name its pool as the model, one of {', '.join(map(repr, self.models()))} "
+                f"(got {model!r})"
+            )
+        return DEFAULT_POOL
+
+    def pool(self, name: str) -> Pool:
+        """The pool called ``name`` (:data:`DEFAULT_POOL` for the default one)."""
+        if name == DEFAULT_POOL and self.default is not None:
+            return self.default
+        if name in self.pools:
+            return self.pools[name]
+        raise UnknownPoolError(
+            f"the simulated profile {self.name!r} has no pool {name!r}; its pools are "
+            f"{', '.join(map(repr, self.pool_names()))}"
+        )
+
+    def pool_names(self) -> list[str]:
+        return [*self.pools, *([DEFAULT_POOL] if self.default is not None else [])]
+
+
+#: Today's engine: one engine for every stage, batching up to the timing model's ``max_batch``.
+UNBOUNDED = Profile(
+    "unbounded",
+    about="one engine for every request, as before profiles",
+)
+
+#: The ALTO paper's deployment of its FacTool pipeline (8 A100s running vLLM, measured at 15
+#: requests/s): 2 instances for the answer, 2 for claim extraction, 3 for query generation; 4
+#: BM25 replicas, 1 ColBERT query encoder, 4 rerankers. The counts are the paper's; the batch
+#: limit is the timing model's (ours: vLLM's default of 256 running sequences).
+PAPER = Profile(
+    "paper",
+    pools={"answer": Pool(2), "claims": Pool(2), "queries": Pool(3)},
+    default=None,
+    replicas={"bm25": 4, "colbert": 1, "rerank": 4},
+    about="the ALTO paper's FacTool deployment: engines for answer 2, claims 2, queries 3",
+)
+
+#: The profiles ``altoflow sim-lm --profile`` knows, by name.
+PROFILES: Mapping[str, Profile] = MappingProxyType({p.name: p for p in (UNBOUNDED, PAPER)})
+
+
+def get_profile(profile: Profile | str) -> Profile:
+    """``profile`` itself, or the profile of :data:`PROFILES` called so."""
+    if isinstance(profile, Profile):
+        return profile
+    try:
+        return PROFILES[profile]
+    except KeyError:
+        raise ValueError(
+            f"unknown simulated profile {profile!r}; the profiles are "
+            f"{', '.join(map(repr, PROFILES))}, or pass a Profile"
+        ) from None
+
+
+class PoolStats(NamedTuple):
+    engines: int
+    max_batch: int
+    #: Engines running at least one request.
+    busy_engines: int
+    running: int
+    #: Requests waiting for a place in an engine's batch.
+    waiting: int
+    submitted: int
+    finished: int
+    aborted: int
+    tokens: int
+    prefix_cache_hit_tokens: int
+    #: Requests that had to wait for a place in their engine's batch.
+    queued: int
+
+
+class SimPool:
+    """The engines of one pool (each a :class:`SimCore`): events in, due tokens out, no clock.
+
+    A request goes to the least loaded engine (running plus waiting; the lowest index on a tie)
+    and stays there; beyond that engine's ``max_batch`` it waits in the engine's own queue, and
+    joins the batch when one of the engine's requests ends (continuous batching). Each engine
+    has its own prefix cache, as separate vLLM instances do.
+    """
+
+    def __init__(self, timing: TimingModel, engines: int = 1) -> None:
+        if engines < 1:
+            raise ValueError(f"a pool needs at least one engine, got {engines}")
+        self.timing = timing
+        self.engines = tuple(SimCore(timing) for _ in range(engines))
+        self._engine_of: dict[int, SimCore] = {}
+
+    def submit(self, rid: int, *, prompt: Sequence[str], n_out: int, now: float) -> int:
+        """Like :meth:`SimCore.submit`; returns the index of the engine the request went to."""
+        if rid in self._engine_of:
+            raise ValueError(f"request {rid} was already submitted")
+        for engine in self.engines:
+            engine.catch_up(now)
+        index = min(range(len(self.engines)), key=lambda i: self.engines[i].load)
+        self.engines[index].submit(rid, prompt=prompt, n_out=n_out, now=now)
+        self._engine_of[rid] = self.engines[index]
+        return index
+
+    def abort(self, rid: int, now: float) -> bool:
+        """Stop request ``rid``; returns False if it is not running or waiting (e.g. finished)."""
+        engine = self._engine_of.pop(rid, None)
+        return engine is not None and engine.abort(rid, now)
+
+    def next_deadline(self) -> float | None:
+        deadlines = [d for d in (e.next_deadline() for e in self.engines) if d is not None]
+        return min(deadlines) if deadlines else None
+
+    def advance(self, now: float) -> list[TokenDue | Finished]:
+        """Run every engine up to ``now``; what happened since the last call, in time order."""
+        out = [o for engine in self.engines for o in engine.advance(now)]
+        out.sort(key=lambda o: o.at)  # stable: at one time, engine by engine, each in order
+        for o in out:
+            if isinstance(o, Finished):
+                self._engine_of.pop(o.rid, None)
+        return out
+
+    def stats(self) -> PoolStats:
+        each = [e.stats() for e in self.engines]
+        return PoolStats(
+            engines=len(self.engines),
+            max_batch=self.timing.max_batch,
+            busy_engines=sum(1 for s in each if s.running),
+            running=sum(s.running for s in each),
+            waiting=sum(s.waiting for s in each),
+            submitted=sum(s.submitted for s in each),
+            finished=sum(s.finished for s in each),
+            aborted=sum(s.aborted for s in each),
+            tokens=sum(s.tokens for s in each),
+            prefix_cache_hit_tokens=sum(s.prefix_cache_hit_tokens for s in each),
+            queued=sum(s.queued for s in each),
+        )
 
 
 # -- what the simulated LM writes ---------------------------------------------------------------
@@ -562,6 +838,20 @@ class _Inbox:
         self.event: anyio.Event | None = None
 
 
+class _Engines:
+    """The pools of one simulated deployment and the streams waiting on them (the shell's state,
+    shared by a :class:`SimulatedLM` and its :meth:`SimulatedLM.for_pool` views)."""
+
+    def __init__(self, profile: Profile, timing: TimingModel) -> None:
+        self.profile = profile
+        self.pools = {
+            name: SimPool(profile.pool(name).timing_of(timing), profile.pool(name).engines)
+            for name in profile.pool_names()
+        }
+        self.inboxes: dict[int, _Inbox] = {}
+        self.ids = itertools.count()
+
+
 class SimulatedLM(LM):
     """A simulated engine (see the module docstring); deterministic given ``seed`` and prompt.
 
@@ -570,6 +860,11 @@ class SimulatedLM(LM):
     that mentions queries gets :data:`QUERIES`, one that mentions claims :data:`CLAIMS`, any
     other :data:`RESPONSE`); a prompt that mentions JSON gets the lines as a JSON list of
     strings. Use ``timing=TimingModel().scaled(0.01)`` to run 100 times faster.
+
+    ``profile`` is the deployment simulated (:data:`UNBOUNDED`, one engine, by default; or
+    :data:`PAPER`, or any :class:`Profile`), and ``pool`` the pool this object's calls run on
+    (None: the profile's default pool). ``lm.for_pool("claims")`` is the same deployment seen
+    from another stage: the engines are shared, so stages compete for them as deployed.
     """
 
     name = SIMULATED_MODEL_NAME
@@ -584,6 +879,8 @@ class SimulatedLM(LM):
         default_shape: OutputShape = RESPONSE,
         sampling: Sampling | None = None,
         clock: Callable[[], float] = time.monotonic,
+        profile: Profile | str = UNBOUNDED,
+        pool: str | None = None,
     ) -> None:
         super().__init__(sampling=sampling)
         self.timing = timing if timing is not None else TimingModel()
@@ -591,22 +888,55 @@ class SimulatedLM(LM):
         self.rules = tuple(rules)
         self.default_shape = default_shape
         self._clock = clock
-        self._core = SimCore(self.timing)
-        self._inboxes: dict[int, _Inbox] = {}
-        self._ids = itertools.count()
+        self._engines = _Engines(get_profile(profile), self.timing)
+        self.pool = self._check_pool(pool)
         log.warning(
-            "altoflow: using a SIMULATED language model (%s, no real model; seed=%d, %s)",
+            "altoflow: using a SIMULATED language model (%s, no real model; seed=%d, "
+            "profile=%s, %s)",
             SIMULATED_MODEL_NAME,
             seed,
+            self.profile.name,
             self.timing,
         )
 
+    @property
+    def profile(self) -> Profile:
+        return self._engines.profile
+
+    def for_pool(self, pool: str) -> SimulatedLM:
+        """This LM with its calls on ``pool``, sharing the engines (and seed, rules, clock)."""
+        view = copy.copy(self)
+        view.pool = self._check_pool(pool)
+        return view
+
+    def _check_pool(self, pool: str | None) -> str | None:
+        if pool is not None:
+            self.profile.pool(pool)  # raises UnknownPoolError naming the pools
+        return pool
+
     def __repr__(self) -> str:
-        return f"SimulatedLM(SIMULATED, seed={self.seed}, timing={self.timing})"
+        where = f", profile={self.profile.name!r}" if self.profile is not UNBOUNDED else ""
+        if self.pool is not None:
+            where += f", pool={self.pool!r}"
+        return f"SimulatedLM(SIMULATED, seed={self.seed}{where}, timing={self.timing})"
 
     def stats(self) -> SimStats:
-        """Counts of requests and tokens so far, and what is running now."""
-        return self._core.stats()
+        """Counts of requests and tokens so far, and what is running now, over every pool."""
+        each = [pool.stats() for pool in self._engines.pools.values()]
+        return SimStats(
+            submitted=sum(s.submitted for s in each),
+            finished=sum(s.finished for s in each),
+            aborted=sum(s.aborted for s in each),
+            running=sum(s.running for s in each),
+            waiting=sum(s.waiting for s in each),
+            tokens=sum(s.tokens for s in each),
+            prefix_cache_hit_tokens=sum(s.prefix_cache_hit_tokens for s in each),
+            queued=sum(s.queued for s in each),
+        )
+
+    def pool_stats(self) -> dict[str, PoolStats]:
+        """Per pool: its engines, how many are busy, what runs and what waits."""
+        return {name: pool.stats() for name, pool in self._engines.pools.items()}
 
     def plan(self, prompt: Prompt, **sampling: Any) -> SimPlan:
         """What a generation for this prompt will write (the same every time)."""
@@ -638,35 +968,53 @@ class SimulatedLM(LM):
     ) -> AsyncGenerator[str, None]:
         return self.run_plan(self._plan(prompt, sampling))
 
-    async def run_plan(self, plan: SimPlan) -> AsyncGenerator[str, None]:
-        """Stream a plan's tokens on the timing model's schedule (closing it aborts it)."""
-        rid = next(self._ids)
-        inbox = self._inboxes[rid] = _Inbox()
-        self._pump()
-        self._core.submit(rid, prompt=plan.prompt_tokens, n_out=len(plan.tokens), now=self._clock())
+    async def run_plan(
+        self, plan: SimPlan, *, pool: str | None = None
+    ) -> AsyncGenerator[str, None]:
+        """Stream a plan's tokens on the timing model's schedule (closing it aborts it).
+
+        It runs on ``pool`` (by default this object's pool, else the profile's default).
+        """
+        name = self._check_pool(pool) if pool is not None else self.pool
+        if name is None:
+            if self.profile.default is None:
+                raise UnknownPoolError(
+                    f"the simulated profile {self.profile.name!r} has no default pool: say which "
+                    f"pool a call runs on, e.g. SimulatedLM(..., pool="
+                    f"{next(iter(self.profile.pools))!r}) or lm.for_pool(NAME), NAME one of "
+                    f"{', '.join(map(repr, self.profile.pools))}"
+                )
+            name = DEFAULT_POOL
+        engines = self._engines
+        core = engines.pools[name]
+        rid = next(engines.ids)
+        inbox = engines.inboxes[rid] = _Inbox()
+        self._pump(core)
+        core.submit(rid, prompt=plan.prompt_tokens, n_out=len(plan.tokens), now=self._clock())
         try:
             while True:
-                self._pump()
+                self._pump(core)
                 while inbox.tokens:
                     yield plan.tokens[inbox.tokens.popleft()]
                 if inbox.finished:
                     return
-                deadline = self._core.next_deadline()
+                deadline = core.next_deadline()
                 inbox.event = anyio.Event()
-                # Sleep until the core's next deadline, or until another stream's pump hands us
+                # Sleep until the pool's next deadline, or until another stream's pump hands us
                 # tokens (it sets the event), whichever comes first.
                 wait = math.inf if deadline is None else max(deadline - self._clock(), 0.0)
                 with anyio.move_on_after(wait):
                     await inbox.event.wait()
                 inbox.event = None
         finally:
-            del self._inboxes[rid]
+            del engines.inboxes[rid]
             if not inbox.finished:
-                self._core.abort(rid, self._clock())
+                core.abort(rid, self._clock())
 
-    def _pump(self) -> None:
-        for instruction in self._core.advance(self._clock()):
-            inbox = self._inboxes.get(instruction.rid)
+    def _pump(self, core: SimPool) -> None:
+        inboxes = self._engines.inboxes
+        for instruction in core.advance(self._clock()):
+            inbox = inboxes.get(instruction.rid)
             if inbox is None:
                 continue
             if isinstance(instruction, TokenDue):

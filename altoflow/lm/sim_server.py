@@ -8,7 +8,13 @@ one such server in its own process, so that only orchestration differs between t
 It says that it is simulated everywhere: the model is always ``altoflow-simulated`` (whatever
 the request asked for), ``system_fingerprint`` is ``altoflow-simulated`` in every response and
 chunk, every response has the header ``X-Altoflow-Simulated: true``, and it logs a warning at
-start. ``GET /altoflow/stats`` (not an OpenAI endpoint) returns the engine's counters.
+start. ``GET /altoflow/stats`` (not an OpenAI endpoint) returns the engine's counters, in all
+and per pool.
+
+``--profile`` chooses the deployment simulated (:data:`altoflow.lm.sim.PROFILES`): ``unbounded``
+(the default) is one engine for every request; ``paper`` is the ALTO paper's pools of engines
+per LM stage. A request picks its pool with its model name, ``"sim/<pool>"``; ``GET /v1/models``
+lists the names a profile takes, and a pool it does not have is answered 404.
 
 A client that disconnects mid-stream aborts its generation: Starlette cancels the response's
 body iterator, whose ``finally`` aborts the request in the simulated engine.
@@ -27,31 +33,24 @@ from typing import Annotated, Any, Literal
 
 import anyio
 import typer
+import uvicorn
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
 
-from ._base import ChatMessage, EngineNotInstalledError, Sampling
-from .sim import SIMULATED_MODEL_NAME, SimPlan, SimulatedLM, TimingModel
-
-# The server's libraries come with the 'sim' extra. This module imports without them, so that
-# the CLI can register `sim-lm` anyway; using the server without them says what to install.
-try:
-    import uvicorn
-    from starlette.applications import Starlette
-    from starlette.requests import Request
-    from starlette.responses import JSONResponse, Response, StreamingResponse
-    from starlette.routing import Route
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    _missing: ImportError | None = exc
-else:
-    _missing = None
-
-
-def _require_server_libraries() -> None:
-    if _missing is not None:
-        raise EngineNotInstalledError(
-            "altoflow sim-lm", _missing.name or "starlette", "sim", _missing
-        ) from _missing
-
+from ._base import ChatMessage, Sampling
+from .sim import (
+    PROFILES,
+    SIMULATED_MODEL_NAME,
+    Profile,
+    SimPlan,
+    SimulatedLM,
+    TimingModel,
+    UnknownPoolError,
+    get_profile,
+)
 
 __all__ = ["create_app", "serve", "sim_lm_command"]
 
@@ -147,8 +146,8 @@ class _ChatRequest(_Common):
 
 
 def create_app(lm: SimulatedLM) -> Starlette:
-    """The ASGI app serving ``lm`` (a :class:`SimulatedLM`)."""
-    _require_server_libraries()
+    """The ASGI app serving ``lm`` (a :class:`SimulatedLM`) and every pool of its profile."""
+    profile = lm.profile
 
     async def models(request: Request) -> Response:
         return _json(
@@ -156,18 +155,28 @@ def create_app(lm: SimulatedLM) -> Starlette:
                 "object": "list",
                 "data": [
                     {
-                        "id": SIMULATED_MODEL_NAME,
+                        "id": model,
                         "object": "model",
                         "created": 0,
                         "owned_by": "altoflow",
                         "simulated": True,
+                        "profile": profile.name,
                     }
+                    for model in profile.models()
                 ],
             }
         )
 
     async def stats(request: Request) -> Response:
-        return _json({"simulated": True, **lm.stats()._asdict()})
+        return _json(
+            {
+                "simulated": True,
+                **lm.stats()._asdict(),
+                "profile": profile.name,
+                "pools": {name: s._asdict() for name, s in lm.pool_stats().items()},
+                "replicas": dict(profile.replicas),
+            }
+        )
 
     async def health(request: Request) -> Response:
         return _json({"status": "ok", "simulated": True})
@@ -224,10 +233,14 @@ async def _respond(
     max_tokens: int | None,
 ) -> Response:
     try:
+        pool = lm.profile.pool_for(req.model)
+    except UnknownPoolError as exc:
+        return _error(404, str(exc), param="model", code="model_not_found")
+    try:
         plan = lm._plan(prompt, req.sampling(max_tokens))
     except ValueError as exc:
         return _error(400, str(exc))
-    responder = _Responder(lm, req, not isinstance(prompt, str))
+    responder = _Responder(lm.for_pool(pool), req, not isinstance(prompt, str))
     if req.stream:
         return StreamingResponse(
             responder.events(plan),
@@ -351,14 +364,16 @@ def _json(body: dict[str, Any], status: int = 200) -> JSONResponse:
     return JSONResponse(body, status_code=status, headers=SIMULATED_HEADERS)
 
 
-def _error(status: int, message: str, *, param: str | None = None) -> JSONResponse:
+def _error(
+    status: int, message: str, *, param: str | None = None, code: str | None = None
+) -> JSONResponse:
     return _json(
         {
             "error": {
                 "message": message,
                 "type": "invalid_request_error",
                 "param": param,
-                "code": status,
+                "code": code if code is not None else status,
             }
         },
         status=status,
@@ -374,19 +389,22 @@ def serve(
     model: TimingModel | None = None,
     seed: int = 0,
     *,
+    profile: Profile | str = "unbounded",
     log_level: str = "info",
 ) -> None:
-    """Serve a :class:`SimulatedLM` with ``model``'s timing until interrupted (blocks)."""
-    _require_server_libraries()
+    """Serve a :class:`SimulatedLM` with ``model``'s timing and ``profile``'s pools until
+    interrupted (blocks)."""
     timing = model if model is not None else TimingModel()
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s %(name)s: %(message)s")
-    lm = SimulatedLM(timing, seed=seed)
+    lm = SimulatedLM(timing, seed=seed, profile=profile)
     log.warning(
-        "altoflow sim-lm: serving a SIMULATED language model (no real model) as %r at "
-        "http://%s:%d/v1",
-        SIMULATED_MODEL_NAME,
+        "altoflow sim-lm: serving a SIMULATED language model (no real model) as %s at "
+        "http://%s:%d/v1 (profile %r: %s)",
+        ", ".join(map(repr, lm.profile.models())),
         host,
         port,
+        lm.profile.name,
+        lm.profile.about,
     )
     config = uvicorn.Config(
         create_app(lm), host=host, port=port, log_level=log_level, access_log=False, lifespan="off"
@@ -403,6 +421,14 @@ def sim_lm_command(
     seed: Annotated[
         int, typer.Option(help="Seed of the simulated text (outputs are deterministic given it).")
     ] = 0,
+    profile: Annotated[
+        str,
+        typer.Option(
+            help="Deployment simulated: "
+            + "; ".join(f"{p.name} ({p.about})" for p in PROFILES.values())
+            + ". A request picks its pool by model name: 'sim/<pool>'."
+        ),
+    ] = "unbounded",
     ttft: Annotated[
         float, typer.Option(help="Fixed part of the time to first token, seconds.")
     ] = _DEFAULT.ttft_s,
@@ -416,7 +442,11 @@ def sim_lm_command(
         float, typer.Option(help="Relative slowdown of a decode step per extra running request.")
     ] = _DEFAULT.batch_slowdown,
     max_batch: Annotated[
-        int, typer.Option(help="Requests running at once; more wait in a queue.")
+        int,
+        typer.Option(
+            help="Requests running at once per engine; more wait in that engine's queue "
+            "(a profile's pool may set its own)."
+        ),
     ] = _DEFAULT.max_batch,
     prefix_cache_blocks: Annotated[
         int, typer.Option(help="Prefix cache size in blocks of 16 prompt tokens; 0 turns it off.")
@@ -430,7 +460,7 @@ def sim_lm_command(
 ) -> None:
     """Serve a SIMULATED LM (no real model) with an OpenAI-compatible API, for benchmarks and demos.
 
-    The defaults are calibrated to the ALTO paper's Table 1; see altoflow.lm.sim.
+    Timing: the ALTO paper's Table 1. --profile paper: its deployment. See docs/simulator.md.
     """
     try:
         timing = TimingModel(
@@ -441,9 +471,10 @@ def sim_lm_command(
             max_batch=max_batch,
             prefix_cache_blocks=prefix_cache_blocks,
         ).scaled(time_scale)
+        get_profile(profile)
     except ValueError as exc:
         raise typer.BadParameter(str(exc)) from exc
-    serve(host, port, timing, seed, log_level=log_level)
+    serve(host, port, timing, seed, profile=profile, log_level=log_level)
 
 
 if __name__ == "__main__":
