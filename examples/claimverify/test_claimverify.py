@@ -165,3 +165,10 @@ def test_served_equals_in_process():
     for got, want in zip(served, expected):
         assert got.to_dict() == want.to_dict()
         check_report(got, oracle=False)
+
+
+def test_readme_graph_is_the_compiled_graph():
+    readme = (HERE / "README.md").read_text()
+    block = readme.split("<!-- gen:graph -->\n```text\n", 1)[1].split("\n```\n<!-- /gen -->", 1)[0]
+    shown = CliRunner().invoke(cli_app, ["compile", APP, "--show-graph"]).output
+    assert block == shown.rstrip("\n"), "README.md is stale: python examples/gen_readmes.py"
