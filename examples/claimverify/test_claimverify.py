@@ -12,13 +12,16 @@ import asyncio
 import importlib.util
 import json
 import sys
+import threading
 from pathlib import Path
 
+import anyio
 import pytest
 from typer.testing import CliRunner
 
 import altoflow as af
 from altoflow.cli import app as cli_app
+from altoflow.lm import LM
 from altoflow.retrieval import MissingExtraError
 
 HERE = Path(__file__).resolve().parent
@@ -172,3 +175,47 @@ def test_readme_graph_is_the_compiled_graph():
     block = readme.split("<!-- gen:graph -->\n```text\n", 1)[1].split("\n```\n<!-- /gen -->", 1)[0]
     shown = CliRunner().invoke(cli_app, ["compile", APP, "--show-graph"]).output
     assert block == shown.rstrip("\n"), "README.md is stale: python examples/gen_readmes.py"
+
+
+class ScriptedLM(LM):
+    """An LM that holds its second claim back until the first claim's queries were asked for,
+    so the request only finishes if ``claims`` passes a claim on before its LM has finished."""
+
+    name = "scripted"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queries_asked = threading.Event()
+
+    async def _generate(self, prompt, sampling):
+        if prompt.startswith("List the factual claims"):
+            yield "- The with statement calls __enter__ and __exit__.\n"
+            for _ in range(1000):  # ten seconds at most, then the test fails
+                if self.queries_asked.is_set():
+                    break
+                await anyio.sleep(0.01)
+            else:
+                raise AssertionError("the first claim was not passed on while its LM was writing")
+            yield "- Format strings are written with an f prefix.\n"
+        elif prompt.startswith("Write two or three search queries"):
+            self.queries_asked.set()
+            yield "with statement context manager\nformatted string literals\n"
+        elif prompt.startswith("Judge the claim"):
+            yield "SUPPORTED [2]"
+        else:
+            yield "The with statement manages a context; f-strings format values."
+
+
+def test_claims_stream_on_before_the_lm_has_finished(monkeypatch):
+    scripted = ScriptedLM()
+    monkeypatch.setattr(cv, "lm", lambda: scripted)
+    result = af.run(af.Pipeline.from_module(cv), question=QUESTIONS[0])
+    report = result["report"]
+    assert [r["claim"] for r in report] == [
+        "The with statement calls __enter__ and __exit__.",
+        "Format strings are written with an f prefix.",
+    ]
+    for record in report:
+        assert record["verdict"] == "supported"
+        assert record["cited"] == [record["evidence"][1]["id"]]  # "[2]": the second passage
+        assert record["lm"] == "scripted" and record["simulated"] is False
