@@ -6,8 +6,9 @@ of them at once (map); ``ops.collect`` gathers one request's summaries in retrie
 (reduce); and a last LM call writes the answer from the numbered summaries, citing them.
 
 The corpus is ``pydoc_data.topics``, the help topics that ship with Python, cut into passages of
-a paragraph or a few: no download, no network. The LM comes from the ``ALTOFLOW_LM*``
-variables (the simulated engine unless they say otherwise; see ``altoflow.lm.settings``).
+a paragraph or a few: no download, no network (``ALTOFLOW_CORPUS=foldoc`` searches Debian's FOLDOC
+dictionary instead). The LM comes from the ``ALTOFLOW_LM*`` variables (the simulated engine
+unless they say otherwise; see ``altoflow.lm.settings``).
 
     altoflow compile examples/ragmapreduce/app.py
     altoflow run examples/ragmapreduce/app.py --input "$(cat examples/ragmapreduce/input.json)"
@@ -17,10 +18,9 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import os
 import re
 import weakref
-
-from pydoc_data.topics import topics
 
 from altoflow import ops, stage
 from altoflow.lm import LM, lm_from_env
@@ -38,8 +38,8 @@ Passage {id}:
 Summary:"""
 
 ANSWER_PROMPT = """\
-Answer the question from the numbered notes below, each a summary of one passage of the Python \
-documentation. Cite every note you use by its number in brackets, like [2].
+Answer the question from the numbered notes below, each a summary of one retrieved passage. \
+Cite every note you use by its number in brackets, like [2].
 
 Question: {question}
 
@@ -70,14 +70,33 @@ def split_passages(text: str, min_words: int = PASSAGE_WORDS) -> list[str]:
     return passages
 
 
-@functools.cache
-def index() -> BM25Index:
-    """BM25 over every passage of Python's help topics; ids are ``topic/n``."""
+def corpus() -> tuple[list[str], list[str]]:
+    """The ids and texts of the passages to search: ``ALTOFLOW_CORPUS`` (``pydoc`` or ``foldoc``)."""
+    name = os.environ.get("ALTOFLOW_CORPUS", "pydoc").strip().lower() or "pydoc"
+    if name == "foldoc":
+        from altoflow.retrieval import load_foldoc
+
+        entries = load_foldoc()
+        return [e.id for e in entries], [e.text for e in entries]
+    if name != "pydoc":
+        raise ValueError(
+            f"ALTOFLOW_CORPUS={name!r} names no corpus; set it to pydoc (Python's help topics, "
+            "the default) or foldoc (Debian's dict-foldoc)"
+        )
+    from pydoc_data.topics import topics
+
     ids, texts = [], []
     for topic, text in topics.items():
         for n, passage in enumerate(split_passages(text)):
             ids.append(f"{topic}/{n}")
             texts.append(passage)
+    return ids, texts
+
+
+@functools.cache
+def index() -> BM25Index:
+    """BM25 over the corpus, built once per process on first use."""
+    ids, texts = corpus()
     return BM25Index.build(texts, ids=ids)
 
 

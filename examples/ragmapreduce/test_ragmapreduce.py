@@ -35,7 +35,8 @@ app = _load_app()
 
 @pytest.fixture(autouse=True)
 def fast_simulated_lm(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ALTOFLOW_LM", "ALTOFLOW_LM_URL", "ALTOFLOW_LM_MODEL", "ALTOFLOW_LM_SEED"):
+    for name in ("ALTOFLOW_LM", "ALTOFLOW_LM_URL", "ALTOFLOW_LM_MODEL", "ALTOFLOW_LM_SEED",
+                 "ALTOFLOW_CORPUS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ALTOFLOW_LM_SPEED", "100")
 
@@ -68,6 +69,28 @@ def test_the_index_covers_every_help_topic() -> None:
     ids = app.index().ids
     assert {i.split("/")[0] for i in ids} == set(topics)
     assert app.index().search("context manager __enter__ __exit__", 1)[0].id.startswith("with/")
+
+
+def test_an_unknown_corpus_is_named_with_the_choices(monkeypatch) -> None:
+    monkeypatch.setenv("ALTOFLOW_CORPUS", "wikipedia")
+    with pytest.raises(ValueError, match="ALTOFLOW_CORPUS='wikipedia' names no corpus; set it to pydoc"):
+        app.corpus()
+
+
+def test_foldoc_is_the_other_corpus(monkeypatch) -> None:
+    from altoflow.retrieval import CorpusNotFoundError, load_foldoc
+
+    try:
+        load_foldoc()
+    except CorpusNotFoundError:
+        pytest.skip("FOLDOC is not installed (apt-get install dict-foldoc)")
+    monkeypatch.setenv("ALTOFLOW_CORPUS", "foldoc")
+    app.index.cache_clear()
+    try:
+        hits = list(app.passages(question="What is a compiler?", k=3))
+    finally:
+        app.index.cache_clear()
+    assert len(hits) == 3 and any("compiler" in h["text"].lower() for h in hits)
 
 
 def test_one_summary_per_retrieved_passage_and_the_answer_cites_them_all() -> None:
