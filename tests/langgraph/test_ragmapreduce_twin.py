@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import importlib.util
+import inspect
 import json
 import sys
 from pathlib import Path
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 
 import altoflow as af
+from altoflow.compiler import load_target
 
 pytest.importorskip("langgraph")
 
@@ -44,3 +46,12 @@ def test_twin_gives_the_apps_answer(fields) -> None:
     assert [s["id"] for s in got["summary"]] == got["answer"]["sources"]
     # The simulated LM's text depends only on the prompt and the seed: the same answer.
     assert got == want
+
+
+def test_twin_takes_the_apps_request_fields_with_the_same_defaults() -> None:
+    schema = load_target(APP).compiled.plan.request_schema
+    params = inspect.signature(_load_twin().run).parameters
+    assert set(params) == set(schema["properties"])
+    for name, param in params.items():
+        default = schema["properties"][name].get("default", inspect.Parameter.empty)
+        assert (list(param.default) if isinstance(param.default, tuple) else param.default) == default, name
