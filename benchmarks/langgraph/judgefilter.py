@@ -76,7 +76,8 @@ def in_written_order(judgements: list[dict]) -> list[dict]:
 
 
 def select(state: State) -> dict:
-    kept = [j for j in in_written_order(state.get("judgements", [])) if app.passed(j)]
+    graded = [app.kept(judgement=j) for j in in_written_order(state.get("judgements", []))]
+    kept = [g for g in graded if app.passed(g)]
     # sorted() is stable: equal grades keep the order they were written in.
     best = sorted(kept, key=app.score, reverse=True)[: app.BEST]
     return {"kept": kept, "best": best}

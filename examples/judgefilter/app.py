@@ -119,8 +119,8 @@ async def judgement(
 
 @stage(aggregate=ops.filter(passed), over="candidate", fanout="kept", output=True)
 def kept(judgement: dict) -> dict:
-    """The candidates that passed, in the order they were written."""
-    return judgement
+    """The candidates that passed, in the order they were written, with their grades."""
+    return {key: judgement[key] for key in ("candidate", "score", "passed")}
 
 
 @stage(aggregate=ops.topk(BEST, key=score), over="kept")
