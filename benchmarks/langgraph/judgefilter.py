@@ -5,8 +5,11 @@ prompts, line cleaning, grading and ranking, the same LM through ``lm_from_env``
 by LangGraph: a ``generate`` node that collects the candidates, one ``judge`` task per candidate
 sent with ``Send`` (they run concurrently), an ``operator.add`` reducer that gathers the
 judgements, and a ``select`` node that filters and ranks them once they are all in.
-``await run(question=..., n=..., min_score=...)`` returns what ``altoflow.run`` returns for the
-app, as ``Result.to_dict()`` shows it.
+
+A node's result moves on only when the node returns, so the candidates reach ``judge`` after
+the LM has written all of them, where altoflow judges each one as soon as its line is written:
+that is the difference the benchmark measures. ``await run(question=..., n=..., min_score=...)``
+returns what ``altoflow.run`` returns for the app, as ``Result.to_dict()`` shows it.
 """
 
 import importlib.util

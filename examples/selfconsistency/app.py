@@ -119,7 +119,7 @@ async def reasoning(seeds: int, question: str, options: tuple[str, ...] = ()) ->
     listed = OPTIONS_LINE.format(options=", ".join(options)) if options else ""
     text = await engine.complete(
         REASONING_PROMPT.format(question=question, options=listed),
-        seed=seeds, temperature=TEMPERATURE, max_tokens=160,
+        seed=seeds, temperature=TEMPERATURE, max_tokens=320,
     )
     return {"path": seeds, "text": text.strip(), "lm": engine.name}
 
