@@ -78,7 +78,7 @@ def in_written_order(judgements: list[dict]) -> list[dict]:
     return [j["judgement"] for j in sorted(judgements, key=operator.itemgetter("index"))]
 
 
-def select(state: State) -> dict:
+async def select(state: State) -> dict:
     graded = [app.kept(judgement=j) for j in in_written_order(state.get("judgements", []))]
     kept = [g for g in graded if app.passed(g)]
     # sorted() is stable: equal grades keep the order they were written in.

@@ -46,7 +46,7 @@ class PassageTask(TypedDict):
     passage: dict
 
 
-async def retrieve(state: State) -> dict:
+def retrieve(state: State) -> dict:  # CPU-bound: LangGraph runs it on its thread pool
     return {"passages": list(app.passages(question=state["question"], k=state["k"]))}
 
 

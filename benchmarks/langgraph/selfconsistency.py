@@ -64,7 +64,7 @@ async def sample(task: PathTask) -> dict:
     return {"paths": [{"reasoning": reasoning, "answer": answer}]}
 
 
-def vote(state: State) -> dict:
+async def vote(state: State) -> dict:
     answers = [path["answer"] for path in state["paths"]]
     votes = sum((app.votes(answer=a) for a in answers), Counter())
     return {"winner": app.winner(votes=votes, ballots=len(answers), options=state["options"])}
