@@ -21,6 +21,9 @@ import functools
 import os
 import re
 import weakref
+from typing import Annotated
+
+from pydantic import Field
 
 from altoflow import ops, stage
 from altoflow.lm import LM, lm_from_env
@@ -117,7 +120,7 @@ def lm() -> LM:
 
 
 @stage(fanout="passage")
-def passages(question: str, k: int = 4):
+def passages(question: str, k: Annotated[int, Field(ge=1, le=50)] = 4):
     """The ``k`` best passages for the question, best first."""
     for hit in index().search(question, k):
         yield {"id": hit.id, "score": round(hit.score, 3), "text": hit.text}
@@ -142,7 +145,7 @@ async def answer(summaries: list[dict], question: str) -> dict:
     """The answer, written from every summary; ``sources[i]`` is the passage of note ``[i+1]``."""
     engine = lm()
     if not summaries:
-        return {"answer": "No passage of the documentation matches the question.",
+        return {"answer": "No passage of the corpus matches the question.",
                 "sources": [], "lm": engine.name}
     notes = "\n".join(f"[{i}] {s['summary']}" for i, s in enumerate(summaries, start=1))
     text = await engine.complete(

@@ -122,6 +122,11 @@ def test_a_question_that_matches_nothing_gets_no_summaries_and_says_so() -> None
     assert "No passage" in result["answer"]["answer"]
 
 
+def test_k_must_be_at_least_one() -> None:
+    with pytest.raises(af.InputError, match="k"):
+        af.run(TARGET, question="lambda", k=0)
+
+
 @pytest.mark.timeout(240)
 def test_served_result_equals_altoflow_run() -> None:
     requests = [EXAMPLE, {"question": "How are exceptions raised and caught?", "k": 3},
