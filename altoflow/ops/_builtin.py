@@ -1,4 +1,4 @@
-"""The built-in operators of design section 8."""
+"""The built-in operators: sum, count, min, max, mean, collect, concat, topk, filter, first, any, all, reduce."""
 
 from __future__ import annotations
 
