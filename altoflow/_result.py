@@ -32,7 +32,7 @@ class Event:
         return getattr(self, key, default)
 
     def to_json(self) -> dict[str, Any]:
-        """The NDJSON object of design section 6 (``value`` as given; encode it yourself)."""
+        """The NDJSON object that ``POST /v1/run`` streams (``value`` as given; encode it yourself)."""
         if self.type == "output":
             return {"type": "output", "stage": self.stage, "ancestry": self.ancestry,
                     "value": self.value}

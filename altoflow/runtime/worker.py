@@ -1,9 +1,9 @@
 """A replica: one process running one stage, connected to the router by one socket.
 
-``run_worker(target, stage, slot, connect=...)``, which ``altoflow worker`` (and
-``python -m altoflow.runtime.worker``, the same command line) calls. It loads the target, creates a class stage's instance
-(``__init__`` runs once, before the replica announces itself), says HELLO, and then serves
-frames until the router goes away or says SHUTDOWN:
+``run_worker(target, stage, slot, connect=...)``, which ``altoflow worker`` (and ``python -m
+altoflow.runtime.worker``, the same command line) calls, loads the target, creates a class
+stage's instance (``__init__`` runs once, before the replica announces itself), says HELLO, and
+then serves frames until the router goes away or says SHUTDOWN:
 
 - DATA: run the stage on one input, with up to ``concurrency`` invocations at a time; every
   output goes back as a DATA frame the moment it exists, then an ACK with the status;
