@@ -1,6 +1,7 @@
 """altoflow: serve compound AI pipelines written as decorated Python functions.
 
-The public surface is listed in ``__all__`` (design section 8); everything else is internal.
+The public surface is listed in ``__all__`` (docs/architecture.md, "The public contract");
+everything else is internal.
 """
 
 from altoflow import ops

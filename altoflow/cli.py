@@ -35,12 +35,16 @@ def _fail(message: str, code: int) -> NoReturn:
     raise typer.Exit(code)
 
 
-def _load(target: str) -> Any:
-    from altoflow.compiler import load_target
-
+def _cwd_on_path() -> None:
     # Like uvicorn (--app-dir .): a module target is looked up from the current directory.
     if "" not in sys.path and os.getcwd() not in sys.path:
         sys.path.insert(0, os.getcwd())
+
+
+def _load(target: str) -> Any:
+    from altoflow.compiler import load_target
+
+    _cwd_on_path()
     try:
         pipeline = load_target(target)
         return pipeline.compiled
@@ -199,14 +203,22 @@ def worker(
     connect: str = typer.Option(..., "--connect", help="The router: HOST:PORT, or a UNIX socket path."),
     secret_file: Optional[str] = typer.Option(None, "--secret-file",
                                               help="Shared secret for TCP (or ALTOFLOW_SECRET)."),
+    allow_pickle: bool = typer.Option(False, "--allow-pickle",
+                                      help="As the router's `serve --allow-pickle` (local sockets only)."),
+    barrier: bool = typer.Option(False, "--barrier", help="As the router's `serve --barrier`."),
 ) -> None:
     """Run one replica of a stage, connected to a router (`serve` starts local ones for you)."""
-    from altoflow.runtime.worker import main as worker_main
+    from altoflow.runtime.worker import WorkerError, run_worker
 
-    args = ["--target", target, "--stage", stage, "--slot", str(slot), "--connect", connect]
-    if secret_file:
-        args += ["--secret-file", secret_file]
-    worker_main(args)
+    secret = _secret(secret_file)
+    _cwd_on_path()
+    try:
+        run_worker(target, stage, slot, connect=connect, secret=secret, allow_pickle=allow_pickle,
+                   barrier=barrier)
+    except CompileError as exc:
+        _fail(str(exc), 2)
+    except WorkerError as exc:  # WorkerStartError included: it did not get in, or lost its router
+        _fail(str(exc), 1)
 
 
 def _register_sim_lm() -> None:

@@ -1,7 +1,7 @@
 """How fast is the in-process reference executor (``altoflow.run``)?
 
-The issue asks that it "must not be silly: 10k items through a 5-stage pipeline in-process in
-seconds, not minutes". This script times exactly that, for three 5-stage pipelines of the same
+It should not be silly: 10k items through a 5-stage pipeline in-process should take seconds,
+not minutes. This script times exactly that, for three 5-stage pipelines of the same
 shape (a source that fans out N items, three maps, a sum aggregate over the items):
 
 - ``async``: every stage is ``async def`` (the source an async generator);
@@ -12,8 +12,8 @@ Two floors without altoflow put these in proportion: ``floor-py`` runs the same 
 as a plain Python loop, and ``floor-threads`` makes the same 5N ``anyio.to_thread.run_sync`` hops
 as the sync pipeline, one after another (the executor can overlap stages; the floor cannot).
 
-The variants are run interleaved (async, sync, mixed, async, sync, mixed, ...) as
-``/work/shared/benchmarks.md`` asks, since this machine class is shared and noisy; each run's
+The variants are run interleaved (async, sync, mixed, async, sync, mixed, ...) by the shared
+``benchmarks/_stats.py``, since this machine class is shared and noisy; each run's
 result is checked against plain Python, so a broken run is never timed as a fast one. Prints a
 table (median and min-max seconds, items/s at the median) and writes the raw numbers as JSON.
 
@@ -32,7 +32,6 @@ import json
 import os
 import platform
 import pstats
-import statistics
 import sys
 import subprocess
 import time
@@ -44,6 +43,8 @@ import anyio.to_thread
 
 import altoflow as af
 from altoflow import ops, stage
+
+import _stats  # benchmarks/_stats.py, next to this script
 
 RESULTS = Path(__file__).resolve().parent / "results" / "executor.json"
 
@@ -192,21 +193,20 @@ def measure(variants: list[str], n: int, repeat: int, warmup: bool) -> dict[str,
     if warmup:  # compile the pipelines and start the thread pool outside the timings
         for v in variants:
             time_one(v, min(n, 100))
-    times: dict[str, list[float]] = {v: [] for v in variants}
-    for r in range(repeat):
-        for v in variants:  # interleaved: A B C A B C ...
-            times[v].append(time_one(v, n))
-            print(f"  round {r + 1}/{repeat} {v:<13} {times[v][-1]:8.3f} s", file=sys.stderr)
-    return times
+
+    def report(rep: int, variant: str, seconds: float, _wall: float) -> None:
+        print(f"  round {rep + 1}/{repeat} {variant:<13} {seconds:8.3f} s", file=sys.stderr)
+
+    return _stats.interleaved(repeat, variants, lambda v: time_one(v, n), report)
 
 
 def summary(times: list[float], n: int) -> dict[str, float]:
-    median = statistics.median(times)
+    s = _stats.summary(times)
     return {
-        "median_s": median,
-        "min_s": min(times),
-        "max_s": max(times),
-        "items_per_s": n / median if median > 0 else float("inf"),
+        "median_s": s["median"],
+        "min_s": s["min"],
+        "max_s": s["max"],
+        "items_per_s": n / s["median"] if s["median"] > 0 else float("inf"),
     }
 
 

@@ -34,6 +34,8 @@ from altoflow.retrieval import (
     load_foldoc,
 )
 
+import _stats  # benchmarks/_stats.py, next to this script
+
 RESULTS = Path(__file__).resolve().parent / "results" / "retrieval.json"
 
 # (query, the FOLDOC entry that answers it): the same kind of known-answer queries as the tests.
@@ -59,7 +61,7 @@ def measure(fn: Callable[[], Any], inner: int) -> tuple[float, float]:
 
 
 def summary(values: list[float]) -> dict[str, float]:
-    return {"median": statistics.median(values), "min": min(values), "max": max(values), "n": len(values)}
+    return {**_stats.summary(values), "n": len(values)}
 
 
 class Series:

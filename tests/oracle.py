@@ -2,7 +2,8 @@
 
 It shares nothing with altoflow's runtime: it evaluates one stage at a time, in topological
 order, over fully materialised item sets (no streaming, no progress tracking), straight from
-the rules of design sections 3 and 4. Slow and obviously right is the point.
+the rules in docs/architecture.md ("What the compiler infers", "Semantics every runtime keeps").
+Slow and obviously right is the point.
 """
 
 from __future__ import annotations

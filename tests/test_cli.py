@@ -427,3 +427,80 @@ def test_serve_allow_pickle_with_listen_is_refused_with_a_message(monkeypatch):
     result = cli("serve", WORDCOUNT, "--allow-pickle", "--listen", "0.0.0.0:7000")
     assert result.exit_code == 2
     assert "--allow-pickle is for local sockets only" in result.output
+
+
+# -- worker ----------------------------------------------------------------------------------
+
+SLOW = str(PIPES / "slow.py")
+
+
+@pytest.fixture
+def tcp_router():
+    """A real router listening for TCP replicas with the secret "s3cret", on its own loop."""
+    import asyncio
+    import threading
+
+    from altoflow.compiler import load_target
+    from altoflow.runtime.router import Router
+
+    loop = asyncio.new_event_loop()
+    thread = threading.Thread(target=loop.run_forever, daemon=True)
+    thread.start()
+    router = Router(load_target(SLOW).compiled)
+    port = asyncio.run_coroutine_threadsafe(router.listen_tcp("127.0.0.1", 0, b"s3cret"), loop).result(30)
+    yield router, port
+    asyncio.run_coroutine_threadsafe(router.close(), loop).result(30)
+    loop.call_soon_threadsafe(loop.stop)
+    thread.join(30)
+    loop.close()
+
+
+def test_worker_with_the_wrong_secret_exits_1_with_one_line_naming_the_fix(tcp_router, monkeypatch):
+    router, port = tcp_router
+    monkeypatch.setenv("ALTOFLOW_SECRET", "guess")
+    result = cli("worker", "--target", SLOW, "--stage", "slow", "--connect", f"127.0.0.1:{port}")
+    assert result.exit_code == 1
+    assert result.stdout == ""
+    # The router runs in this process here, so its own log line is in the same stderr.
+    ours = [line for line in result.stderr.splitlines() if not line.startswith("altoflow router:")]
+    assert len(ours) == 1, result.stderr
+    assert ours[0].startswith(f"error: replica slow#0: the router at 127.0.0.1:{port} hung up")
+    assert "share the secret" in ours[0]
+    assert router.ready()["slow"] == 0
+
+
+def test_worker_module_entry_is_the_same_command(tcp_router):
+    # The supervisor starts local replicas as `python -m altoflow.runtime.worker`.
+    _, port = tcp_router
+    env = {**os.environ, "ALTOFLOW_SECRET": "guess"}
+    proc = subprocess.run(
+        [sys.executable, "-m", "altoflow.runtime.worker", "--target", SLOW, "--stage", "slow",
+         "--slot", "1", "--connect", f"127.0.0.1:{port}"],
+        capture_output=True, text=True, timeout=60, env=env)
+    assert proc.returncode == 1
+    assert proc.stderr.startswith("error: replica slow#1: the router at"), proc.stderr
+
+
+def test_worker_of_an_unknown_stage_exits_1_listing_the_stages():
+    result = cli("worker", "--target", SLOW, "--stage", "slwo", "--connect", "/nonexistent.sock")
+    assert result.exit_code == 1
+    assert "has no stage 'slwo'" in result.stderr and "items, slow, total" in result.stderr
+
+
+def test_worker_over_tcp_without_a_secret_exits_1_naming_the_flag(monkeypatch):
+    monkeypatch.delenv("ALTOFLOW_SECRET", raising=False)
+    result = cli("worker", "--target", SLOW, "--stage", "slow", "--connect", "127.0.0.1:9")
+    assert result.exit_code == 1
+    assert "needs the shared secret (--secret-file PATH or ALTOFLOW_SECRET)" in result.stderr
+
+
+def test_worker_with_no_router_there_exits_1_saying_so(tmp_path):
+    result = cli("worker", "--target", SLOW, "--stage", "slow", "--connect", str(tmp_path / "router.sock"))
+    assert result.exit_code == 1
+    assert "cannot connect to the router at" in result.stderr and "altoflow serve" in result.stderr
+
+
+def test_worker_of_a_target_that_does_not_load_exits_2(tmp_path):
+    result = cli("worker", "--target", str(tmp_path / "nope.py"), "--stage", "x", "--connect", "/x.sock")
+    assert result.exit_code == 2
+    assert result.stderr.startswith("error: ")

@@ -125,3 +125,77 @@ def _wait_healthy(url: str, server: subprocess.Popen) -> None:
             pass
         time.sleep(0.1)
     raise AssertionError("altoflow serve did not become healthy in 60 s")
+
+
+# -- docs/architecture.md: the public contract, as the code has it -----------------------------
+
+ARCHITECTURE = ROOT / "docs" / "architecture.md"
+
+
+def _contract() -> str:
+    text = ARCHITECTURE.read_text()
+    return text[text.index("## The public contract"):text.index("## Where a change goes")]
+
+
+def test_the_readme_links_the_architecture_page() -> None:
+    assert "(docs/architecture.md)" in (ROOT / "README.md").read_text()
+
+
+def test_contract_imports_are_public_names() -> None:
+    import altoflow
+
+    line = re.search(r"`from altoflow import ([^`]+)`", _contract())
+    assert line is not None
+    names = [n.strip() for n in line.group(1).split(",")]
+    assert names == ["stage", "ops", "Pipeline", "run", "Client", "Result", "DROP", "CompileError",
+                     "StageError"]
+    assert set(names) <= set(altoflow.__all__)
+    # The extra names the page lists are exactly the rest of __all__.
+    more = _contract().split("lists these and a few more:")[1].split(")")[0]
+    listed = set(re.findall(r"`(\w+)`", more)) - {"CompileError"}  # "the `CompileError` subclasses"
+    assert listed == set(altoflow.__all__) - set(names)
+
+
+def test_contract_stage_keywords_are_the_decorators() -> None:
+    import inspect
+
+    from altoflow import stage
+
+    line = re.search(r"`@stage\(([^`]+)\)`", _contract())
+    assert line is not None
+    listed = [k.strip().rstrip("=") for k in line.group(1).replace("\n", " ").split(",") if k.strip()]
+    params = inspect.signature(stage).parameters
+    assert listed == [n for n, p in params.items() if p.kind is p.KEYWORD_ONLY]
+
+
+def test_contract_operator_identities_are_the_operators() -> None:
+    from altoflow import ops
+
+    made = {"sum": ops.sum(), "count": ops.count(), "min": ops.min(), "max": ops.max(),
+            "mean": ops.mean(), "collect": ops.collect(), "concat": ops.concat(),
+            "topk": ops.topk(3), "filter": ops.filter(bool), "first": ops.first(),
+            "any": ops.any(), "all": ops.all(), "reduce": ops.reduce(lambda a, b: a + b, "initial")}
+    text = " ".join(_contract().split())
+    order = re.findall(r"`ops\.(\w+)", text.split("Operators:")[1].split("; a bare operator")[0])
+    assert order == list(made) and set(order) == {n for n in ops.__all__ if n.islower()}
+    shown = re.search(r"in that order: (.+?)\.\s", text)
+    assert shown is not None
+    identities = [v.strip().strip("`") for v in shown.group(1).split(",")]
+    expected = [repr(op.result(op.create())) if name != "reduce" else "initial"
+                for name, op in made.items()]
+    assert identities == [e.replace("'", '"') for e in expected]
+
+
+OUTSIDE = re.compile(r"design section|design\.md|STYLE\.md|perf-notes|\bissue \d|shared/|/work/")
+
+
+# benchmarks/frames.py is left to the change that moves the wire code, which rewrites it.
+@pytest.mark.parametrize("path", [*DOCS, *sorted((ROOT / "examples").glob("*.py")),
+                                  *sorted(p for p in (ROOT / "benchmarks").rglob("*.py")
+                                          if p.name != "frames.py")],
+                         ids=lambda p: str(p.relative_to(ROOT)))
+def test_prose_stands_on_its_own(path: Path) -> None:
+    # Docs, examples and benchmarks say things themselves, or point at docs/ in this repository.
+    hits = [f"{path.name}:{i}: {line.strip()}" for i, line in enumerate(path.read_text().splitlines(), 1)
+            if OUTSIDE.search(line)]
+    assert hits == []

@@ -1,5 +1,5 @@
-"""The aggregate operators of design section 8: results, identities, and the algebra the runtimes
-rely on (any arrival order, split-and-merge, early decisions).
+"""The aggregate operators of the public contract (docs/architecture.md): results, identities,
+and the algebra the runtimes rely on (any arrival order, split-and-merge, early decisions).
 
 Each operator is checked against a plain-Python oracle over the values in ancestry order. The
 protocol is driven directly (create / add / merge / result), the way a runtime drives it, and

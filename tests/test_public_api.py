@@ -1,4 +1,5 @@
-"""The public surface: design section 8's names exist, and ``__all__`` lists exactly them."""
+"""The public surface: the contract's names (docs/architecture.md) exist, and ``__all__`` lists
+exactly them."""
 
 import inspect
 

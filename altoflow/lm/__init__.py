@@ -7,9 +7,9 @@ early or cancelling the task aborts the generation in the engine.
 
 Engines:
 
-- :class:`SimulatedLM`: simulated timing and text, for benchmarks and offline demos (no extra;
-  its OpenAI-compatible server, ``altoflow sim-lm``, needs ``altoflow[sim]``).
-- :class:`OpenAILM`: any OpenAI-compatible HTTP server (``altoflow[lm]``).
+- :class:`SimulatedLM`: simulated timing and text, for benchmarks and offline demos; also served
+  over an OpenAI-compatible HTTP API by ``altoflow sim-lm``.
+- :class:`OpenAILM`: any OpenAI-compatible HTTP server (on httpx, a core dependency).
 - :class:`LlamaCppLM`: llama.cpp in-process (``altoflow[llamacpp]``).
 - :class:`VllmLM`: vLLM in-process (``altoflow[vllm]``).
 - :class:`SGLangLM`: SGLang in-process (``altoflow[sglang]``).
@@ -19,11 +19,11 @@ Engines:
 
 Engine libraries are imported when an engine is created, never when this package is imported;
 ``OpenAILM`` is loaded on first access, as it needs httpx.
+The in-process engines' libraries (the extras) are imported when an engine is created, never
+when this package is imported.
 """
 
 from __future__ import annotations
-
-from typing import TYPE_CHECKING, Any
 
 from ._base import (
     LM,
@@ -40,6 +40,7 @@ from ._base import (
 )
 from ._text import JsonListError, JsonListParser, LineSplitter
 from .llamacpp import LlamaCppLM
+from .openai import OpenAILM
 from .settings import LMSettings, LMSettingsError, lm_from_env
 from .sglang import SGLangLM
 from .sim import (
@@ -55,9 +56,6 @@ from .sim import (
     TimingModel,
 )
 from .vllm import VllmLM
-
-if TYPE_CHECKING:
-    from .openai import OpenAILM
 
 __all__ = [
     "CLAIMS",
@@ -93,12 +91,3 @@ __all__ = [
     "lm_from_env",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    # OpenAILM needs httpx (the 'lm' extra); load it only when asked for, so that the simulated
-    # engine and the parsers work without it.
-    if name == "OpenAILM":
-        from .openai import OpenAILM
-
-        return OpenAILM
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

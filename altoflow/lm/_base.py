@@ -270,8 +270,30 @@ def _check_float(
 
 # -- streams ---------------------------------------------------------------------------------
 
+C = TypeVar("C", bound="_Closes")
 
-class LMStream(Generic[T]):
+
+class _Closes:
+    """``async with x:`` ends by ``await x.aclose()``, however the block is left."""
+
+    __slots__ = ()
+
+    async def aclose(self) -> None:
+        raise NotImplementedError
+
+    async def __aenter__(self: C) -> C:
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+
+class LMStream(_Closes, Generic[T]):
     """What ``stream``, ``stream_lines`` and ``stream_json_list`` return.
 
     An async iterator that is also an async context manager: leaving the ``async with`` block,
@@ -293,19 +315,8 @@ class LMStream(Generic[T]):
         """Stop the generation (a no-op once it has ended)."""
         await self._agen.aclose()
 
-    async def __aenter__(self) -> LMStream[T]:
-        return self
 
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
-
-
-class LM(abc.ABC):
+class LM(_Closes, abc.ABC):
     """A language model engine.
 
     ``complete(prompt)`` returns the whole text; ``stream(prompt)`` yields text deltas;
@@ -372,17 +383,6 @@ class LM(abc.ABC):
     async def aclose(self) -> None:
         """Release the engine's resources (connections, processes). Engines override this."""
         return None
-
-    async def __aenter__(self) -> LM:
-        return self
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        await self.aclose()
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"

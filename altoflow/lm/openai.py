@@ -14,21 +14,17 @@ from collections.abc import AsyncGenerator, Mapping
 from contextlib import aclosing
 from typing import Any
 
+import httpx
+
 from ._base import (
     LM,
     ChatMessage,
-    EngineNotInstalledError,
     LMConnectionError,
     LMProtocolError,
     LMResponseError,
     LMTimeoutError,
     Sampling,
 )
-
-try:
-    import httpx
-except ImportError as exc:  # pragma: no cover - exercised only without the extra
-    raise EngineNotInstalledError("OpenAILM", "httpx", "lm", exc) from exc
 
 __all__ = ["DEFAULT_TIMEOUT", "OpenAILM", "SSEDecoder", "SSEEvent"]
 

@@ -22,8 +22,9 @@ from altoflow.ops._builtin import (
     TopK,
 )
 
-# The public, lower-case names of design section 8. Each is the operator's class: calling it
-# with arguments configures it, and a bare class is instantiated by @stage when it needs none.
+# The public, lower-case names (docs/architecture.md, "The public contract"). Each is the
+# operator's class: calling it with arguments configures it, and a bare class is instantiated by
+# @stage when it needs none.
 sum = Sum
 count = Count
 min = Min

@@ -1,4 +1,4 @@
-"""The built-in operators of design section 8."""
+"""The built-in operators: sum, count, min, max, mean, collect, concat, topk, filter, first, any, all, reduce."""
 
 from __future__ import annotations
 
@@ -273,58 +273,46 @@ class First(Aggregator[Any]):
         return "ops.first" if self.pred is None else f"ops.first({_fn(self.pred)})"
 
 
-class Any_(Aggregator[bool]):
+class _Quantifier(Aggregator[bool]):
+    """``any`` and ``all``: the state stays at the empty group's answer until one value flips
+    it, and from then on the answer cannot change (it is decided)."""
+
+    empty: bool  # the answer for an empty group
+
+    def __init__(self, pred: Callable[[Any], Any] = bool) -> None:
+        self.pred = pred
+
+    def create(self) -> bool:
+        return self.empty
+
+    def add(self, state: bool, value: Any, index: Index) -> bool:
+        return state if state is not self.empty else bool(self.pred(value))
+
+    def merge(self, a: bool, b: bool) -> bool:
+        return a if a is not self.empty else b
+
+    def result(self, state: bool) -> bool:
+        return state
+
+    def decided(self, state: bool) -> bool:
+        return state is not self.empty
+
+    def __repr__(self) -> str:
+        return self.public_name if self.pred is bool else f"{self.public_name}({_fn(self.pred)})"
+
+
+class Any_(_Quantifier):
     """True if ``pred`` holds for some value; False for an empty group. Decided at the first true."""
 
     public_name = "ops.any"
-
-    def __init__(self, pred: Callable[[Any], Any] = bool) -> None:
-        self.pred = pred
-
-    def create(self) -> bool:
-        return False
-
-    def add(self, state: bool, value: Any, index: Index) -> bool:
-        return state or bool(self.pred(value))
-
-    def merge(self, a: bool, b: bool) -> bool:
-        return a or b
-
-    def result(self, state: bool) -> bool:
-        return state
-
-    def decided(self, state: bool) -> bool:
-        return state
-
-    def __repr__(self) -> str:
-        return "ops.any" if self.pred is bool else f"ops.any({_fn(self.pred)})"
+    empty = False
 
 
-class All(Aggregator[bool]):
+class All(_Quantifier):
     """True if ``pred`` holds for every value; True for an empty group. Decided at the first false."""
 
     public_name = "ops.all"
-
-    def __init__(self, pred: Callable[[Any], Any] = bool) -> None:
-        self.pred = pred
-
-    def create(self) -> bool:
-        return True
-
-    def add(self, state: bool, value: Any, index: Index) -> bool:
-        return state and bool(self.pred(value))
-
-    def merge(self, a: bool, b: bool) -> bool:
-        return a and b
-
-    def result(self, state: bool) -> bool:
-        return state
-
-    def decided(self, state: bool) -> bool:
-        return not state
-
-    def __repr__(self) -> str:
-        return "ops.all" if self.pred is bool else f"ops.all({_fn(self.pred)})"
+    empty = True
 
 
 class Reduce(Ordered):

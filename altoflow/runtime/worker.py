@@ -1,9 +1,9 @@
 """A replica: one process running one stage, connected to the router by one socket.
 
-``python -m altoflow.runtime.worker --target app.py --stage bm25 --slot 2 --connect PATH``
-(``altoflow worker`` is the same). It loads the target, creates a class stage's instance
-(``__init__`` runs once, before the replica announces itself), says HELLO, and then serves
-frames until the router goes away or says SHUTDOWN:
+``run_worker(target, stage, slot, connect=...)``, which ``altoflow worker`` (and ``python -m
+altoflow.runtime.worker``, the same command line) calls, loads the target, creates a class
+stage's instance (``__init__`` runs once, before the replica announces itself), says HELLO, and
+then serves frames until the router goes away or says SHUTDOWN:
 
 - DATA: run the stage on one input, with up to ``concurrency`` invocations at a time; every
   output goes back as a DATA frame the moment it exists, then an ACK with the status;
@@ -18,7 +18,6 @@ that wrote them was the only one running (nothing could join the write).
 
 from __future__ import annotations
 
-import argparse
 import asyncio
 import os
 import sys
@@ -34,13 +33,21 @@ from altoflow.runtime.runner import StageRunner
 _DATA = fr.Kind.DATA
 
 
+class WorkerError(Exception):
+    """A replica's connection to its router broke on a protocol error; the message says which."""
+
+
+class WorkerStartError(WorkerError):
+    """A replica could not start or was not let in by its router; the message says why and the fix."""
+
+
 class Worker:
     def __init__(self, target: str, stage: str, slot: int, codec: Codec, barrier: bool = False) -> None:
         self.compiled = load_target(target).compiled
         self.plan = self.compiled.plan
         if stage not in self.compiled.specs:
-            raise SystemExit(f"altoflow worker: {target} has no stage {stage!r}; "
-                             f"stages: {', '.join(self.plan.names)}")
+            raise WorkerStartError(f"{target} has no stage {stage!r}; pass one of its stages "
+                                   f"to --stage: {', '.join(self.plan.names)}")
         self.stage = self.plan.stage(stage)
         self.stage_index = self.plan.names.index(stage)
         self.spec = self.compiled.specs[stage]
@@ -122,6 +129,7 @@ class Worker:
             if self.secret is not None:
                 fr.verify_proof(fr.router_proof(self.secret, self.challenge, self.hello), ready.proof,
                                 peer="the router")
+            self.ready = True
         elif frame.kind == fr.Kind.CHALLENGE and self.secret is not None and self.hello is None:
             self.challenge = frame.body.nonce  # type: ignore[union-attr]
             self._hello(nonce=os.urandom(fr.NONCE_SIZE))
@@ -201,54 +209,74 @@ class Worker:
                     for frame in worker.reader.feed(data):
                         worker.handle(frame)
                 except fr.ProtocolError as exc:
-                    print(f"altoflow worker {worker.stage.name}#{worker.slot}: {exc}", file=sys.stderr)
+                    worker.error = exc  # serve() raises it once the connection is down
                     worker.transport.close()
 
             def connection_lost(self, exc: Exception | None) -> None:
                 worker.done.set()
 
         self.secret, self.challenge, self.hello = None, b"", None
-        host, sep, port = address.rpartition(":")
-        if sep and port.isdigit() and not os.path.exists(address):
-            if not secret:
-                raise SystemExit("altoflow worker: a TCP router needs the shared secret "
-                                 "(--secret-file or ALTOFLOW_SECRET)")
-            self.secret = secret
-            self.transport, _ = await loop.create_connection(Proto, host, int(port))
-            # HELLO goes out when the router's CHALLENGE arrives.
-        else:
-            self.transport, _ = await loop.create_unix_connection(Proto, address)
-            self._hello()
+        self.ready, self.error = False, None
+        me = f"replica {self.stage.name}#{self.slot}"
+        try:
+            if is_tcp(address):
+                if not secret:
+                    raise WorkerStartError(f"{me}: a TCP router needs the shared secret "
+                                           f"(--secret-file PATH or ALTOFLOW_SECRET)")
+                self.secret = secret
+                host, _, port = address.rpartition(":")
+                self.transport, _ = await loop.create_connection(Proto, host, int(port))
+                # HELLO goes out when the router's CHALLENGE arrives.
+            else:
+                self.transport, _ = await loop.create_unix_connection(Proto, address)
+                self._hello()
+        except OSError as exc:
+            raise WorkerStartError(f"{me}: cannot connect to the router at {address} ({exc}); "
+                                   f"start `altoflow serve` first (with --listen for TCP)") from exc
         await self.done.wait()
         for tasks in list(self.tasks.values()):
             for task in tasks:
                 task.cancel()
         self.transport.close()
+        if not self.ready:
+            why = f" ({self.error})" if self.error is not None else ""
+            raise WorkerStartError(
+                f"{me}: the router at {address} hung up before letting it in{why}; check that "
+                f"router and replica share the secret and the target, and that slot {self.slot} "
+                f"is not taken (the router's log says which)") from self.error
+        if self.error is not None:
+            raise WorkerError(f"{me}: {self.error}") from self.error
 
 
-def main(argv: list[str] | None = None) -> None:
-    ap = argparse.ArgumentParser(prog="altoflow worker", description=__doc__.splitlines()[0])
-    ap.add_argument("--target", required=True)
-    ap.add_argument("--stage", required=True)
-    ap.add_argument("--slot", type=int, default=0)
-    ap.add_argument("--connect", required=True, help="the router's UNIX socket path, or HOST:PORT")
-    ap.add_argument("--secret-file", help="file holding the shared secret (TCP); or ALTOFLOW_SECRET")
-    ap.add_argument("--allow-pickle", action="store_true")
-    ap.add_argument("--barrier", action="store_true", help="hold outputs until each invocation returns")
-    args = ap.parse_args(argv)
-    secret = (open(args.secret_file, "rb").read().strip() if args.secret_file
-              else os.environ.get("ALTOFLOW_SECRET", "").encode())
-    tcp = not os.path.exists(args.connect) and ":" in args.connect
-    worker = Worker(args.target, args.stage, args.slot,
-                    Codec(allow_pickle=args.allow_pickle, transport="tcp" if tcp else "unix"),
-                    barrier=args.barrier)
+def is_tcp(address: str) -> bool:
+    """``HOST:PORT`` is a TCP address, unless a file of that name exists (a UNIX socket path)."""
+    _, sep, port = address.rpartition(":")
+    return bool(sep) and port.isdigit() and not os.path.exists(address)
+
+
+def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: bytes = b"",
+               allow_pickle: bool = False, barrier: bool = False) -> None:
+    """Run one replica of ``stage`` until its router at ``connect`` (a UNIX socket path, or
+    HOST:PORT over TCP with the router's shared ``secret``) says SHUTDOWN or goes away.
+
+    Raises ``CompileError`` if the target does not load, ``WorkerStartError`` if the replica
+    cannot start or is not let in, and ``WorkerError`` if the connection breaks on a protocol
+    error later.
+    """
+    transport = "tcp" if is_tcp(connect) else "unix"
+    worker = Worker(target, stage, slot, Codec(allow_pickle=allow_pickle, transport=transport),
+                    barrier=barrier)
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:
-        asyncio.run(worker.serve(args.connect, secret))
+        asyncio.run(worker.serve(connect, secret))
     else:
-        uvloop.run(worker.serve(args.connect, secret))
+        uvloop.run(worker.serve(connect, secret))
 
 
 if __name__ == "__main__":
-    main()
+    # The supervisor starts replicas as `python -m altoflow.runtime.worker ARGS`: the flags of
+    # `altoflow worker`, parsed by that command.
+    from altoflow.cli import app
+
+    app(["worker", *sys.argv[1:]], prog_name="altoflow")

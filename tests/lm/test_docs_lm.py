@@ -49,8 +49,11 @@ def test_each_engine_has_a_snippet_that_compiles(engine: str) -> None:
 
 def test_each_engine_names_its_install_extra() -> None:
     section = lm_section()
-    for extra in ("lm", "sim", "llamacpp", "vllm", "sglang"):
+    for extra in ("llamacpp", "vllm", "sglang"):
         assert f"pip install 'altoflow[{extra}]'" in section
+    # The simulated and HTTP engines run on core dependencies: no extra of theirs to name.
+    for gone in ("lm", "sim"):
+        assert f"altoflow[{gone}]" not in section
 
 
 @pytest.mark.anyio

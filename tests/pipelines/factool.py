@@ -1,4 +1,4 @@
-"""The pipeline of design section 2 (FacTool-style claim verification), with plain-Python parts."""
+"""A FacTool-style claim-verification pipeline, with plain-Python parts."""
 
 from altoflow import ops, stage
 

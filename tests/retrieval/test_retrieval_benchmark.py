@@ -15,7 +15,9 @@ pytest.importorskip("colbert")
 SCRIPT = Path(__file__).resolve().parents[2] / "benchmarks" / "retrieval.py"
 
 
-def test_quick_run_writes_json(foldoc, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+def test_quick_run_writes_json(foldoc, tmp_path: Path, capsys: pytest.CaptureFixture[str],
+                               monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(SCRIPT.parent))  # as when run as a script: it imports _stats
     spec = importlib.util.spec_from_file_location("retrieval_benchmark", SCRIPT)
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
