@@ -159,7 +159,7 @@ def test_colbert_reranks_when_installed(monkeypatch):
 
 
 def test_served_equals_in_process():
-    from altoflow.runtime.serve import ServedIngress
+    from altoflow.server.served import ServedIngress
     from altoflow.server import create_app, serve_in_thread
 
     expected = [af.run(APP, question=q) for q in QUESTIONS[:2]]
