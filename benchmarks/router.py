@@ -16,7 +16,7 @@ repetition with fresh processes; every number is the median and min-max over the
               `echo`: DATA out, DATA and ACK back; no router. The worker's own cost (task per
               invocation, codec, stage runner, the ACK frame) over the floor.
   bare        the direct client and echo with a third process between them that splits frames
-              off the stream (FrameReader.feed_raw: the 32-byte header only), picks the
+              off the stream (FrameReader.feed_raw: the 24-byte header only), picks the
               destination socket by the header's stage, and writes the original bytes, coalesced
               into one write per socket per event-loop turn. The floor for a Python router.
   router-1    altoflow's Router (this process, driven in-process with router.submit) and one
@@ -182,7 +182,7 @@ async def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
 
 async def echo_main(path: str) -> None:
     """Connects to `path`, says HELLO (stage 1), answers every DATA frame with a new one (stage 0)."""
-    from altoflow.runtime import frames as fr
+    from altoflow import wire as fr
 
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -215,7 +215,7 @@ async def echo_main(path: str) -> None:
                 done.set_result(None)
 
     transport, _ = await loop.create_unix_connection(Echo, path)
-    transport.write(fr.encode_frame(fr.Kind.HELLO, stage=1, body=fr.Hello(stage="echo", replica_id=1)))
+    transport.write(fr.encode_frame(fr.Kind.HELLO, stage=1, body=fr.Hello(stage="echo", slot=1)))
     await done
 
 
@@ -226,7 +226,7 @@ async def forward_main(path: str) -> None:
     echo 1); the client gets READY once both are there. Writes are coalesced into one buffer
     per destination socket and written once per event-loop turn. Nothing else.
     """
-    from altoflow.runtime import frames as fr
+    from altoflow import wire as fr
 
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -296,7 +296,7 @@ class ClientProto(asyncio.Protocol):
     """
 
     def __init__(self, connected: asyncio.Future | None = None, answer_hello: bool = False) -> None:
-        from altoflow.runtime import frames as fr
+        from altoflow import wire as fr
 
         self.fr = fr
         self.reader = fr.FrameReader()
@@ -332,7 +332,7 @@ class Peer:
         self.worker = worker
         self.done_kind = fr.Kind.ACK if worker else fr.Kind.DATA
         if worker:
-            from altoflow.runtime.codec import Codec
+            from altoflow.wire import Codec
 
             payload = Codec().encode(PAYLOAD)
             self.frame = lambda i: fr.encode_frame(fr.Kind.DATA, stage=0, request_id=i, payload=payload)
@@ -475,7 +475,7 @@ def worker_cmd(target: str, stage: str, path: str, loop: str) -> list[str]:
 
 
 async def bare_trial(p: dict) -> dict:
-    from altoflow.runtime import frames as fr
+    from altoflow import wire as fr
 
     loop = asyncio.get_running_loop()
     tmp = tempfile.mkdtemp(prefix="altoflow-bench-")
@@ -486,7 +486,7 @@ async def bare_trial(p: dict) -> dict:
         await wait_path(path, fwd)
         echo = subprocess.Popen(child_cmd("--role", "echo", "--connect", path, "--loops", p["loop"]))
         transport, proto = await loop.create_unix_connection(ClientProto, path)
-        transport.write(fr.encode_frame(fr.Kind.HELLO, stage=0, body=fr.Hello(stage="client", replica_id=0)))
+        transport.write(fr.encode_frame(fr.Kind.HELLO, stage=0, body=fr.Hello(stage="client", slot=0)))
         result = await measure_client(proto, p, [os.getpid(), fwd.pid, echo.pid], middle=1)
         result["cpu_processes"] = ["client", "forwarder", "echo"]
         transport.close()
@@ -853,8 +853,8 @@ async def breakdown_trial(p: dict) -> dict:
     import cProfile
 
     from altoflow.compiler import load_target
-    from altoflow.runtime import frames as fr
-    from altoflow.runtime.codec import Codec
+    from altoflow import wire as fr
+    from altoflow.wire import Codec
     from altoflow.runtime.router import Router, _Protocol
 
     n = p["breakdown_n"]
@@ -868,7 +868,7 @@ async def breakdown_trial(p: dict) -> dict:
         proto = _Protocol(router)
         transport = FakeTransport()
         proto.connection_made(transport)
-        proto.data_received(fr.encode_frame(fr.Kind.HELLO, stage=index, body=fr.Hello(stage=stage, replica_id=0)))
+        proto.data_received(fr.encode_frame(fr.Kind.HELLO, stage=index, body=fr.Hello(stage=stage, slot=0)))
         return proto, transport
 
     # -- router-1: one request = submit, DATA + ACK in, two events out
