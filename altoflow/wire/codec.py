@@ -422,13 +422,11 @@ _SEQUENCE_TAGS: dict[type, bytes] = {list: b"l", tuple: b"t", set: b"S", frozens
 _CONTAINER_TAGS = frozenset(b"ltSZm")
 
 
-def _read_varint(mv: memoryview, pos: int, what: str) -> tuple[int, int]:
-    read = read_uvarint(mv, pos, len(mv))
-    if read is None:
-        if len(mv) - pos >= MAX_VARINT_SIZE:
-            raise DecodeError(f"{what} is longer than {MAX_VARINT_SIZE} bytes")
-        raise DecodeError("payload is truncated")
-    return read
+def _bad_varint(mv: memoryview, pos: int, what: str) -> DecodeError:
+    # read_uvarint gave up: either the payload ends inside the varint, or it runs on too long.
+    if len(mv) - pos >= MAX_VARINT_SIZE:
+        return DecodeError(f"{what} is longer than {MAX_VARINT_SIZE} bytes")
+    return DecodeError("payload is truncated")
 
 
 def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
@@ -437,7 +435,10 @@ def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
     if byte < 0x80:  # the common case, one byte
         n, pos = byte, pos + 1
     else:
-        n, pos = _read_varint(mv, pos, "a length")
+        read = read_uvarint(mv, pos, len(mv))
+        if read is None:
+            raise _bad_varint(mv, pos, "a length")
+        n, pos = read
     if n > len(mv) - pos:
         raise DecodeError("payload is truncated")
     return n, pos
@@ -594,7 +595,10 @@ def _decode_numpy(tag: int, mv: memoryview, pos: int) -> tuple[Any, int]:
 def _read_dim(mv: memoryview, pos: int) -> tuple[int, int]:
     # Dimensions may be 0 and are not byte counts, so _read_len's bound does not apply, but a
     # dimension above the payload size would need another one of 0 and is refused too.
-    n, pos = _read_varint(mv, pos, "a numpy dimension")
+    read = read_uvarint(mv, pos, len(mv))
+    if read is None:
+        raise _bad_varint(mv, pos, "a numpy dimension")
+    n, pos = read
     if n > len(mv):
         raise DecodeError(f"numpy dimension {n} is larger than the payload")
     return n, pos

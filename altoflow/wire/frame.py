@@ -38,7 +38,7 @@ from typing import NamedTuple
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 
 from altoflow.wire import wire_pb2
-from altoflow.wire.varint import encode_uvarint, read_uvarint
+from altoflow.wire.varint import pack_uvarints, read_uvarint
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
@@ -419,6 +419,7 @@ def encode_frame(
 _ITEM_KINDS = frozenset((Kind.DATA, Kind.ACK, Kind.OPEN, Kind.FLUSH, Kind.FLUSH_DONE, Kind.CANCEL))
 _BYTE = tuple(bytes((i,)) for i in range(256))
 _OPENED = b"\x38\x01"  # field 7, varint 1
+_FLUSH = Kind.FLUSH
 
 
 def encode_item(
@@ -446,13 +447,13 @@ def encode_item(
             if min(ancestry) >= 0 and max(ancestry) < 128:
                 packed: bytes | None = bytes(ancestry)  # one byte per index: the common case
             else:
-                packed = _packed_u32(ancestry)
+                packed = pack_uvarints(ancestry, _U32)
             if packed is None or len(packed) >= 128:
                 envelope = None
             else:
                 envelope = b"\x0a" + _BYTE[len(packed)] + packed
         if part_sizes and envelope is not None:
-            packed = _packed_u32(part_sizes)
+            packed = pack_uvarints(part_sizes, _U32)
             if packed is None or len(packed) >= 128 or sum(part_sizes) != len(payload):
                 envelope = None
             else:
@@ -463,7 +464,7 @@ def encode_item(
             else:
                 envelope = None
         if opened is True and envelope is not None:
-            if kind == Kind.FLUSH:
+            if kind == _FLUSH:
                 envelope += _OPENED
             else:
                 envelope = None
@@ -479,14 +480,6 @@ def encode_item(
                 return header + envelope + payload if envelope else header + payload
     return encode_frame(kind, stage=stage, request_id=request_id, ancestry=ancestry, payload=payload,
                         status=status, part_sizes=part_sizes, opened=opened)
-
-
-def _packed_u32(values: Sequence[int]) -> bytes | None:
-    """Values as protobuf packs a repeated uint32 (varints back to back); None if one is not a u32."""
-    for v in values:
-        if not 0 <= v <= _U32:
-            return None
-    return b"".join([encode_uvarint(v) for v in values])
 
 
 def _envelope_problem(ancestry: Sequence[int], part_sizes: Sequence[int]) -> str | None:

@@ -1,5 +1,5 @@
 """Unsigned LEB128 varints, as protobuf writes them: the frame envelope's fast path and the
-payload codec both read and write them with these two functions.
+payload codec both read and write them with these functions.
 
 A varint holds 7 bits per byte, low bits first; the high bit of a byte says that another
 follows. At most 10 bytes are read (64 bits and a little more: callers check their own range).
@@ -7,7 +7,9 @@ follows. At most 10 bytes are read (64 bits and a little more: callers check the
 
 from __future__ import annotations
 
-__all__ = ["MAX_VARINT_SIZE", "encode_uvarint", "read_uvarint"]
+from collections.abc import Sequence
+
+__all__ = ["MAX_VARINT_SIZE", "encode_uvarint", "pack_uvarints", "read_uvarint"]
 
 MAX_VARINT_SIZE = 10
 
@@ -25,6 +27,24 @@ def encode_uvarint(n: int) -> bytes:
         out.append((n & 0x7F) | 0x80)
         n >>= 7
     out.append(n)
+    return bytes(out)
+
+
+def pack_uvarints(values: Sequence[int], top: int) -> bytes | None:
+    """The values as varints back to back, as protobuf packs a repeated integer field; None if
+    one is negative or above `top`.
+
+    One loop rather than encode_uvarint per value: the per-item frames of a join pack their
+    part sizes with it, and a call per value cost twice as much.
+    """
+    out = bytearray()
+    for v in values:
+        if not 0 <= v <= top:
+            return None
+        while v >= 0x80:
+            out.append((v & 0x7F) | 0x80)
+            v >>= 7
+        out.append(v)
     return bytes(out)
 
 

@@ -26,7 +26,7 @@ from altoflow.wire.codec import (
     decode_value,
     encode_value,
 )
-from altoflow.wire.varint import MAX_VARINT_SIZE, encode_uvarint, read_uvarint
+from altoflow.wire.varint import MAX_VARINT_SIZE, encode_uvarint, pack_uvarints, read_uvarint
 
 # Not the default 200 ms deadline: this machine class slows down 2x for seconds at a time, and
 # a test must not fail on timing.
@@ -402,6 +402,8 @@ def test_varints_round_trip_wherever_they_sit(n: int, before: bytes, after: byte
     # Protobuf writes the same bytes for the values it holds.
     if n < 2**32:
         assert wire_pb2.Envelope(ancestry=[n]).SerializeToString()[2:] == encode_uvarint(n)
+    assert pack_uvarints([n, 1, n], 2**70) == encode_uvarint(n) + b"\x01" + encode_uvarint(n)
+    assert pack_uvarints([n], n - 1) is None and pack_uvarints([1, -1], 2**70) is None
 
 
 @given(st.integers(2**7, 2**70 - 1))
