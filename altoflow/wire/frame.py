@@ -394,8 +394,6 @@ def encode_frame(
         )
     if not isinstance(status, int) or not 0 <= status <= _STATUS_MAX:
         raise LocalProtocolError(f"status {status!r} is not one of 0 (ok), 1 (dropped), 2 (failed)")
-    if type(opened) is not bool:
-        raise LocalProtocolError(f"opened must be True or False, got {opened!r}")
     if status or opened:
         problem = _flag_problem(kind, status, opened)
         if problem is not None:
@@ -458,26 +456,22 @@ def encode_item(
                 envelope = None
             else:
                 envelope += b"\x1a" + _BYTE[len(packed)] + packed
-        if status and envelope is not None:
-            if kind in _STATUS_KINDS:
-                envelope += b"\x30" + _BYTE[status]
-            else:
-                envelope = None
-        if opened is True and envelope is not None:
-            if kind == _FLUSH:
-                envelope += _OPENED
-            else:
-                envelope = None
-        elif opened is not False:
-            envelope = None
         if envelope is not None:
-            try:
-                header = _HEADER.pack(HEADER_SIZE + len(envelope) + len(payload), MAGIC, PROTOCOL_VERSION,
-                                      kind, 0, stage, len(envelope), request_id)
-            except struct.error:
-                pass  # out of range: encode_frame says which field
-            else:
-                return header + envelope + payload if envelope else header + payload
+            if status or opened:
+                if not opened and kind in _STATUS_KINDS:
+                    envelope += b"\x30" + _BYTE[status]
+                elif not status and kind == _FLUSH:
+                    envelope += _OPENED
+                else:
+                    envelope = None  # a flag its kind does not carry: encode_frame says so
+            if envelope is not None:
+                try:
+                    header = _HEADER.pack(HEADER_SIZE + len(envelope) + len(payload), MAGIC, PROTOCOL_VERSION,
+                                          kind, 0, stage, len(envelope), request_id)
+                except struct.error:
+                    pass  # out of range: encode_frame says which field
+                else:
+                    return header + envelope + payload if envelope else header + payload
     return encode_frame(kind, stage=stage, request_id=request_id, ancestry=ancestry, payload=payload,
                         status=status, part_sizes=part_sizes, opened=opened)
 

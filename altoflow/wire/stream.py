@@ -48,8 +48,8 @@ class FrameReader:
     same without decoding envelopes, for a forwarder. Call `eof()` when the peer closes, so that a
     truncated last frame is reported instead of dropped.
 
-    Headers are checked as soon as their HEADER_SIZE bytes arrive, so a corrupt length is refused before
-    anything is buffered for it, and the buffer never holds more than one incomplete frame.
+    Headers are checked as soon as their HEADER_SIZE bytes arrive, so a corrupt length is refused
+    before anything is buffered for it, and the buffer never holds more than one incomplete frame.
     """
 
     __slots__ = ("_bytes", "_error", "_frames", "_max_frame_size", "_pending")
