@@ -4,7 +4,8 @@
     python benchmarks/frames.py --quick    # tiny setting, what the test suite runs
 
 Prints a table and writes benchmarks/results/frames.json. No sockets: this is the CPU cost per
-frame of frames.py and codec.py, the part of a router hop or a worker step that they own. Cases
+frame of the altoflow.wire package (frames, streams, payload codec), the part of a router hop or
+a worker step that it owns. Cases
 run interleaved (A B C ... A B C ...) so that the host's slow spells hit all of them alike, and
 each row reports the median and min-max over the repetitions (higher is better for */s rows,
 lower for ns rows). The garbage collector is off while a sample is timed, as in timeit.
@@ -28,27 +29,17 @@ import numpy as np
 from google.protobuf import __version__ as protobuf_version
 from google.protobuf.internal import api_implementation
 
-from altoflow.runtime import wire_pb2
-from altoflow.runtime.codec import decode_value, encode_value
-from altoflow.runtime.frames import (
-    HEADER_SIZE,
-    FrameReader,
-    FrameWriter,
-    Kind,
-    TracePoint,
-    TraceStamp,
-    encode_frame,
-    encode_item,
-    pack_header,
-    peek_header,
-)
+from altoflow.wire import wire_pb2
+from altoflow.wire.codec import decode_value, encode_value
+from altoflow.wire.frame import HEADER_SIZE, ErrorBody, Kind, encode_frame, encode_item, pack_header, peek_header
+from altoflow.wire.stream import FrameReader, FrameWriter
 
-CHUNK = 64 * 1024  # perf-notes.md: 64 KiB coalesced writes are the batched case
-PAYLOAD = bytes(100)  # perf-notes.md measured frames with ~100-byte payloads
+CHUNK = 64 * 1024  # a FrameWriter flush of a busy event-loop turn: the batched case
+PAYLOAD = bytes(100)  # a small item: a short string or a few numbers, encoded
 
 
 def data_frame(i: int) -> bytes:
-    return encode_frame(Kind.DATA, stage=2, request_id=i, ancestry=(3, i % 7), seq=i, payload=PAYLOAD)
+    return encode_item(Kind.DATA, 2, i, (3, i % 7), PAYLOAD)
 
 
 def chunked(stream: bytes, size: int) -> list[bytes]:
@@ -61,9 +52,9 @@ def cases(n: int) -> dict[str, tuple[str, int, Callable[[], object]]]:
     stream = b"".join(frames)
     batches = chunked(stream, CHUNK)
     offsets = list(itertools.accumulate((len(f) for f in frames[:-1]), initial=0))
-    envelope = wire_pb2.Envelope(ancestry=[3, 1], seq=5)
+    envelope = wire_pb2.Envelope(ancestry=[3, 1], part_sizes=[40, 60])
     envelope_bytes = envelope.SerializeToString()
-    traced = {"trace": [TraceStamp(2, TracePoint.SENT, time.time_ns())]}
+    failure = ErrorBody("ValueError: the claim has no subject", "ValueError")
     small = {"text": "a claim that the model extracted from the response", "score": 0.75, "ids": [1, 2, 3, 4, 5]}
     small_payload = encode_value(small)
     embedding = np.random.default_rng(0).random(768, dtype=np.float32)
@@ -71,15 +62,19 @@ def cases(n: int) -> dict[str, tuple[str, int, Callable[[], object]]]:
 
     def encode_data() -> None:
         for i in range(n):
-            encode_frame(Kind.DATA, stage=2, request_id=i, ancestry=(3, 1), seq=i, payload=PAYLOAD)
+            encode_frame(Kind.DATA, stage=2, request_id=i, ancestry=(3, 1), payload=PAYLOAD)
 
-    def encode_data_traced() -> None:
+    def encode_failed_ack() -> None:
         for i in range(n):
-            encode_frame(Kind.DATA, stage=2, request_id=i, ancestry=(3, 1), seq=i, payload=PAYLOAD, **traced)
+            encode_frame(Kind.ACK, stage=2, request_id=i, ancestry=(3, 1), status=2, body=failure)
 
     def encode_item_data() -> None:
         for i in range(n):
             encode_item(Kind.DATA, 2, i, (3, 1), PAYLOAD)
+
+    def encode_item_joined() -> None:
+        for i in range(n):
+            encode_item(Kind.DATA, 2, i, (3, 1), PAYLOAD, 0, (40, 60))
 
     def encode_item_ack() -> None:
         for i in range(n):
@@ -87,7 +82,7 @@ def cases(n: int) -> dict[str, tuple[str, int, Callable[[], object]]]:
 
     def encode_ack() -> None:
         for i in range(n):
-            encode_frame(Kind.ACK, stage=2, request_id=i, ancestry=(3, 1), seq=i, produced=2)
+            encode_frame(Kind.ACK, stage=2, request_id=i, ancestry=(3, 1), status=1)
 
     def feed_batched() -> None:
         reader = FrameReader()
@@ -148,10 +143,11 @@ def cases(n: int) -> dict[str, tuple[str, int, Callable[[], object]]]:
             decode_value(embedding_payload)
 
     return {
-        "encode_frame DATA (2 indices, seq, 100 B payload)": ("frames/s", n, encode_data),
-        "encode_frame DATA + 1 trace stamp": ("frames/s", n, encode_data_traced),
-        "encode_frame ACK": ("frames/s", n, encode_ack),
+        "encode_frame DATA (2 indices, 100 B payload)": ("frames/s", n, encode_data),
+        "encode_frame ACK (status)": ("frames/s", n, encode_ack),
+        "encode_frame failed ACK (ErrorBody)": ("frames/s", n, encode_failed_ack),
         "encode_item DATA (2 indices, 100 B payload; the runtime's path)": ("frames/s", n, encode_item_data),
+        "encode_item DATA, 2 joined parts": ("frames/s", n, encode_item_joined),
         "encode_item ACK": ("frames/s", n, encode_item_ack),
         "FrameReader.feed, 64 KiB chunks (decoded)": ("frames/s", n, feed_batched),
         "FrameReader.feed_raw, 64 KiB chunks (undecoded)": ("frames/s", n, feed_raw_batched),

@@ -19,7 +19,7 @@ repetition with fresh processes; every number is the median and min-max over the
               `echo`: DATA out, DATA and ACK back; no router. The worker's own cost (task per
               invocation, codec, stage runner, the ACK frame) over the floor.
   bare        the direct client and echo with a third process between them that splits frames
-              off the stream (FrameReader.feed_raw: the 32-byte header only), picks the
+              off the stream (FrameReader.feed_raw: the 24-byte header only), picks the
               destination socket by the header's stage, and writes the original bytes, coalesced
               into one write per socket per event-loop turn. The floor for a Python router.
   router-1    altoflow's Router (this process, driven in-process with router.submit) and one

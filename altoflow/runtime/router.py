@@ -28,8 +28,8 @@ from typing import Any
 from altoflow._errors import Overloaded
 from altoflow._result import Event, done_event, output_event
 from altoflow.compiler import CompiledPipeline
-from altoflow.runtime import frames as fr
-from altoflow.runtime.codec import Codec, DecodeError
+from altoflow import wire as fr
+from altoflow.wire import Codec, DecodeError
 from altoflow.runtime.core import (
     Abort, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Invoke, Open,
     ReplicaDown, ReplicaUp, RouterCore, Submit,
@@ -249,25 +249,25 @@ class Router:
             raise fr.RemoteProtocolError(f"expected HELLO first, got {frame.kind.name}")
         if hello.stage not in self.stage_index:
             raise fr.RemoteProtocolError(f"HELLO for unknown stage {hello.stage!r}")
-        if not 0 <= hello.replica_id < self.core.stages[hello.stage].replicas:
+        if not 0 <= hello.slot < self.core.stages[hello.stage].replicas:
             raise fr.RemoteProtocolError(
-                f"HELLO for slot {hello.replica_id} of {hello.stage}, which has "
+                f"HELLO for slot {hello.slot} of {hello.stage}, which has "
                 f"{self.core.stages[hello.stage].replicas} replicas")
-        if hello.replica_id in self.core.slots[hello.stage]:
+        if hello.slot in self.core.slots[hello.stage]:
             # Two replicas on one slot would split an aggregate's groups between them.
             raise fr.RemoteProtocolError(
-                f"slot {hello.replica_id} of {hello.stage} is connected already; start each "
+                f"slot {hello.slot} of {hello.stage} is connected already; start each "
                 f"`altoflow worker --slot N` once")
         proof = b""
         if conn.challenge is not None:
             fr.verify_proof(fr.replica_proof(self.secret, conn.challenge, hello), hello.proof,
-                            peer=f"replica {hello.stage}#{hello.replica_id}")
+                            peer=f"replica {hello.stage}#{hello.slot}")
             proof = fr.router_proof(self.secret, conn.challenge, hello)
         conn.rid, conn.stage = next(self._rids), hello.stage
         self.conns[conn.rid] = conn
         conn.writer.send_nowait(fr.Kind.READY, body=fr.Ready(self.stage_index[hello.stage], proof))
         self._dirty.add(conn.rid)
-        self._apply(self.core.handle(ReplicaUp(conn.rid, hello.stage, hello.replica_id)))
+        self._apply(self.core.handle(ReplicaUp(conn.rid, hello.stage, hello.slot)))
 
     def _on_lost(self, conn: _Conn) -> None:
         if conn.rid is None or conn.rid not in self.conns:
@@ -277,7 +277,7 @@ class Router:
         self._schedule_flush()
 
     def _error(self, stage: str, levels: list[str], anc: tuple, body: Any) -> ErrorInfo | None:
-        if not isinstance(body, fr.ErrorInfo):
+        if not isinstance(body, fr.ErrorBody):
             return None
         return ErrorInfo(stage, dict(zip(levels, anc[1:])), body.message, body.exc_type or None)
 
@@ -321,7 +321,7 @@ class Router:
             elif t is Flush:
                 self._write(ins.replica, fr.encode_item(fr.Kind.FLUSH, self.stage_index[ins.stage],
                                                         ins.prefix[0], ins.prefix[1:],
-                                                        status=1 if ins.opened else 0))
+                                                        opened=ins.opened))
             elif t is Abort:
                 self._write(ins.replica, fr.encode_item(fr.Kind.CANCEL, 0, ins.request))
             else:

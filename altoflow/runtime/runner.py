@@ -19,7 +19,7 @@ from altoflow.compiler.plan import StagePlan
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.progress import Ancestry
 
-Emit = Callable[[Ancestry, Any], None]
+OutputCallback = Callable[[Ancestry, Any], None]
 _END = object()
 
 
@@ -39,7 +39,7 @@ class _Group:
 class StageRunner:
     """One replica's view of a stage. ``fn`` is the function (or the instance's ``__call__``)."""
 
-    def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: Emit,
+    def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: OutputCallback,
                  *, barrier: bool = False) -> None:
         self.spec = spec
         # Barrier mode holds an invocation's outputs until it returns: the "wait for the whole
@@ -109,7 +109,7 @@ class StageRunner:
             functools.partial(self.fn, **kwargs), abandon_on_cancel=True
         )
 
-    async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any], emit: Emit) -> None:
+    async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback) -> None:
         emitted = [0]  # items emitted so far, kept across attempts and read after an error
         error: Exception | None = None
         for _ in range(self.plan.retries + 1):
@@ -126,7 +126,7 @@ class StageRunner:
                     break
         raise self._failure(self.plan.levels_in, anc, error)
 
-    async def _generate(self, anc: Ancestry, kwargs: dict[str, Any], emit: Emit, emitted: list[int]) -> None:
+    async def _generate(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback, emitted: list[int]) -> None:
         if self.spec.is_async:
             agen = self.fn(**kwargs)
             try:
@@ -143,7 +143,7 @@ class StageRunner:
             finally:
                 _close(gen)
 
-    def _yielded(self, anc: Ancestry, index: int, value: Any, emit: Emit) -> int:
+    def _yielded(self, anc: Ancestry, index: int, value: Any, emit: OutputCallback) -> int:
         if value is DROP:  # a generator drops an element by not yielding it; DROP skips it too
             return index
         emit(anc + (index,), value)

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from altoflow.compiler import CompiledPipeline
-from altoflow.runtime.codec import Codec
+from altoflow.wire import Codec
 from altoflow.runtime.router import Router
 
 logger = logging.getLogger("altoflow.supervisor")

@@ -25,8 +25,8 @@ from collections import deque
 from typing import Any
 
 from altoflow.compiler import load_target
-from altoflow.runtime import frames as fr
-from altoflow.runtime.codec import Codec
+from altoflow import wire as fr
+from altoflow.wire import Codec
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.runner import StageRunner
 
@@ -90,7 +90,7 @@ class Worker:
             self._write(fr.encode_item(kind, self.stage_index, anc[0], anc[1:], status=fr.STATUS_CODES[status]))
         else:
             self._send(kind, request_id=anc[0], ancestry=anc[1:], status=fr.STATUS_CODES[status],
-                       body=fr.ErrorInfo(error.detail, error.exc_type or ""))
+                       body=fr.ErrorBody(error.detail, error.exc_type or ""))
 
     # -- input ----------------------------------------------------------------------------
 
@@ -108,7 +108,7 @@ class Worker:
             if status == "failed":
                 self._status(fr.Kind.FLUSH_DONE, anc, status, error)
         elif frame.kind == fr.Kind.FLUSH:
-            status, error = self.runner.flush(anc, opened=frame.status == 1)
+            status, error = self.runner.flush(anc, opened=frame.opened)
             self._status(fr.Kind.FLUSH_DONE, anc, status, error)
         elif frame.kind == fr.Kind.CANCEL:
             self.runner.abort(frame.request_id)
@@ -188,10 +188,10 @@ class Worker:
     # -- connection -----------------------------------------------------------------------
 
     def _hello(self, nonce: bytes = b"") -> None:
-        hello = fr.Hello(stage=self.stage.name, replica_id=self.slot, pid=os.getpid(), nonce=nonce)
+        hello = fr.Hello(stage=self.stage.name, slot=self.slot, pid=os.getpid(), nonce=nonce)
         if self.secret is not None:
             proof = fr.replica_proof(self.secret, self.challenge, hello)
-            hello = fr.Hello(hello.stage, hello.replica_id, hello.protocol_version, hello.pid,
+            hello = fr.Hello(hello.stage, hello.slot, hello.protocol_version, hello.pid,
                              nonce, proof)
         self.hello = hello
         self._send(fr.Kind.HELLO, body=hello)

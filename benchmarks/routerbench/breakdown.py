@@ -65,8 +65,8 @@ async def breakdown_trial(p: dict) -> dict:
     import cProfile
 
     from altoflow.compiler import load_target
-    from altoflow.runtime import frames as fr
-    from altoflow.runtime.codec import Codec
+    from altoflow import wire as fr
+    from altoflow.wire import Codec
     from altoflow.runtime.router import Router, _Protocol
 
     n = p["breakdown_n"]
@@ -80,7 +80,7 @@ async def breakdown_trial(p: dict) -> dict:
         proto = _Protocol(router)
         transport = FakeTransport()
         proto.connection_made(transport)
-        proto.data_received(fr.encode_frame(fr.Kind.HELLO, stage=index, body=fr.Hello(stage=stage, replica_id=0)))
+        proto.data_received(fr.encode_frame(fr.Kind.HELLO, stage=index, body=fr.Hello(stage=stage, slot=0)))
         return proto, transport
 
     # -- router-1: one request = submit, DATA + ACK in, two events out

@@ -19,7 +19,7 @@ from .common import APP, PAYLOAD, child_cmd, cpu_seconds, latency_record, pin, s
 
 async def echo_main(path: str) -> None:
     """Connects to `path`, says HELLO (stage 1), answers every DATA frame with a new one (stage 0)."""
-    from altoflow.runtime import frames as fr
+    from altoflow import wire as fr
 
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -52,7 +52,7 @@ async def echo_main(path: str) -> None:
                 done.set_result(None)
 
     transport, _ = await loop.create_unix_connection(Echo, path)
-    transport.write(fr.encode_frame(fr.Kind.HELLO, stage=1, body=fr.Hello(stage="echo", replica_id=1)))
+    transport.write(fr.encode_frame(fr.Kind.HELLO, stage=1, body=fr.Hello(stage="echo", slot=1)))
     await done
 
 
@@ -63,7 +63,7 @@ async def forward_main(path: str) -> None:
     echo 1); the client gets READY once both are there. Writes are coalesced into one buffer
     per destination socket and written once per event-loop turn. Nothing else.
     """
-    from altoflow.runtime import frames as fr
+    from altoflow import wire as fr
 
     loop = asyncio.get_running_loop()
     done = loop.create_future()
@@ -133,7 +133,7 @@ class ClientProto(asyncio.Protocol):
     """
 
     def __init__(self, connected: asyncio.Future | None = None, answer_hello: bool = False) -> None:
-        from altoflow.runtime import frames as fr
+        from altoflow import wire as fr
 
         self.fr = fr
         self.reader = fr.FrameReader()
@@ -169,7 +169,7 @@ class Peer:
         self.worker = worker
         self.done_kind = fr.Kind.ACK if worker else fr.Kind.DATA
         if worker:
-            from altoflow.runtime.codec import Codec
+            from altoflow.wire import Codec
 
             payload = Codec().encode(PAYLOAD)
             self.frame = lambda i: fr.encode_frame(fr.Kind.DATA, stage=0, request_id=i, payload=payload)
@@ -284,7 +284,7 @@ async def direct_trial(p: dict, worker: bool = False) -> dict:
 
 
 async def bare_trial(p: dict) -> dict:
-    from altoflow.runtime import frames as fr
+    from altoflow import wire as fr
 
     loop = asyncio.get_running_loop()
     tmp = tempfile.mkdtemp(prefix="altoflow-bench-")
@@ -295,7 +295,7 @@ async def bare_trial(p: dict) -> dict:
         await wait_path(path, fwd)
         echo = subprocess.Popen(child_cmd("--role", "echo", "--connect", path, "--loops", p["loop"]))
         transport, proto = await loop.create_unix_connection(ClientProto, path)
-        transport.write(fr.encode_frame(fr.Kind.HELLO, stage=0, body=fr.Hello(stage="client", replica_id=0)))
+        transport.write(fr.encode_frame(fr.Kind.HELLO, stage=0, body=fr.Hello(stage="client", slot=0)))
         result = await measure_client(proto, p, [os.getpid(), fwd.pid, echo.pid], middle=1)
         result["cpu_processes"] = ["client", "forwarder", "echo"]
         transport.close()

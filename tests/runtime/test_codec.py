@@ -16,8 +16,8 @@ from hypothesis import strategies as st
 from hypothesis.extra import numpy as hnp
 from pydantic import BaseModel
 
-from altoflow.runtime import wire_pb2
-from altoflow.runtime.codec import (
+from altoflow.wire import wire_pb2
+from altoflow.wire.codec import (
     MAX_DEPTH,
     Codec,
     CodecError,
@@ -26,6 +26,7 @@ from altoflow.runtime.codec import (
     decode_value,
     encode_value,
 )
+from altoflow.wire.varint import MAX_VARINT_SIZE, encode_uvarint, pack_uvarints, read_uvarint
 
 # Not the default 200 ms deadline: this machine class slows down 2x for seconds at a time, and
 # a test must not fail on timing.
@@ -251,7 +252,7 @@ def test_unserialisable_model_names_the_model_and_the_cause() -> None:
 
 
 def test_protobuf_messages_round_trip_with_or_without_annotation() -> None:
-    env = wire_pb2.Envelope(ancestry=[3, 1], seq=9, error=wire_pb2.Error(message="boom"))
+    env = wire_pb2.Envelope(ancestry=[3, 1], status=2, error=wire_pb2.ErrorBody(message="boom"))
     assert decode_value(encode_value(env), wire_pb2.Envelope) == env
     # Self-describing by full name, among the message types this process has loaded.
     back = decode_value(encode_value([env]))
@@ -389,3 +390,32 @@ def test_corrupted_payloads_decode_or_raise_decode_error(value: Any, data: st.Da
         decode_value(bytes(payload), hint)
     except DecodeError:
         pass
+
+
+# ---------------------------------------------------------------- the varints shared with frames
+
+
+@given(st.integers(0, 2**70 - 1), st.binary(max_size=3), st.binary(max_size=3))
+def test_varints_round_trip_wherever_they_sit(n: int, before: bytes, after: bytes) -> None:
+    data = before + encode_uvarint(n) + after
+    assert read_uvarint(data, len(before), len(data)) == (n, len(data) - len(after))
+    # Protobuf writes the same bytes for the values it holds.
+    if n < 2**32:
+        assert wire_pb2.Envelope(ancestry=[n]).SerializeToString()[2:] == encode_uvarint(n)
+    assert pack_uvarints([n, 1, n], 2**70) == encode_uvarint(n) + b"\x01" + encode_uvarint(n)
+    assert pack_uvarints([n], n - 1) is None and pack_uvarints([1, -1], 2**70) is None
+
+
+@given(st.integers(2**7, 2**70 - 1))
+def test_a_cut_varint_reads_as_none(n: int) -> None:
+    data = encode_uvarint(n)
+    for stop in range(len(data)):
+        assert read_uvarint(data, 0, stop) is None
+    assert read_uvarint(data + b"\x00", 0, len(data) - 1) is None  # `stop`, not the buffer's end, counts
+
+
+def test_varints_are_at_most_ten_bytes_and_not_negative() -> None:
+    assert read_uvarint(b"\xff" * 9 + b"\x01", 0, 10) == (2**64 - 1, 10)
+    assert read_uvarint(b"\xff" * MAX_VARINT_SIZE + b"\x01", 0, MAX_VARINT_SIZE + 1) is None
+    with pytest.raises(ValueError, match="a varint cannot hold the negative number -1"):
+        encode_uvarint(-1)

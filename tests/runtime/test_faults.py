@@ -170,7 +170,7 @@ def test_a_replica_that_cannot_start_fails_the_start_and_says_so():
 
 def test_a_second_replica_for_a_connected_slot_is_turned_away(caplog):
     # Two `altoflow worker --slot 0` by mistake would split an aggregate's groups between them.
-    from altoflow.runtime import frames as fr
+    from altoflow import wire as fr
     from altoflow.runtime.router import Router, _Protocol
 
     class Transport:
@@ -187,7 +187,7 @@ def test_a_second_replica_for_a_connected_slot_is_turned_away(caplog):
 
     async def main() -> None:
         router = Router(load_target(TARGET).compiled)
-        hello = fr.encode_frame(fr.Kind.HELLO, body=fr.Hello(stage="total", replica_id=0))
+        hello = fr.encode_frame(fr.Kind.HELLO, body=fr.Hello(stage="total", slot=0))
         first, second = _Protocol(router), _Protocol(router)
         for proto in (first, second):
             proto.connection_made(Transport())

@@ -1,8 +1,10 @@
-"""Frames: layout, round trips, arbitrary chunkings, and the fuzz invariant of the reader."""
+"""Frames: layout, round trips, arbitrary chunkings, the fuzz invariant of the reader, the
+handshake, the generated protobuf code and the package's public names."""
 
 from __future__ import annotations
 
 import ast
+import inspect
 import json
 import re
 import struct
@@ -17,39 +19,36 @@ from google.protobuf import descriptor_pb2
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 
-from altoflow.runtime import frames, wire_pb2
-from altoflow.runtime.frames import (
-    HAS_KEY,
+import altoflow.wire
+from altoflow.wire import frame as frames
+from altoflow.wire import wire_pb2
+from altoflow.wire.frame import (
     HEADER_SIZE,
-    AuthenticationError,
+    PROTOCOL_VERSION,
     Challenge,
-    ErrorInfo,
+    ErrorBody,
     Frame,
-    FrameReader,
-    FrameWriter,
     Hello,
     Kind,
     LocalProtocolError,
     ProtocolError,
+    RawFrame,
     Ready,
     RemoteProtocolError,
-    TracePoint,
-    TraceStamp,
     encode_frame,
+    encode_item,
     pack_header,
     peek_header,
-    replica_proof,
-    router_proof,
-    routing_key_hash,
-    verify_proof,
 )
+from altoflow.wire.handshake import NONCE_SIZE, AuthenticationError, replica_proof, router_proof, verify_proof
+from altoflow.wire.stream import FrameReader, FrameWriter
 
 # Not the default 200 ms deadline: this machine class slows down 2x for seconds at a time, and
 # a test must not fail on timing.
 relaxed = settings(deadline=None, suppress_health_check=[HealthCheck.too_slow])
 
 ROOT = Path(__file__).resolve().parents[2]
-RUNTIME = ROOT / "altoflow" / "runtime"
+WIRE = ROOT / "altoflow" / "wire"
 
 u32 = st.integers(0, 2**32 - 1)
 u64 = st.integers(0, 2**64 - 1)
@@ -60,7 +59,7 @@ _BODY_VALUES: dict[type, st.SearchStrategy[Any]] = {
     Hello: st.builds(Hello, proto_text, u32, u32, u32, st.binary(max_size=20), st.binary(max_size=40)),
     Challenge: st.builds(Challenge, st.binary(max_size=20)),
     Ready: st.builds(Ready, u32, st.binary(max_size=40)),
-    ErrorInfo: st.builds(ErrorInfo, proto_text, proto_text, proto_text),
+    ErrorBody: st.builds(ErrorBody, proto_text, proto_text, proto_text),
     str: proto_text,
 }
 
@@ -87,16 +86,11 @@ def frames_st(draw: st.DrawFn) -> Frame:
         stage=draw(u32),
         request_id=draw(u64),
         ancestry=tuple(draw(st.lists(u32, max_size=5))),
-        seq=draw(u64),
-        key_hash=draw(st.none() | u64),
-        produced=draw(u32),
         payload=payload,
         part_sizes=part_sizes,
-        trace=tuple(
-            draw(st.lists(st.builds(TraceStamp, u32, st.sampled_from(TracePoint), u64), max_size=3))
-        ),
         body=draw(_bodies(kind)),
-        status=draw(st.integers(0, 2)),
+        status=draw(st.integers(0, 2)) if kind in frames._STATUS_KINDS else 0,
+        opened=draw(st.booleans()) if kind is Kind.FLUSH else False,
     )
 
 
@@ -108,46 +102,75 @@ def _chunks(data: bytes, cuts: list[int]) -> list[bytes]:
 # ---------------------------------------------------------------- layout
 
 
-def test_kind_and_trace_point_mirror_the_proto_enums() -> None:
+def test_kind_and_status_mirror_the_proto_enums() -> None:
     assert {k.name: k.value for k in Kind} == {
         name: value for name, value in wire_pb2.Kind.items() if name != "KIND_UNSPECIFIED"
-    }
-    assert {p.name: p.value for p in TracePoint} == {
-        name: value for name, value in wire_pb2.TracePoint.items() if name != "TRACE_POINT_UNSPECIFIED"
     }
     assert {name.upper(): code for name, code in frames.STATUS_CODES.items()} == dict(wire_pb2.Status.items())
 
 
+def test_what_version_2_removed_stays_reserved_in_the_proto() -> None:
+    # A later field or kind must not reuse these numbers: a peer of another version would read
+    # it as the old meaning.
+    proto = _embedded_descriptor((WIRE / "wire_pb2.py").read_text())
+    envelope = next(m for m in proto.message_type if m.name == "Envelope")
+    assert {n for r in envelope.reserved_range for n in range(r.start, r.end)} == {2, 4, 5}
+    assert set(envelope.reserved_name) == {"seq", "produced", "trace"}
+    kind = next(e for e in proto.enum_type if e.name == "Kind")
+    assert [(r.start, r.end) for r in kind.reserved_range] == [(7, 7)] and list(kind.reserved_name) == ["ERROR"]
+    assert 7 not in set(Kind) and PROTOCOL_VERSION == 2
+
+
 def test_header_bytes_follow_the_documented_layout() -> None:
-    data = encode_frame(Kind.DATA, stage=3, request_id=0x1122334455667788, key_hash=0xAB, payload=b"xyz")
+    data = encode_frame(Kind.DATA, stage=3, request_id=0x1122334455667788, payload=b"xyz")
     assert data == (
-        bytes.fromhex("23000000")  # length 35 = 32 + 0 + 3
-        + bytes.fromhex("af 01 04 01")  # magic, version, kind DATA, flags HAS_KEY
+        bytes.fromhex("1b000000")  # length 27 = 24 + 0 + 3
+        + bytes.fromhex("af 02 04 00")  # magic, version 2, kind DATA, flags (none defined)
         + bytes.fromhex("03000000")  # stage
         + bytes.fromhex("00000000")  # envelope size
         + bytes.fromhex("8877665544332211")  # request id
-        + bytes.fromhex("ab00000000000000")  # key hash
         + b"xyz"
     )
+    assert HEADER_SIZE == 24
 
 
 def test_envelope_sits_between_header_and_payload() -> None:
-    data = encode_frame(Kind.DATA, ancestry=(2, 0), seq=5, payload=b"PAYLOAD")
+    data = encode_frame(Kind.DATA, ancestry=(2, 0), payload=b"PAYLOAD", part_sizes=(3, 4))
     header = peek_header(data)
     assert header is not None
     envelope = wire_pb2.Envelope.FromString(data[HEADER_SIZE : HEADER_SIZE + header.envelope_size])
-    assert list(envelope.ancestry) == [2, 0] and envelope.seq == 5
+    assert list(envelope.ancestry) == [2, 0] and list(envelope.part_sizes) == [3, 4]
     assert data[HEADER_SIZE + header.envelope_size :] == b"PAYLOAD"
     assert header.payload_size == 7 and header.length == len(data)
 
 
-def test_routing_key_hash_is_stable_across_processes() -> None:
-    # Pinned: a changed hash would send the groups of a running deployment to other replicas.
-    assert routing_key_hash(17, [2, 0]) == 0x8565222575C677B1
-    script = "from altoflow.runtime.frames import routing_key_hash as h; print(h(17, [2, 0]))"
-    out = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True)
-    assert int(out.stdout) == routing_key_hash(17, [2, 0])
-    assert routing_key_hash(17, [2]) != routing_key_hash(17, [2, 0]) != routing_key_hash(18, [2, 0])
+def test_status_and_opened_are_separate_fields_of_their_kinds() -> None:
+    # ACK's outcome and FLUSH's "opened" were once one field: they are distinct on the wire now.
+    ack = encode_frame(Kind.ACK, request_id=1, status=1)
+    flush = encode_frame(Kind.FLUSH, request_id=1, opened=True)
+    assert wire_pb2.Envelope.FromString(ack[HEADER_SIZE:]) == wire_pb2.Envelope(status=1)
+    assert wire_pb2.Envelope.FromString(flush[HEADER_SIZE:]) == wire_pb2.Envelope(opened=True)
+    [a, f] = FrameReader().feed(ack + flush)
+    assert (a.status, a.opened, f.status, f.opened) == (1, False, 0, True)
+
+
+@pytest.mark.parametrize(
+    ("kind", "fields", "message"),
+    [
+        (Kind.DATA, {"status": 1}, "DATA frames carry no status (only ACK and FLUSH_DONE do), got 1"),
+        (Kind.FLUSH, {"status": 2}, "FLUSH frames carry no status (only ACK and FLUSH_DONE do), got 2"),
+        (Kind.ACK, {"opened": True}, "only FLUSH frames say whether their group was opened, not ACK"),
+    ],
+)
+def test_status_and_opened_belong_to_their_kinds_both_ways(kind: Kind, fields: dict[str, Any], message: str) -> None:
+    with pytest.raises(LocalProtocolError, match=re.escape(message)):
+        encode_frame(kind, **fields)
+    with pytest.raises(LocalProtocolError, match=re.escape(message)):
+        encode_item(kind, 0, 0, (), b"", fields.get("status", 0), (), fields.get("opened", False))
+    envelope = wire_pb2.Envelope(**fields).SerializeToString()
+    data = pack_header(kind, stage=0, request_id=0, envelope_size=len(envelope), payload_size=0) + envelope
+    with pytest.raises(RemoteProtocolError, match=re.escape(message)):
+        FrameReader().feed(data)
 
 
 # ---------------------------------------------------------------- round trips
@@ -162,12 +185,7 @@ def test_frame_round_trips(frame: Frame) -> None:
     assert raw.data == data and raw.decode() == frame
     header = peek_header(data)
     assert header == raw.header
-    assert (header.kind, header.stage, header.request_id, header.key) == (
-        frame.kind,
-        frame.stage,
-        frame.request_id,
-        frame.key_hash,
-    )
+    assert (header.kind, header.stage, header.request_id) == (frame.kind, frame.stage, frame.request_id)
     assert b"".join(frame.parts()) == frame.payload
     assert [len(p) for p in frame.parts()] == list(frame.part_sizes or [len(frame.payload)])
 
@@ -231,7 +249,7 @@ def _feed_all(chunks: list[bytes], raw: bool) -> None:
     try:
         for chunk in chunks:
             got = reader.feed_raw(chunk) if raw else reader.feed(chunk)
-            assert all(isinstance(f, frames.RawFrame if raw else Frame) for f in got)
+            assert all(isinstance(f, RawFrame if raw else Frame) for f in got)
             assert reader.statistics().buffered_bytes <= 4096
         reader.eof()
     except RemoteProtocolError:
@@ -293,13 +311,15 @@ def test_encode_item_writes_item_frames_without_encode_frame(monkeypatch: pytest
     expected = [
         encode_frame(Kind.DATA, stage=2, request_id=7, ancestry=(3, 1), payload=b"ab", part_sizes=[1, 1]),
         encode_frame(Kind.ACK, stage=2, request_id=7, ancestry=(3, 300), status=1),
-        encode_frame(Kind.FLUSH, stage=1, request_id=9, ancestry=(2**32 - 1,), status=1),
+        encode_frame(Kind.FLUSH, stage=1, request_id=9, ancestry=(2**32 - 1,), opened=True),
+        encode_frame(Kind.FLUSH_DONE, stage=1, request_id=9, ancestry=(5,), status=2),
     ]
     monkeypatch.setattr(frames, "encode_frame", None)
     got = [
-        frames.encode_item(Kind.DATA, 2, 7, (3, 1), b"ab", 0, [1, 1]),
-        frames.encode_item(Kind.ACK, 2, 7, (3, 300), status=1),
-        frames.encode_item(Kind.FLUSH, 1, 9, (2**32 - 1,), status=1),
+        encode_item(Kind.DATA, 2, 7, (3, 1), b"ab", 0, [1, 1]),
+        encode_item(Kind.ACK, 2, 7, (3, 300), status=1),
+        encode_item(Kind.FLUSH, 1, 9, (2**32 - 1,), opened=True),
+        encode_item(Kind.FLUSH_DONE, 1, 9, (5,), status=2),
     ]
     assert got == expected
 
@@ -319,12 +339,12 @@ wire_ints = st.integers(0, 127) | st.integers(0, 2**32 - 1) | st.integers(0, 2**
 @st.composite
 def envelope_fields(draw: st.DrawFn) -> bytes:
     # One field in any encoding protobuf accepts or refuses: packed or not, repeated or not,
-    # values past the field's width, unknown fields, a trace stamp, a body, a cut-off end.
+    # values past the field's width, unknown and reserved fields (5 was a nested trace stamp),
+    # a body, a cut-off end.
     field = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 12, 21]))
     form = draw(st.sampled_from(["varint", "packed", "cut"]))
     if field == 5:
-        stamp = wire_pb2.TraceStamp(stage=draw(u32), point=draw(st.integers(0, 6)), ns=draw(u64))
-        body = stamp.SerializeToString()
+        body = draw(st.binary(max_size=12))
         return b"\x2a" + _varint(len(body)) + body
     if field == 12:
         text = draw(proto_text).encode()
@@ -339,8 +359,11 @@ def envelope_fields(draw: st.DrawFn) -> bytes:
 @relaxed
 @given(st.lists(envelope_fields(), max_size=6), st.sampled_from(Kind), st.booleans())
 @example([b"\x0a\x05" + _varint(2**32)], Kind.DATA, False)  # packed index past uint32
-@example([b"\x10" + _varint(2**64 + 5)], Kind.DATA, False)  # seq past uint64
-@example([b"\x20\x01", b"\x20\x02"], Kind.ACK, False)  # a scalar twice: the last one counts
+@example([b"\x10" + _varint(2**64 + 5)], Kind.DATA, False)  # a reserved field, past uint64
+@example([b"\x20\x03"], Kind.ACK, False)  # a reserved field: protobuf skips it
+@example([b"\x30\x01", b"\x30\x02"], Kind.ACK, False)  # a scalar twice: the last one counts
+@example([b"\x38\x02"], Kind.FLUSH, False)  # a bool written as 2: true
+@example([b"\x38\x01"], Kind.DATA, False)  # opened on a kind that has no such flag
 @example([b"\x0a\x01\x01", b"\x0a\x01\x02"], Kind.DATA, False)  # packed twice: concatenated
 @example([b"\x08\x07", b"\x08\x09"], Kind.DATA, False)  # repeated, not packed
 @example([b"\x30\x03"], Kind.ACK, False)  # status outside the enum
@@ -366,34 +389,34 @@ def test_envelopes_are_read_as_protobuf_reads_them(
     valid = (
         env.WhichOneof("body") is None
         and kind not in frames._REQUIRED_BODY
-        and all(s.point in set(TracePoint) for s in env.trace)
         and 0 <= env.status <= 2
+        and (not env.status or kind in (Kind.ACK, Kind.FLUSH_DONE))
+        and (not env.opened or kind is Kind.FLUSH)
         and (not env.part_sizes or sum(env.part_sizes) == len(payload))
     )
     if kind in frames._OPTIONAL_BODY and env.WhichOneof("body") is not None:
         return  # whether the body fits the kind is checked in test_envelope_contents_...
     assert (frame is not None) == valid
     if frame is not None:
-        assert (frame.ancestry, frame.seq, frame.part_sizes, frame.produced, frame.status) == (
+        assert (frame.ancestry, frame.part_sizes, frame.status, frame.opened) == (
             tuple(env.ancestry),
-            env.seq,
             tuple(env.part_sizes),
-            env.produced,
             env.status,
+            env.opened,
         )
-        assert [(s.stage, s.point, s.ns) for s in frame.trace] == [(s.stage, s.point, s.ns) for s in env.trace]
 
 
 @st.composite
 def wrong_envelopes(draw: st.DrawFn) -> bytes:
-    # Well-formed protobuf with contents a peer may get wrong: unknown trace points, a body that
-    # does not fit the kind, part sizes that do not add up to the payload.
+    # Well-formed protobuf with contents a peer may get wrong: an unknown status, a status or
+    # `opened` on a kind without it, a body that does not fit the kind, part sizes that do not
+    # add up to the payload.
     env = wire_pb2.Envelope(
         ancestry=draw(st.lists(u32, max_size=3)),
         part_sizes=draw(st.lists(st.integers(0, 8), max_size=3)),
+        status=draw(st.integers(0, 4)),
+        opened=draw(st.booleans()),
     )
-    for _ in range(draw(st.integers(0, 2))):
-        env.trace.add(stage=draw(u32), point=draw(st.integers(0, 7)), ns=draw(u64))
     body = draw(st.sampled_from([None, "hello", "challenge", "ready", "error", "reason"]))
     if body == "reason":
         env.reason = draw(proto_text)
@@ -417,12 +440,11 @@ def test_envelope_contents_that_break_the_protocol_are_protocol_errors(data: byt
     assert frame.encode() == data  # what was accepted is exactly what the sender could have sent
 
 
-def test_an_unknown_trace_point_is_a_protocol_error() -> None:
-    env = wire_pb2.Envelope()
-    env.trace.add(stage=1, point=99, ns=5)
-    data = pack_header(Kind.DATA, stage=0, request_id=0, envelope_size=env.ByteSize(), payload_size=0)
-    with pytest.raises(RemoteProtocolError, match="bad trace stamp: 99 is not a valid TracePoint"):
-        FrameReader().feed(data + env.SerializeToString())
+def test_an_unknown_status_is_a_protocol_error() -> None:
+    envelope = wire_pb2.Envelope(status=7).SerializeToString()
+    data = pack_header(Kind.ACK, stage=0, request_id=0, envelope_size=len(envelope), payload_size=0)
+    with pytest.raises(RemoteProtocolError, match="unknown status 7"):
+        FrameReader().feed(data + envelope)
 
 
 @relaxed
@@ -440,23 +462,23 @@ def test_envelope_garbage_in_a_valid_header_is_a_protocol_error(frame: Frame) ->
 
 
 def _header(**changes: int) -> bytes:
-    fields = {"length": 32, "magic": 0xAF, "version": 1, "kind": 4, "flags": 0}
-    fields |= {"stage": 0, "envelope": 0, "request": 0, "key": 0}
+    fields = {"length": 24, "magic": 0xAF, "version": 2, "kind": 4, "flags": 0}
+    fields |= {"stage": 0, "envelope": 0, "request": 0}
     fields.update(changes)
-    return struct.pack("<IBBBBIIQQ", *fields.values())
+    return struct.pack("<IBBBBIIQ", *fields.values())
 
 
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
         ({"magic": 0x47}, "bad magic byte 0x47 (expected 0xaf): the peer does not speak the altoflow wire protocol"),
-        ({"version": 9}, "peer speaks wire protocol version 9, this process speaks 1"),
-        ({"length": 31}, "frame length 31 is shorter than the 32-byte header"),
+        ({"version": 1}, "peer speaks wire protocol version 1, this process speaks 2"),
+        ({"length": 23}, "frame length 23 is shorter than the 24-byte header"),
         ({"length": 5000}, "frame of 5000 bytes exceeds the limit of 4096 bytes (raise FrameReader(max_frame_size=...)"),
         ({"kind": 0}, "unknown frame kind 0"),
-        ({"flags": 0x82}, "unknown flag bits 0x82"),
-        ({"key": 7}, "a key hash is set but the HAS_KEY flag is not"),
-        ({"envelope": 1}, "envelope of 1 bytes does not fit in a frame of 32 bytes"),
+        ({"kind": 7}, "unknown frame kind 7"),
+        ({"flags": 0x01}, "flag bits 0x01 are set, and this protocol version defines none"),
+        ({"envelope": 1}, "envelope of 1 bytes does not fit in a frame of 24 bytes"),
     ],
 )
 def test_a_bad_header_is_refused_as_soon_as_it_arrives(changes: dict[str, int], message: str) -> None:
@@ -472,13 +494,13 @@ def test_error_names_the_stream_offset_of_the_bad_frame() -> None:
     good = encode_frame(Kind.HEARTBEAT)
     reader = FrameReader()
     reader.feed(good + good[:10])
-    with pytest.raises(RemoteProtocolError, match=r"frame at stream offset 64\)"):
+    with pytest.raises(RemoteProtocolError, match=r"frame at stream offset 48\)"):
         reader.feed(good[10:] + b"\x00" * HEADER_SIZE)
 
 
-def test_peek_header_needs_32_bytes() -> None:
-    data = encode_frame(Kind.ACK, produced=3)
-    assert peek_header(data[:31]) is None
+def test_peek_header_needs_the_whole_header() -> None:
+    data = encode_frame(Kind.ACK, status=1)
+    assert peek_header(data[: HEADER_SIZE - 1]) is None
     assert peek_header(data) == peek_header(b"..." + data, offset=3)
 
 
@@ -487,7 +509,8 @@ def test_peek_header_needs_32_bytes() -> None:
     [
         (Kind.DATA, b"x", "DATA frames take no body, got bytes"),
         (Kind.CANCEL, 3, "CANCEL frames take a body of type str or None, got int"),
-        (Kind.ERROR, None, "ERROR frames need a body of type ErrorInfo, got NoneType"),
+        (Kind.ACK, Hello("s", 1), "ACK frames take a body of type ErrorBody or None, got Hello"),
+        (Kind.HELLO, None, "HELLO frames need a body of type Hello, got NoneType"),
         (Kind.READY, Hello("s", 1), "READY frames need a body of type Ready, got Hello"),
     ],
 )
@@ -506,9 +529,8 @@ def test_a_control_frame_without_its_body_is_a_remote_error() -> None:
     [
         ({"stage": 2**32}, "stage=4294967296 is outside the range 0..4294967295 that the frame header holds"),
         ({"request_id": -1}, "request_id=-1 is outside the range"),
-        ({"key_hash": 2**64}, "key_hash=18446744073709551616 is outside the range"),
         ({"ancestry": (1, -1)}, "ancestry index -1 is not an integer in the range 0..4294967295"),
-        ({"seq": 2**64}, "seq 18446744073709551616 is not an integer in the range"),
+        ({"part_sizes": (2**32,), "payload": bytes(1)}, "part_sizes [4294967296] add up to 4294967296 bytes"),
         ({"payload": b"abc", "part_sizes": (1, 1)}, "part_sizes [1, 1] add up to 2 bytes, but the payload has 3"),
         ({"body": "\ud800", "kind": Kind.CANCEL}, "cannot encode the frame envelope"),
     ],
@@ -531,7 +553,7 @@ def test_protocol_errors_are_one_family() -> None:
 
 
 def test_max_frame_size_must_hold_a_header() -> None:
-    with pytest.raises(ValueError, match="max_frame_size must be at least 32"):
+    with pytest.raises(ValueError, match="max_frame_size must be at least 24"):
         FrameReader(max_frame_size=8)
 
 
@@ -542,10 +564,10 @@ def test_writer_coalesces_frames_into_one_buffer_per_flush() -> None:
     writer = FrameWriter()
     a = encode_frame(Kind.DATA, request_id=1, payload=b"a")
     writer.write_nowait(a)
-    writer.send_nowait(Kind.ACK, request_id=1, produced=2)
+    writer.send_nowait(Kind.ACK, request_id=1, status=2)
     assert writer.statistics().pending_frames == 2
     buffer = writer.flush()
-    assert buffer == a + encode_frame(Kind.ACK, request_id=1, produced=2)
+    assert buffer == a + encode_frame(Kind.ACK, request_id=1, status=2)
     assert writer.flush() == b""
     stats = writer.statistics()
     assert (stats.pending_frames, stats.pending_bytes, stats.frames_flushed, stats.bytes_flushed) == (
@@ -566,24 +588,17 @@ def test_writer_bound_raises_would_block_but_takes_one_big_frame() -> None:
     writer.send_nowait(Kind.HEARTBEAT)
 
 
-def test_router_can_forward_envelope_and_payload_under_a_new_header() -> None:
-    original = encode_frame(Kind.DATA, stage=1, request_id=9, ancestry=(4,), seq=3, payload=b"value")
+def test_a_forwarder_can_send_envelope_and_payload_under_a_new_header() -> None:
+    original = encode_frame(Kind.DATA, stage=1, request_id=9, ancestry=(4,), payload=b"value")
     [raw] = FrameReader().feed_raw(original)
     h = raw.header
-    key = routing_key_hash(h.request_id, [4])
     new_header = pack_header(
-        h.kind,
-        stage=7,
-        request_id=h.request_id,
-        envelope_size=h.envelope_size,
-        payload_size=h.payload_size,
-        key_hash=key,
+        h.kind, stage=7, request_id=h.request_id, envelope_size=h.envelope_size, payload_size=h.payload_size
     )
     writer = FrameWriter()
     writer.write_nowait(new_header, memoryview(raw.data)[HEADER_SIZE:])
     [forwarded] = FrameReader().feed(writer.flush())
-    assert forwarded == Frame(Kind.DATA, stage=7, request_id=9, ancestry=(4,), seq=3, key_hash=key, payload=b"value")
-    assert peek_header(new_header + b"\x00" * (h.length - HEADER_SIZE)).flags == HAS_KEY  # type: ignore[union-attr]
+    assert forwarded == Frame(Kind.DATA, stage=7, request_id=9, ancestry=(4,), payload=b"value")
 
 
 # ---------------------------------------------------------------- handshake
@@ -593,22 +608,22 @@ SECRET = b"s3cret"
 
 
 def _handshake_hello() -> tuple[bytes, Hello]:
-    challenge = b"c" * frames.NONCE_SIZE
-    hello = Hello("bm25", replica_id=2, pid=1234, nonce=b"r" * frames.NONCE_SIZE)
+    challenge = b"c" * NONCE_SIZE
+    hello = Hello("bm25", slot=2, pid=1234, nonce=b"r" * NONCE_SIZE)
     return challenge, hello
 
 
 def test_handshake_proofs_verify_with_the_same_secret() -> None:
     challenge, hello = _handshake_hello()
-    signed = Hello(hello.stage, hello.replica_id, hello.protocol_version, hello.pid, hello.nonce,
+    signed = Hello(hello.stage, hello.slot, hello.protocol_version, hello.pid, hello.nonce,
                    replica_proof(SECRET, challenge, hello))
     # The router recomputes the proof from the HELLO it received (the proof field is not covered).
     verify_proof(replica_proof(SECRET, challenge, signed), signed.proof, peer="replica bm25#2")
     verify_proof(router_proof(SECRET, challenge, hello), router_proof(SECRET, challenge, signed), peer="router")
 
 
-@pytest.mark.parametrize("secret, challenge", [(b"other secret", b"c" * frames.NONCE_SIZE),
-                                               (SECRET, b"d" * frames.NONCE_SIZE)])
+@pytest.mark.parametrize("secret, challenge", [(b"other secret", b"c" * NONCE_SIZE),
+                                               (SECRET, b"d" * NONCE_SIZE)])
 def test_a_router_without_the_secret_or_with_another_challenge_is_refused(secret: bytes, challenge: bytes) -> None:
     # What a replica checks in READY: a fake router (or a replayed READY) does not get through.
     good_challenge, hello = _handshake_hello()
@@ -621,10 +636,10 @@ def test_a_router_without_the_secret_or_with_another_challenge_is_refused(secret
     "tamper",
     [
         lambda s, c, h: (b"other", c, h),
-        lambda s, c, h: (s, b"d" * frames.NONCE_SIZE, h),
-        lambda s, c, h: (s, c, Hello("rerank", h.replica_id, h.protocol_version, h.pid, h.nonce)),
+        lambda s, c, h: (s, b"d" * NONCE_SIZE, h),
+        lambda s, c, h: (s, c, Hello("rerank", h.slot, h.protocol_version, h.pid, h.nonce)),
         lambda s, c, h: (s, c, Hello(h.stage, 3, h.protocol_version, h.pid, h.nonce)),
-        lambda s, c, h: (s, c, Hello(h.stage, h.replica_id, h.protocol_version, h.pid, b"q" * frames.NONCE_SIZE)),
+        lambda s, c, h: (s, c, Hello(h.stage, h.slot, h.protocol_version, h.pid, b"q" * NONCE_SIZE)),
     ],
 )
 def test_a_changed_secret_nonce_or_hello_field_fails_the_handshake(tamper) -> None:  # type: ignore[no-untyped-def]
@@ -655,10 +670,10 @@ def _embedded_descriptor(source: str) -> descriptor_pb2.FileDescriptorProto:
 
 def test_generated_module_matches_wire_proto(tmp_path: Path) -> None:
     protoc = pytest.importorskip("grpc_tools.protoc", reason="regenerating needs grpcio-tools")
-    args = ["protoc", f"-I{ROOT}", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", str(RUNTIME / "wire.proto")]
+    args = ["protoc", f"-I{ROOT}", f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", str(WIRE / "wire.proto")]
     assert protoc.main(args) == 0
-    fresh = (tmp_path / "altoflow" / "runtime" / "wire_pb2.py").read_text()
-    committed = (RUNTIME / "wire_pb2.py").read_text()
+    fresh = (tmp_path / "altoflow" / "wire" / "wire_pb2.py").read_text()
+    committed = (WIRE / "wire_pb2.py").read_text()
     # Any protoc must agree on the schema; only the protoc that made the committed file
     # (named in its header) must reproduce it byte for byte.
     assert _embedded_descriptor(fresh) == _embedded_descriptor(committed), (
@@ -666,9 +681,7 @@ def test_generated_module_matches_wire_proto(tmp_path: Path) -> None:
     )
     if _gencode_version(fresh) == _gencode_version(committed):
         assert fresh == committed
-        assert (tmp_path / "altoflow" / "runtime" / "wire_pb2.pyi").read_text() == (
-            RUNTIME / "wire_pb2.pyi"
-        ).read_text()
+        assert (tmp_path / "altoflow" / "wire" / "wire_pb2.pyi").read_text() == (WIRE / "wire_pb2.pyi").read_text()
 
 
 def _gencode_version(source: str) -> tuple[int, ...]:
@@ -680,7 +693,7 @@ def _gencode_version(source: str) -> tuple[int, ...]:
 def test_generated_code_runs_on_the_oldest_protobuf_that_pyproject_allows() -> None:
     # Generated code needs a protobuf runtime at least as new as its own version, so pyproject's
     # floor must not be below it.
-    gencode = _gencode_version((RUNTIME / "wire_pb2.py").read_text())
+    gencode = _gencode_version((WIRE / "wire_pb2.py").read_text())
     match = re.search(r'"protobuf>=([0-9.]+)', (ROOT / "pyproject.toml").read_text())
     assert match, "pyproject.toml does not pin protobuf>="
     floor = tuple(int(x) for x in match.group(1).split("."))
@@ -710,7 +723,6 @@ def test_frames_benchmark_runs_on_a_tiny_setting(tmp_path: Path) -> None:
         assert row["name"] in proc.stdout  # one row of the table per case
 
 
-
 @given(
     st.sampled_from(sorted(frames._ITEM_KINDS) + [Kind.HELLO, Kind.SHUTDOWN]),
     st.integers(0, 2**32 - 1),
@@ -719,11 +731,12 @@ def test_frames_benchmark_runs_on_a_tiny_setting(tmp_path: Path) -> None:
     | st.lists(st.integers(0, 5), min_size=126, max_size=130).map(tuple),
     st.binary(max_size=300),
     st.integers(0, 2),
+    st.booleans(),
     st.data(),
 )
 def test_encode_item_writes_what_encode_frame_writes(
     kind: Kind, stage: int, request_id: int, ancestry: tuple[int, ...], payload: bytes, status: int,
-    data: st.DataObject,
+    opened: bool, data: st.DataObject,
 ) -> None:
     # The router's and the workers' per-item encoder is a shortcut: it must give the same bytes,
     # or the same error, as the general one for every input.
@@ -738,12 +751,46 @@ def test_encode_item_writes_what_encode_frame_writes(
         except LocalProtocolError as exc:
             return ("error", str(exc))
 
-    fast = run(lambda: frames.encode_item(kind, stage, request_id, ancestry, payload, status, part_sizes))
+    fast = run(lambda: encode_item(kind, stage, request_id, ancestry, payload, status, part_sizes, opened))
     slow = run(lambda: encode_frame(kind, stage=stage, request_id=request_id, ancestry=ancestry,
-                                    payload=payload, status=status, part_sizes=part_sizes))
+                                    payload=payload, status=status, part_sizes=part_sizes, opened=opened))
     assert fast == slow
 
 
 def test_encode_item_refuses_what_does_not_fit_the_header() -> None:
     with pytest.raises(LocalProtocolError, match="request_id"):
-        frames.encode_item(Kind.DATA, 0, 2**64, (), b"")
+        encode_item(Kind.DATA, 0, 2**64, (), b"")
+
+
+# ---------------------------------------------------------------- the package's public names
+
+
+def _names_the_runtime_takes_from_wire() -> set[str]:
+    # `from altoflow import wire as fr` then `fr.NAME`, or `from altoflow.wire import NAME`, in
+    # every module of altoflow outside the wire package.
+    used: set[str] = set()
+    for path in (ROOT / "altoflow").rglob("*.py"):
+        if WIRE in path.parents:
+            continue
+        tree = ast.parse(path.read_text())
+        aliases = set()
+        for node in ast.walk(tree):
+            if isinstance(node, ast.ImportFrom) and node.module == "altoflow.wire":
+                used |= {a.name for a in node.names}
+            if isinstance(node, ast.ImportFrom) and node.module == "altoflow":
+                aliases |= {a.asname or a.name for a in node.names if a.name == "wire"}
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Attribute) and isinstance(node.value, ast.Name) and node.value.id in aliases:
+                used.add(node.attr)
+    return used
+
+
+def test_the_package_exports_what_the_runtime_uses_and_little_else() -> None:
+    public = {n for n, v in vars(altoflow.wire).items() if not n.startswith("_") and not inspect.ismodule(v)}
+    assert set(altoflow.wire.__all__) == public
+    used = _names_the_runtime_takes_from_wire()
+    assert used <= public, f"the runtime uses names the package does not export: {used - public}"
+    # Beyond what the runtime uses, only the exceptions its functions raise, so callers can catch them.
+    extra = public - used
+    assert all(isinstance(getattr(altoflow.wire, n), type) and issubclass(getattr(altoflow.wire, n), Exception)
+               for n in extra), extra

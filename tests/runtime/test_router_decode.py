@@ -13,8 +13,8 @@ import pytest
 
 import altoflow as af
 from altoflow.compiler import load_target
-from altoflow.runtime import frames as fr
-from altoflow.runtime.codec import Codec
+from altoflow import wire as fr
+from altoflow.wire import Codec
 from altoflow.runtime.router import Router, _Protocol
 from altoflow.server.served import ServedIngress
 
@@ -39,7 +39,7 @@ def _replica(router: Router, stage: str) -> _Protocol:
     proto = _Protocol(router)
     proto.connection_made(FakeTransport())
     proto.data_received(fr.encode_frame(fr.Kind.HELLO, stage=router.stage_index[stage],
-                                        body=fr.Hello(stage=stage, replica_id=0)))
+                                        body=fr.Hello(stage=stage, slot=0)))
     return proto
 
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from altoflow.runtime import frames as fr
-from altoflow.runtime.codec import Codec
+from altoflow import wire as fr
+from altoflow.wire import Codec
 from altoflow.runtime.worker import Worker
 
 TARGET = str(Path(__file__).resolve().parent.parent / "pipelines" / "slow.py")

@@ -1,8 +1,9 @@
 """The payload codec: values that cross a socket between stages.
 
-Only workers use it; the router forwards payloads as opaque bytes. A payload is one version
-byte, then one value: a tag byte followed by the tag's body, recursively for containers.
-Lengths and counts are unsigned LEB128 varints.
+The workers encode what their stages return and decode what their stages take; the router
+forwards payloads as opaque bytes and decodes only the outputs it streams to the client. A
+payload is one version byte, then one value: a tag byte followed by the tag's body, recursively
+for containers. Lengths and counts are unsigned varints (varint.py).
 
     N None   F False   T True
     i int in int64, 8 bytes       I any other int: varint n, n bytes two's complement
@@ -41,6 +42,8 @@ from google.protobuf import descriptor_pool, message_factory
 from google.protobuf.message import DecodeError as _ProtobufDecodeError
 from google.protobuf.message import Message
 from pydantic import BaseModel
+
+from altoflow.wire.varint import MAX_VARINT_SIZE, encode_uvarint, read_uvarint
 
 __all__ = ["CODEC_VERSION", "MAX_DEPTH", "Codec", "CodecError", "DecodeError", "EncodeError", "decode_value", "encode_value"]
 
@@ -88,23 +91,6 @@ def _type_name(tp: type) -> str:
     return tp.__qualname__ if module == "builtins" else f"{module}.{tp.__qualname__}"
 
 
-_VARINTS = tuple(bytes((i,)) for i in range(0x80))
-
-
-def _uvarint(n: int) -> bytes:
-    """n as an unsigned LEB128 varint, as in protobuf."""
-    if 0 <= n < 0x80:
-        return _VARINTS[n]
-    if n < 0:
-        raise ValueError(f"a varint cannot hold the negative number {n}")
-    out = bytearray()
-    while n >= 0x80:
-        out.append((n & 0x7F) | 0x80)
-        n >>= 7
-    out.append(n)
-    return bytes(out)
-
-
 class Codec:
     """Encodes values to payload bytes and back.
 
@@ -146,7 +132,7 @@ class Codec:
         if t is str:
             data = v.encode("utf-8", "surrogatepass")
             out += b"s"
-            out += _uvarint(len(data))
+            out += encode_uvarint(len(data))
             out += data
         elif t is int:
             if _I64_MIN <= v <= _I64_MAX:
@@ -163,7 +149,7 @@ class Codec:
             out += b"T" if v else b"F"
         elif t is bytes or t is bytearray:
             out += b"b" if t is bytes else b"B"
-            out += _uvarint(len(v))
+            out += encode_uvarint(len(v))
             out += v
         elif t is list or t is tuple or t is set or t is frozenset:
             self._encode_items(_SEQUENCE_TAGS[t], v, out, depth)
@@ -171,7 +157,7 @@ class Codec:
             if depth >= MAX_DEPTH:
                 raise _Unencodable(v, f"it is nested more than {MAX_DEPTH} levels deep (does it contain itself?)")
             out += b"m"
-            out += _uvarint(len(v))
+            out += encode_uvarint(len(v))
             key = None
             try:
                 for key, item in v.items():
@@ -187,7 +173,7 @@ class Codec:
         if depth >= MAX_DEPTH:
             raise _Unencodable(v, f"it is nested more than {MAX_DEPTH} levels deep (does it contain itself?)")
         out += tag
-        out += _uvarint(len(v))
+        out += encode_uvarint(len(v))
         i = 0
         try:
             for i, item in enumerate(v):
@@ -200,7 +186,7 @@ class Codec:
         # One byte more than the magnitude needs, so that the sign bit always fits.
         data = v.to_bytes(v.bit_length() // 8 + 1, "little", signed=True)
         out += b"I"
-        out += _uvarint(len(data))
+        out += encode_uvarint(len(data))
         out += data
 
     def _encode_other(self, v: Any, out: bytearray, depth: int) -> None:
@@ -214,15 +200,15 @@ class Codec:
             except Exception as exc:  # noqa: BLE001  # pydantic reports unserialisable fields with several types
                 raise _Unencodable(v, f"pydantic cannot serialise it to JSON: {exc}") from None
             out += b"J"
-            out += _uvarint(len(data))
+            out += encode_uvarint(len(data))
             out += data
         elif isinstance(v, Message):
             name = v.DESCRIPTOR.full_name.encode()
             data = v.SerializeToString()
             out += b"P"
-            out += _uvarint(len(name))
+            out += encode_uvarint(len(name))
             out += name
-            out += _uvarint(len(data))
+            out += encode_uvarint(len(data))
             out += data
         elif isinstance(v, enum.Enum):
             # Sent as its value; the annotation of the receiving parameter brings the member back.
@@ -262,11 +248,11 @@ class Codec:
             )
         name = dtype.str.encode()
         out += b"a" if isinstance(v, numpy.ndarray) else b"g"
-        out += _uvarint(len(name))
+        out += encode_uvarint(len(name))
         out += name
-        out += _uvarint(arr.ndim)
+        out += encode_uvarint(arr.ndim)
         for dim in arr.shape:
-            out += _uvarint(dim)
+            out += encode_uvarint(dim)
         # view(uint8) rather than the buffer protocol, which datetime64 does not support.
         out += numpy.ascontiguousarray(arr).reshape(-1).view(numpy.uint8).data
 
@@ -277,9 +263,9 @@ class Codec:
             raise _Unencodable(v, f"pickle cannot serialise it either: {exc}") from None
         name = _type_name(type(v)).encode()
         out += b"X"
-        out += _uvarint(len(name))
+        out += encode_uvarint(len(name))
         out += name
-        out += _uvarint(len(data))
+        out += encode_uvarint(len(data))
         out += data
 
     def _explain(self, exc: _Unencodable) -> str:
@@ -436,18 +422,11 @@ _SEQUENCE_TAGS: dict[type, bytes] = {list: b"l", tuple: b"t", set: b"S", frozens
 _CONTAINER_TAGS = frozenset(b"ltSZm")
 
 
-def _read_varint(mv: memoryview, pos: int, what: str) -> tuple[int, int]:
-    n = 0
-    shift = 0
-    while True:
-        byte = mv[pos]
-        pos += 1
-        n |= (byte & 0x7F) << shift
-        if byte < 0x80:
-            return n, pos
-        shift += 7
-        if shift > 63:
-            raise DecodeError(f"{what} is longer than 10 bytes")
+def _bad_varint(mv: memoryview, pos: int, what: str) -> DecodeError:
+    # read_uvarint gave up: either the payload ends inside the varint, or it runs on too long.
+    if len(mv) - pos >= MAX_VARINT_SIZE:
+        return DecodeError(f"{what} is longer than {MAX_VARINT_SIZE} bytes")
+    return DecodeError("payload is truncated")
 
 
 def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
@@ -456,7 +435,10 @@ def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
     if byte < 0x80:  # the common case, one byte
         n, pos = byte, pos + 1
     else:
-        n, pos = _read_varint(mv, pos, "a length")
+        read = read_uvarint(mv, pos, len(mv))
+        if read is None:
+            raise _bad_varint(mv, pos, "a length")
+        n, pos = read
     if n > len(mv) - pos:
         raise DecodeError("payload is truncated")
     return n, pos
@@ -613,7 +595,10 @@ def _decode_numpy(tag: int, mv: memoryview, pos: int) -> tuple[Any, int]:
 def _read_dim(mv: memoryview, pos: int) -> tuple[int, int]:
     # Dimensions may be 0 and are not byte counts, so _read_len's bound does not apply, but a
     # dimension above the payload size would need another one of 0 and is refused too.
-    n, pos = _read_varint(mv, pos, "a numpy dimension")
+    read = read_uvarint(mv, pos, len(mv))
+    if read is None:
+        raise _bad_varint(mv, pos, "a numpy dimension")
+    n, pos = read
     if n > len(mv):
         raise DecodeError(f"numpy dimension {n} is larger than the payload")
     return n, pos
