@@ -470,11 +470,11 @@ def test_worker_with_the_wrong_secret_exits_1_with_one_line_naming_the_fix(tcp_r
 
 
 def test_worker_module_entry_is_the_same_command(tcp_router):
-    # The supervisor starts local replicas as `python -m altoflow.runtime.worker`.
+    # The supervisor starts local replicas as `python -m altoflow worker`.
     _, port = tcp_router
     env = {**os.environ, "ALTOFLOW_SECRET": "guess"}
     proc = subprocess.run(
-        [sys.executable, "-m", "altoflow.runtime.worker", "--target", SLOW, "--stage", "slow",
+        [sys.executable, "-m", "altoflow", "worker", "--target", SLOW, "--stage", "slow",
          "--slot", "1", "--connect", f"127.0.0.1:{port}"],
         capture_output=True, text=True, timeout=60, env=env)
     assert proc.returncode == 1

@@ -26,7 +26,7 @@ import networkx as nx
 import altoflow
 
 ROOT = Path(altoflow.__file__).resolve().parent
-PACKAGES = {"compiler", "runtime", "server", "ops", "lm", "retrieval"}
+PACKAGES = {"compiler", "runtime", "server", "wire", "ops", "lm", "retrieval"}
 
 
 def module_name(path: Path) -> str:
@@ -40,7 +40,7 @@ def node(module: str) -> str:
         return "altoflow"
     if parts[1] in PACKAGES:
         return f"altoflow.{parts[1]}"
-    if parts[1].startswith("_"):
+    if parts[1].startswith("_") and parts[1] != "__main__":  # `python -m altoflow` is the CLI
         return f"altoflow.{parts[1]}"
     return "altoflow"
 
@@ -63,10 +63,12 @@ def imports(path: Path) -> list[tuple[str, int]]:
             if n.level:
                 anchor = package.split(".")[: len(package.split(".")) - n.level + 1]
                 base = ".".join(anchor + ([n.module] if n.module else []))
-            out.append((base, n.lineno))
-            # `from altoflow.runtime import frames` depends on altoflow.runtime.frames.
-            out += [(f"{base}.{alias.name}", n.lineno) for alias in n.names
-                    if is_module(f"{base}.{alias.name}")]
+            # `from altoflow.runtime import frames` depends on altoflow.runtime.frames alone;
+            # `from altoflow.runtime import Router` on the package altoflow.runtime.
+            modules = [f"{base}.{alias.name}" for alias in n.names if is_module(f"{base}.{alias.name}")]
+            if len(modules) < len(n.names):
+                out.append((base, n.lineno))
+            out += [(name, n.lineno) for name in modules]
     return [(name, line) for name, line in out if name.split(".")[0] == "altoflow"]
 
 
@@ -109,3 +111,9 @@ def test_no_package_imports_the_facade() -> None:
     graph, why = package_graph()
     users = sorted(src for src in graph.predecessors("altoflow"))
     assert not users, [why[src, "altoflow"] for src in users]
+
+
+def test_the_wire_is_below_the_runtime_and_the_server() -> None:
+    _, why = package_graph()
+    for upper in ("altoflow.runtime", "altoflow.server", "altoflow.compiler"):
+        assert not why["altoflow.wire", upper], why["altoflow.wire", upper]

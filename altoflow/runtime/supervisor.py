@@ -123,7 +123,7 @@ class Supervisor:
         await asyncio.wait_for(poll(), timeout)
 
     async def _spawn(self, child: _Child) -> None:
-        args = [sys.executable, "-m", "altoflow.runtime.worker", "--target", self.target,
+        args = [sys.executable, "-m", "altoflow", "worker", "--target", self.target,
                 "--stage", child.stage, "--slot", str(child.slot), "--connect", self.path]
         if self.allow_pickle:
             args.append("--allow-pickle")

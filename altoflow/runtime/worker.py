@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import sys
 from collections import deque
 from typing import Any
 
@@ -273,10 +272,3 @@ def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: 
     else:
         uvloop.run(worker.serve(connect, secret))
 
-
-if __name__ == "__main__":
-    # The supervisor starts replicas as `python -m altoflow.runtime.worker ARGS`: the flags of
-    # `altoflow worker`, parsed by that command.
-    from altoflow.cli import app
-
-    app(["worker", *sys.argv[1:]], prog_name="altoflow")

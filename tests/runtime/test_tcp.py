@@ -17,7 +17,7 @@ TARGET = str(Path(__file__).resolve().parent.parent / "pipelines" / "slow.py")
 def _worker(port: int, slot: int, secret: str) -> subprocess.Popen:
     env = {**os.environ, "ALTOFLOW_SECRET": secret}
     return subprocess.Popen(
-        [sys.executable, "-m", "altoflow.runtime.worker", "--target", TARGET, "--stage", "slow",
+        [sys.executable, "-m", "altoflow", "worker", "--target", TARGET, "--stage", "slow",
          "--slot", str(slot), "--connect", f"127.0.0.1:{port}"],
         env=env, stderr=subprocess.PIPE, text=True)
 
