@@ -312,7 +312,6 @@ class _Request:
 # -- the story ---------------------------------------------------------------------------------
 
 Happening = Literal[
-    "submit",      # the request arrived
     "finish",      # it ended with nothing left in flight
     "fail",        # it ended with a stage's error (``detail``)
     "cancel",      # the client went away
@@ -368,8 +367,8 @@ class RouterCore:
         self._rng = random.Random(seed)
         self._out: list[Instruction] = []
         self._fired: deque = deque()
-        # Plain tuples in the order of StoryEntry's fields: one is built per request and per
-        # group, so they must cost next to nothing; ``story`` names them on the way out.
+        # Plain tuples in the order of StoryEntry's fields: one is built per request (its end)
+        # and per group, so they must cost next to nothing; ``story`` names them on the way out.
         self._story: deque[tuple] = deque(maxlen=story_length)
         self._close_group = {s.name: _CloseGroup(s.name) for s in plan.stages if s.route_key is not None}
         self._give_up = {(s.name, i): _GiveUp(s.name, i) for s in plan.stages for i in s.inputs}
@@ -413,8 +412,9 @@ class RouterCore:
 
     def story(self, *requests: int) -> list[StoryEntry]:
         """The core's recent decisions about any of ``requests``, oldest first (all of them when
-        none is named). Routine work (each invocation, output and ack) is not recorded: the
-        story keeps what a request's fate turns on, and stays short enough to hold it."""
+        none is named). Routine work (a request's arrival, each invocation, output and ack) is
+        not recorded: it would cost every item an entry and push out the rest. The story keeps
+        what a request's fate turns on, and how it ended."""
         if not requests:
             return [StoryEntry._make(e) for e in self._story]
         wanted = set(requests)
@@ -503,13 +503,12 @@ class RouterCore:
         if ev.request in self.requests:
             raise CoreError(f"request {ev.request} submitted twice")
         self.requests[ev.request] = _Request(ev.request, dict(ev.fields))
-        self._story.append((ev.request, None, (ev.request,), "submit", None, None))
         for name in self.sources:
             self._dispatch(self.stages[name], (ev.request,), {})
 
     def _on_Cancel(self, ev: Cancel) -> None:
         if ev.request in self.requests:
-            self._story.append((ev.request, None, (ev.request,), "cancel", None, None))
+            self._story.append((ev.request, None, None, "cancel", None, None))
             self._drop_request(ev.request)
 
     # -- items from replicas -------------------------------------------------------------------
@@ -780,7 +779,7 @@ class RouterCore:
             ev = self._fired.popleft()
             if type(ev) is RequestIdle:
                 if ev.request in self.requests and self.progress.holds(ev.request) == 0:
-                    self._story.append((ev.request, None, (ev.request,), "finish", None, None))
+                    self._story.append((ev.request, None, None, "finish", None, None))
                     self._out.append(Finish(ev.request))
                     self._forget(ev.request)
                 continue
@@ -799,7 +798,7 @@ class RouterCore:
         if request not in self.requests:
             return
         if error is None:
-            self._story.append((request, None, (request,), "fail", None, None))
+            self._story.append((request, None, None, "fail", None, None))
         else:
             self._story.append((request, error.stage, (request, *error.ancestry.values()), "fail",
                                 None, error.detail))

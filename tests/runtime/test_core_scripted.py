@@ -90,7 +90,6 @@ def test_keyed_work_parks_while_its_replica_is_down_and_goes_to_the_next_one():
     assert core.handle(FlushDone(2, "direct_total", (R,), "ok")) == [Finish(R)]
 
     assert _whats(core) == [
-        ("submit", None, (R,), None),
         ("park", "direct_total", (R, 0), None),
         ("park", "direct_total", (R, 1), None),
         ("open", "direct_total", (R,), None),
@@ -99,7 +98,7 @@ def test_keyed_work_parks_while_its_replica_is_down_and_goes_to_the_next_one():
         ("unpark", "direct_total", (R, 1), 2),
         ("unpark", "direct_total", (R,), 2),
         ("flush", "direct_total", (R,), 2),
-        ("finish", None, (R,), None),
+        ("finish", None, None, None),
     ]
     assert [(e.what, e.replica) for e in core.story() if e.request is None] == [
         ("replica-up", 0), ("replica-up", 1), ("replica-down", 1), ("replica-up", 2)]
@@ -172,7 +171,7 @@ def test_cancel_in_the_middle_of_a_group_aborts_its_replicas_and_flushes_nothing
 
     # The fan-out is still running and the group holds state: both replicas drop the request.
     assert core.handle(Cancel(R)) == [Abort(0, R), Abort(1, R)]
-    assert _whats(core)[-3:] == [("cancel", None, (R,), None), ("abort", "items", (R,), 0),
+    assert _whats(core)[-3:] == [("cancel", None, None, None), ("abort", "items", (R,), 0),
                                  ("abort", "direct_total", (R,), 1)]
 
     # What the replicas still send about it is dropped; their credits come back.
@@ -234,13 +233,17 @@ def test_an_event_from_a_replica_that_never_came_up_is_refused():
 
 
 def test_the_story_keeps_the_most_recent_entries():
-    core = RouterCore(KEYED, story_length=3)
+    core = RouterCore(KEYED, story_length=4)
     for rid, name in enumerate(["items", "direct_total"]):
         core.handle(ReplicaUp(rid, name, 0))
     for r in range(3):
         core.handle(Submit(r, {"n": 0}))
-    core.ack(0, "items", (2,), "ok")  # no items: the group opens and is complete at once
-    assert [(e.request, e.what) for e in core.story()] == [(2, "submit"), (2, "open"), (2, "flush")]
+        # No items: the group opens and is complete at once.
+        assert core.ack(0, "items", (r,), "ok") == [Open(1, "direct_total", (r,)),
+                                                     Flush(1, "direct_total", (r,), True)]
+        assert core.handle(FlushDone(1, "direct_total", (r,), "ok")) == [Finish(r)]
+    assert [(e.request, e.what) for e in core.story()] == [
+        (1, "finish"), (2, "open"), (2, "flush"), (2, "finish")]
     assert core.story(0) == []
-    core.ack(0, "items", (1,), "ok")
-    assert [(e.request, e.what) for e in core.story(2, 1)] == [(2, "flush"), (1, "open"), (1, "flush")]
+    assert core.story(2, 1) == core.story()
+    assert core.story(1) == [StoryEntry(1, None, None, "finish")]
