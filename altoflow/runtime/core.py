@@ -1,10 +1,11 @@
 """The router core: routing, joins, group completion and request lifetimes, as a state machine.
 
 Events in, instructions out; no sockets, no asyncio, no clock, so that a test can script it
-event by event and read every decision it makes. The served router and the in-process reference executor are both thin shells around one ``RouterCore``:
-the router carries its instructions over sockets to worker processes, the executor to stage
-runners in the same process. Payloads are opaque here (bytes in the router, Python objects in
-the executor): the core stores and forwards them, it never looks inside.
+event by event and read every decision it makes. The served router and the in-process
+reference executor are both thin shells around one ``RouterCore``: the router carries its
+instructions over sockets to worker processes, the executor to stage runners in the same
+process. Payloads are opaque here (bytes in the router, Python objects in the executor): the
+core stores and forwards them, it never looks inside.
 
 What happens to one item, in the order the core sees it:
 
@@ -312,8 +313,8 @@ class _Request:
 # -- the story ---------------------------------------------------------------------------------
 
 Happening = Literal[
-    "finish",      # it ended with nothing left in flight
-    "fail",        # it ended with a stage's error (``detail``)
+    "finish",      # the request ended with nothing left in flight
+    "fail",        # the request ended with a stage's error (``detail``)
     "cancel",      # the client went away
     "abort",       # ``replica`` was told to drop the request's work
     "open",        # a keyed group exists (sent to ``replica``, None: parked)

@@ -219,7 +219,8 @@ def test_a_dead_replica_can_report_nothing(event, name):
     core = _core(KEYED, [(0, "items", 0), (1, "direct_total", 0)])
     core.handle(Submit(R, {"n": 1}))
     core.handle(ReplicaDown(1))
-    with pytest.raises(CoreError, match=rf"replica 1 \(direct_total, slot 0\) is dead and cannot report {name}$"):
+    refused = rf"replica 1 \(direct_total, slot 0\) is dead and cannot report {name}$"
+    with pytest.raises(CoreError, match=refused):
         core.handle(event)
 
 
