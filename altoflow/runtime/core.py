@@ -1,10 +1,11 @@
 """The router core: routing, joins, group completion and request lifetimes, as a state machine.
 
-Events in, instructions out; no sockets, no asyncio, no clock (STYLE.md rule 1). The served
-router and the in-process reference executor are both thin shells around one ``RouterCore``:
-the router carries its instructions over sockets to worker processes, the executor to stage
-runners in the same process. Payloads are opaque here (bytes in the router, Python objects in
-the executor): the core stores and forwards them, it never looks inside.
+Events in, instructions out; no sockets, no asyncio, no clock, so that a test can script it
+event by event and read every decision it makes. The served router and the in-process
+reference executor are both thin shells around one ``RouterCore``: the router carries its
+instructions over sockets to worker processes, the executor to stage runners in the same
+process. Payloads are opaque here (bytes in the router, Python objects in the executor): the
+core stores and forwards them, it never looks inside.
 
 What happens to one item, in the order the core sees it:
 
@@ -27,6 +28,18 @@ What happens to one item, in the order the core sees it:
 
 A failure under ``on_error="fail"`` finishes the request with the error at once, tells the
 replicas to abort its work (``Abort``), and forgets everything about it.
+
+A replica is ``ready`` from its ``ReplicaUp`` until its ``ReplicaDown``, then ``dead`` for good
+(``_REPLICA_TRANSITIONS``). When one dies, its work in flight that has produced nothing yet runs
+again on another replica of the stage, once; work that had produced something fails (or is
+dropped, under ``on_error="drop"``), and so does every request with a group on it. Keyed work
+for a slot with no live replica is parked until the slot's next ``ReplicaUp``.
+
+Everything the core keeps is a named record: ``_Work`` (an invocation, queued, parked or in
+flight), ``_OpenGroup``/``_FlushGroup`` (a group message parked for its slot) and the watch
+actions ``_CloseGroup``/``_GiveUp`` (what to do when progress tracking reports a location
+unreachable). ``story(request)`` answers "what happened to this request?": the core's recent
+decisions about it (parked, redispatched, given up, flushed, failed...), as ``StoryEntry``s.
 """
 
 from __future__ import annotations
@@ -201,6 +214,66 @@ class CoreError(Exception):
 
 ReplicaState = Literal["ready", "dead"]
 
+# What each replica state accepts, and the state it leads to, in the shape of h11's tables: state
+# -> event type -> next state. A replica is ready from its ReplicaUp; ReplicaDown makes it dead
+# for good (a restarted process comes back as a new replica id, on the same slot). A dead replica
+# takes nothing: an Output or Ack from it after its ReplicaDown would count work twice that has
+# been run again elsewhere, so it is the shell's bug and is refused (``CoreError``).
+_REPLICA_TRANSITIONS: dict[ReplicaState, dict[type, ReplicaState]] = {
+    "ready": {Output: "ready", Ack: "ready", FlushDone: "ready", ReplicaDown: "dead"},
+    "dead": {},
+}
+
+
+@dataclass(slots=True)
+class _Work:
+    """An invocation the core has decided on: queued for a credit, parked for its slot's next
+    replica, or in flight (``outputs`` counts the items it has produced there so far)."""
+
+    ancestry: Ancestry
+    args: dict[str, Any]  # parameter -> payload (request fields included)
+    outputs: int = 0
+
+
+@dataclass(slots=True)
+class _OpenGroup:
+    """An ``Open`` of a keyed group, parked until its slot has a replica again."""
+
+    stage: str
+    prefix: Ancestry
+
+
+@dataclass(slots=True)
+class _FlushGroup:
+    """A ``Flush`` of a keyed group, parked until its slot has a replica again."""
+
+    stage: str
+    prefix: Ancestry
+    opened: bool
+
+
+Parked = Union[_Work, _OpenGroup, _FlushGroup]
+
+
+# What to do when progress tracking reports a watched (location, prefix) unreachable. One of
+# each is built per stage (or join input) with the core and shared by every watch.
+
+
+@dataclass(slots=True, frozen=True)
+class _CloseGroup:
+    """Nothing more can reach ``stage``'s group ``prefix``: flush it (or discard its state)."""
+
+    stage: str
+
+
+@dataclass(slots=True, frozen=True)
+class _GiveUp:
+    """``source`` can no longer produce the input that ``consumer``'s join waits for at ``prefix``:
+    the join entries waiting for it are dropped."""
+
+    consumer: str
+    source: str
+
 
 @dataclass
 class _Replica:
@@ -209,8 +282,8 @@ class _Replica:
     slot: int
     credits: int
     state: ReplicaState = "ready"
-    queue: deque = field(default_factory=deque)  # keyed work waiting for a credit
-    inflight: dict[tuple[int, Ancestry], tuple[dict[str, Any], int]] = field(default_factory=dict)
+    queue: deque[_Work] = field(default_factory=deque)  # keyed work waiting for a credit
+    inflight: dict[tuple[int, Ancestry], _Work] = field(default_factory=dict)
     groups: set[Ancestry] = field(default_factory=set)  # keyed groups it holds state for
 
 
@@ -234,13 +307,38 @@ class _Request:
         self.opened: set[tuple[str, Ancestry]] = set()
         self.touched: set[tuple[str, Ancestry]] = set()
         self.flushing: set[tuple[str, Ancestry]] = set()  # opened, flush sent
-        self.watchers: dict[tuple[int, Ancestry], list[tuple]] = {}
+        self.watchers: dict[tuple[int, Ancestry], list[_CloseGroup | _GiveUp]] = {}
 
 
-# Allowed replica transitions (STYLE rule 3): a dead replica comes back as a new replica id.
-_REPLICA_TRANSITIONS: dict[tuple[ReplicaState, str], ReplicaState] = {
-    ("ready", "down"): "dead",
-}
+# -- the story ---------------------------------------------------------------------------------
+
+Happening = Literal[
+    "finish",      # the request ended with nothing left in flight
+    "fail",        # the request ended with a stage's error (``detail``)
+    "cancel",      # the client went away
+    "abort",       # ``replica`` was told to drop the request's work
+    "open",        # a keyed group exists (sent to ``replica``, None: parked)
+    "flush",       # an opened group is complete: emit its result
+    "discard",     # a group that was never opened is complete: drop its state
+    "park",        # keyed work waits for its slot's next replica
+    "unpark",      # ... and went to ``replica``, the slot's new replica
+    "redispatch",  # work that ``replica`` died running, with no output yet, runs again elsewhere
+    "lost",        # work that ``replica`` died running, after some output: failed or dropped
+    "give-up",     # a join stops waiting for ``detail`` (that input cannot arrive)
+    "replica-up",
+    "replica-down",
+]
+
+
+class StoryEntry(NamedTuple):
+    """One decision of the core, as ``RouterCore.story`` returns it."""
+
+    request: int | None  # None for a replica's own happenings
+    stage: str | None
+    ancestry: Ancestry | None
+    what: Happening
+    replica: int | None = None
+    detail: str | None = None
 
 
 class CoreStatistics(NamedTuple):
@@ -253,9 +351,12 @@ class CoreStatistics(NamedTuple):
 
 
 class RouterCore:
-    """All routing and progress decisions of one router, for any number of requests."""
+    """All routing and progress decisions of one router, for any number of requests.
 
-    def __init__(self, plan: Plan, *, seed: int | None = None) -> None:
+    ``story_length`` bounds the story (``story``): the most recent decisions it keeps.
+    """
+
+    def __init__(self, plan: Plan, *, seed: int | None = None, story_length: int = 2000) -> None:
         self.plan = plan
         self.topo = Topology.from_plan(plan)
         self.progress = Progress(self.topo)
@@ -269,14 +370,18 @@ class RouterCore:
         self._in_cut = {s.name: 1 + len(s.levels_in) for s in plan.stages}  # an input's ancestry length
         self.replicas: dict[int, _Replica] = {}
         self.slots: dict[str, dict[int, int]] = {s.name: {} for s in plan.stages}  # slot -> id
-        self.stage_queue: dict[str, deque] = {s.name: deque() for s in plan.stages}
+        self.stage_queue: dict[str, deque[_Work]] = {s.name: deque() for s in plan.stages}
         # Keyed work whose slot has no live replica, waiting for ReplicaUp: (stage, slot) -> queue
-        self.parked: dict[tuple[str, int], deque] = {}
+        self.parked: dict[tuple[str, int], deque[Parked]] = {}
         self.requests: dict[int, _Request] = {}
         self._rng = random.Random(seed)
         self._out: list[Instruction] = []
         self._fired: deque = deque()
-        self.log: deque[str] = deque(maxlen=200)  # a short story of recent decisions
+        # Plain tuples in the order of StoryEntry's fields: one is built per request (its end)
+        # and per group, so they must cost next to nothing; ``story`` names them on the way out.
+        self._story: deque[tuple] = deque(maxlen=story_length)
+        self._close_group = {s.name: _CloseGroup(s.name) for s in plan.stages if s.route_key is not None}
+        self._give_up = {(s.name, i): _GiveUp(s.name, i) for s in plan.stages for i in s.inputs}
         self._handlers = {
             Submit: self._on_Submit, Output: self._on_Output, Ack: self._on_Ack,
             FlushDone: self._on_FlushDone, Cancel: self._on_Cancel, ReplicaUp: self._on_ReplicaUp,
@@ -321,10 +426,34 @@ class RouterCore:
             queued[rep.stage] += len(rep.queue)
             in_flight[rep.stage] += len(rep.inflight)
         for (name, _slot), parked in self.parked.items():
-            queued[name] += sum(1 for entry in parked if entry[0] == "invoke")
+            queued[name] += sum(1 for entry in parked if type(entry) is _Work)
         return CoreStatistics(queued, in_flight)
 
-    # -- events --------------------------------------------------------------------------------
+    # -- what happened -------------------------------------------------------------------------
+
+    def story(self, *requests: int) -> list[StoryEntry]:
+        """The core's recent decisions about any of ``requests``, oldest first (all of them when
+        none is named). Routine work (a request's arrival, each invocation, output and ack) is
+        not recorded: it would cost every item an entry and push out the rest. The story keeps
+        what a request's fate turns on, and how it ended."""
+        if not requests:
+            return [StoryEntry._make(e) for e in self._story]
+        wanted = set(requests)
+        return [StoryEntry._make(e) for e in self._story if e[0] in wanted]
+
+    # -- replicas ------------------------------------------------------------------------------
+
+    def _transition(self, replica: int, event: type) -> _Replica:
+        """Move ``replica`` along ``_REPLICA_TRANSITIONS`` for ``event``, or refuse it."""
+        rep = self.replicas.get(replica)
+        if rep is None:
+            raise CoreError(f"{event.__name__} from replica {replica}, which never reported ReplicaUp")
+        state = _REPLICA_TRANSITIONS[rep.state].get(event)
+        if state is None:
+            raise CoreError(f"replica {replica} ({rep.stage}, slot {rep.slot}) is {rep.state} "
+                            f"and cannot report {event.__name__}")
+        rep.state = state
+        return rep
 
     def _on_ReplicaUp(self, ev: ReplicaUp) -> None:
         stage = self.stages[ev.stage]
@@ -335,21 +464,24 @@ class RouterCore:
         rep = _Replica(ev.replica, ev.stage, ev.slot, credits=stage.concurrency)
         self.replicas[ev.replica] = rep
         self.slots[ev.stage][ev.slot] = ev.replica
+        self._story.append((None, ev.stage, None, "replica-up", rep.id, None))
         # Keyed work that waited for this slot goes first, in the order it came.
         for entry in self.parked.pop((ev.stage, ev.slot), ()):
-            if entry[0] == "send":
-                if entry[1] in self.requests:
-                    rep.groups.add(entry[2])
-                    self._out.append(entry[3](rep.id))
-            else:
-                rep.queue.append(entry[1:])
+            if type(entry) is _Work:
+                self._story.append((entry.ancestry[0], ev.stage, entry.ancestry, "unpark", rep.id, None))
+                rep.queue.append(entry)
+            elif entry.prefix[0] in self.requests:
+                self._story.append((entry.prefix[0], ev.stage, entry.prefix, "unpark", rep.id, None))
+                rep.groups.add(entry.prefix)
+                if type(entry) is _OpenGroup:
+                    self._out.append(Open(rep.id, entry.stage, entry.prefix))
+                else:
+                    self._out.append(Flush(rep.id, entry.stage, entry.prefix, entry.opened))
         self._feed(rep)
 
     def _on_ReplicaDown(self, ev: ReplicaDown) -> None:
-        rep = self.replicas.get(ev.replica)
-        if rep is None or rep.state == "dead":
-            return
-        rep.state = _REPLICA_TRANSITIONS[(rep.state, "down")]
+        rep = self._transition(ev.replica, ReplicaDown)
+        self._story.append((None, rep.stage, None, "replica-down", rep.id, None))
         if self.slots[rep.stage].get(rep.slot) == rep.id:
             del self.slots[rep.stage][rep.slot]
         stage = self.stages[rep.stage]
@@ -360,23 +492,33 @@ class RouterCore:
                     stage.name, self._named(stage.route_key or [], prefix),
                     f"the replica holding this group's aggregate state died (replica {rep.id})",
                     "ReplicaDied"))
-        parked = self.parked.setdefault((rep.stage, rep.slot), deque())
-        parked.extend(("invoke", anc, args) for anc, args in rep.queue)
-        rep.queue.clear()
+        rep.groups.clear()
+        if rep.queue:
+            # Keyed work for this slot waits for the slot's next replica.
+            parked = self.parked.setdefault((rep.stage, rep.slot), deque())
+            for work in rep.queue:
+                if work.ancestry[0] in self.requests:
+                    self._story.append((work.ancestry[0], stage.name, work.ancestry, "park", None, None))
+                    parked.append(work)
+            rep.queue.clear()
+            if not parked:
+                del self.parked[(rep.stage, rep.slot)]
         inflight, rep.inflight = rep.inflight, {}
-        for (req, anc), (args, outputs) in sorted(inflight.items(), key=lambda kv: kv[0]):
+        for (req, anc), work in sorted(inflight.items(), key=lambda kv: kv[0]):
             if req not in self.requests:
                 continue
-            if outputs == 0 and stage.route_key is None:
+            if work.outputs == 0 and stage.route_key is None:
                 # Nothing of it reached anyone: run it again elsewhere, exactly once overall.
-                self.log.append(f"redispatch {stage.name} {anc} from dead replica {rep.id}")
-                self._route(stage, anc, args)
+                self._story.append((req, stage.name, anc, "redispatch", rep.id, None))
+                self._route(stage, work)
             else:
+                self._story.append((req, stage.name, anc, "lost", rep.id, None))
                 self._ack(stage, anc, "failed" if stage.on_error == "fail" else "dropped",
                           ErrorInfo(stage.name, self._named(stage.levels_in, anc),
                                     f"replica {rep.id} died while running this item",
                                     "ReplicaDied"))
-        # Keyed work for this slot now waits in `parked` for the slot's next replica.
+
+    # -- requests ------------------------------------------------------------------------------
 
     def _on_Submit(self, ev: Submit) -> None:
         if ev.request in self.requests:
@@ -387,20 +529,25 @@ class RouterCore:
 
     def _on_Cancel(self, ev: Cancel) -> None:
         if ev.request in self.requests:
+            self._story.append((ev.request, None, None, "cancel", None, None))
             self._drop_request(ev.request)
+
+    # -- items from replicas -------------------------------------------------------------------
 
     def _on_Output(self, ev: Output) -> None:
         self._output(ev.replica, ev.stage, ev.ancestry, ev.payload)
 
     def _output(self, replica: int, name: str, anc: Ancestry, payload: Any) -> None:
+        rep = self.replicas.get(replica)
+        work = None if rep is None else rep.inflight.get((anc[0], anc[: self._in_cut[name]]))
+        if work is None:
+            # Not from work in flight there (a group's result, or a late word): may it speak?
+            # A replica with work in flight is ready; a dead one has none.
+            self._transition(replica, Output)
+        else:
+            work.outputs += 1
         if anc[0] not in self.requests:
             return  # the request ended (failed or cancelled): late output is dropped
-        rep = self.replicas.get(replica)
-        if rep is not None:
-            key = (anc[0], anc[: self._in_cut[name]])
-            running = rep.inflight.get(key)
-            if running is not None:
-                rep.inflight[key] = (running[0], running[1] + 1)
         self._emit(self.stages[name], anc, payload)
 
     def _on_Ack(self, ev: Ack) -> None:
@@ -408,10 +555,9 @@ class RouterCore:
 
     def _ack_in(self, replica: int, name: str, anc: Ancestry, status: Status, error: ErrorInfo | None) -> None:
         rep = self.replicas.get(replica)
-        if rep is None:
-            raise CoreError(f"ack from unknown replica {replica}")
-        if rep.inflight.pop((anc[0], anc), None) is None:
-            return  # already settled (its replica was declared dead, or the request ended)
+        if rep is None or rep.inflight.pop((anc[0], anc), None) is None:
+            self._transition(replica, Ack)
+            return  # already settled (the request ended, or the replica acked it twice)
         rep.credits += 1
         if anc[0] in self.requests:
             self._ack(self.stages[name], anc, status, error)
@@ -419,9 +565,8 @@ class RouterCore:
             self._feed(rep)
 
     def _on_FlushDone(self, ev: FlushDone) -> None:
-        rep = self.replicas.get(ev.replica)
-        if rep is not None:
-            rep.groups.discard(ev.prefix)
+        rep = self._transition(ev.replica, FlushDone)
+        rep.groups.discard(ev.prefix)
         req = self.requests.get(ev.prefix[0])
         if req is None:
             return
@@ -494,7 +639,7 @@ class RouterCore:
             return
         for src, key in missing:
             join.waiting[(src, key)].add(anc)
-            self._watch(self.topo.out_loc[src], key, ("gone", c.name, src))
+            self._watch(self.topo.out_loc[src], key, self._give_up[(c.name, src)])
 
     def _gone(self, c: StagePlan, src: str, key: Ancestry) -> None:
         req = self.requests.get(key[0])
@@ -506,6 +651,7 @@ class RouterCore:
         for anc in sorted(join.waiting.pop((src, key), ())):
             entry = join.pending.get(anc)
             if entry is not None and src not in entry:
+                self._story.append((anc[0], c.name, anc, "give-up", None, src))
                 del join.pending[anc]
                 self._release(self.topo.in_loc[c.name], anc)
 
@@ -517,8 +663,12 @@ class RouterCore:
             stage = self.stages[name]
             req.opened.add((name, prefix))
             self._hold(self.topo.fold_loc[name], prefix)
-            self._watch(self.topo.in_loc[name], prefix, ("close", name))
-            self._send_keyed(stage, prefix, lambda rid: Open(rid, name, prefix))
+            self._watch(self.topo.in_loc[name], prefix, self._close_group[name])
+            rid = self._group_replica(stage, prefix, "open")
+            if rid is None:
+                self._park(stage, prefix, _OpenGroup(name, prefix))
+            else:
+                self._out.append(Open(rid, name, prefix))
 
     def _close(self, stage: StagePlan, prefix: Ancestry) -> None:
         req = self.requests.get(prefix[0])
@@ -531,13 +681,28 @@ class RouterCore:
             req.touched.discard(key)
             if opened:
                 req.flushing.add(key)
-            self._send_keyed(stage, prefix, lambda rid: Flush(rid, stage.name, prefix, opened))
-            if not opened:
-                # A discard is not waited for: the request may end before its FlushDone comes.
-                rid = self.slots[stage.name].get(self._slot(stage, prefix))
-                if rid is not None:
+            rid = self._group_replica(stage, prefix, "flush" if opened else "discard")
+            if rid is None:
+                self._park(stage, prefix, _FlushGroup(stage.name, prefix, opened))
+            else:
+                self._out.append(Flush(rid, stage.name, prefix, opened))
+                if not opened:
+                    # A discard is not waited for: the request may end before its FlushDone comes.
                     self.replicas[rid].groups.discard(prefix)
         # An opened group keeps its fold pointstamp until the replica reports FlushDone.
+
+    def _group_replica(self, stage: StagePlan, prefix: Ancestry, what: Happening) -> int | None:
+        """The live replica holding ``stage``'s group ``prefix`` (which now holds it), if any."""
+        rid = self.slots[stage.name].get(self._slot(stage, prefix))
+        self._story.append((prefix[0], stage.name, prefix, what, rid, None))
+        if rid is not None:
+            self.replicas[rid].groups.add(prefix)
+        return rid
+
+    def _park(self, stage: StagePlan, anc: Ancestry, entry: Parked) -> None:
+        """Keep keyed work for the slot's next replica (its last one died)."""
+        self._story.append((anc[0], stage.name, anc, "park", None, None))
+        self.parked.setdefault((stage.name, self._slot(stage, anc)), deque()).append(entry)
 
     # -- dispatch and credits ------------------------------------------------------------------
 
@@ -555,29 +720,28 @@ class RouterCore:
             prefix = anc[: 1 + len(stage.route_key)]
             if (stage.name, prefix) not in req.opened and (stage.name, prefix) not in req.touched:
                 req.touched.add((stage.name, prefix))
-                self._watch(self.topo.in_loc[stage.name], prefix, ("close", stage.name))
-        self._route(stage, anc, full)
+                self._watch(self.topo.in_loc[stage.name], prefix, self._close_group[stage.name])
+        self._route(stage, _Work(anc, full))
 
-    def _route(self, stage: StagePlan, anc: Ancestry, args: dict[str, Any]) -> None:
+    def _route(self, stage: StagePlan, work: _Work) -> None:
         if stage.route_key is not None:
-            prefix = anc[: 1 + len(stage.route_key)]
-            slot = self._slot(stage, prefix)
-            rid = self.slots[stage.name].get(slot)
+            prefix = work.ancestry[: 1 + len(stage.route_key)]
+            rid = self.slots[stage.name].get(self._slot(stage, prefix))
             if rid is None:  # the slot's replica is (re)starting
-                self.parked.setdefault((stage.name, slot), deque()).append(("invoke", anc, args))
+                self._park(stage, work.ancestry, work)
                 return
             rep = self.replicas[rid]
             rep.groups.add(prefix)
             if rep.credits > 0:
-                self._invoke(rep, anc, args)
+                self._invoke(rep, work)
             else:
-                rep.queue.append((anc, args))
+                rep.queue.append(work)
             return
         rep = self._pick(stage)
         if rep is None:
-            self.stage_queue[stage.name].append((anc, args))
+            self.stage_queue[stage.name].append(work)
         else:
-            self._invoke(rep, anc, args)
+            self._invoke(rep, work)
 
     def _pick(self, stage: StagePlan) -> _Replica | None:
         slots = self.slots[stage.name]
@@ -593,10 +757,11 @@ class RouterCore:
         a, b = self._rng.sample(ready, 2)
         return a if len(a.inflight) <= len(b.inflight) else b
 
-    def _invoke(self, rep: _Replica, anc: Ancestry, args: dict[str, Any]) -> None:
+    def _invoke(self, rep: _Replica, work: _Work) -> None:
         rep.credits -= 1
-        rep.inflight[(anc[0], anc)] = (args, 0)
-        self._out.append(Invoke(rep.id, rep.stage, anc, args))
+        anc = work.ancestry
+        rep.inflight[(anc[0], anc)] = work
+        self._out.append(Invoke(rep.id, rep.stage, anc, work.args))
 
     def _feed(self, rep: _Replica) -> None:
         """Give a replica with free credits the work waiting for it."""
@@ -604,19 +769,9 @@ class RouterCore:
             queue = rep.queue if rep.queue else self.stage_queue[rep.stage]
             if not queue:
                 return
-            anc, args = queue.popleft()
-            if anc[0] not in self.requests:
-                continue
-            self._invoke(rep, anc, args)
-
-    def _send_keyed(self, stage: StagePlan, prefix: Ancestry, make: Any) -> None:
-        slot = self._slot(stage, prefix)
-        rid = self.slots[stage.name].get(slot)
-        if rid is None:
-            self.parked.setdefault((stage.name, slot), deque()).append(("send", prefix[0], prefix, make))
-            return
-        self.replicas[rid].groups.add(prefix)
-        self._out.append(make(rid))
+            work = queue.popleft()
+            if work.ancestry[0] in self.requests:
+                self._invoke(rep, work)
 
     def _slot(self, stage: StagePlan, prefix: Ancestry) -> int:
         """Rendezvous hashing: the slot with the highest hash of (stage, key, slot)."""
@@ -634,7 +789,7 @@ class RouterCore:
         if anc[0] in self.requests:
             self._fired.extend(self.progress.release(loc, anc))
 
-    def _watch(self, target: int, prefix: Ancestry, action: tuple) -> None:
+    def _watch(self, target: int, prefix: Ancestry, action: _CloseGroup | _GiveUp) -> None:
         req = self.requests[prefix[0]]
         req.watchers.setdefault((target, prefix), []).append(action)
         if self.progress.watch(target, prefix):
@@ -643,8 +798,9 @@ class RouterCore:
     def _pump(self) -> None:
         while self._fired:
             ev = self._fired.popleft()
-            if isinstance(ev, RequestIdle):
+            if type(ev) is RequestIdle:
                 if ev.request in self.requests and self.progress.holds(ev.request) == 0:
+                    self._story.append((ev.request, None, None, "finish", None, None))
                     self._out.append(Finish(ev.request))
                     self._forget(ev.request)
                 continue
@@ -652,17 +808,21 @@ class RouterCore:
             if req is None:
                 continue
             for action in req.watchers.pop((ev.target, ev.prefix), ()):
-                if action[0] == "gone":
-                    self._gone(self.stages[action[1]], action[2], ev.prefix)
+                if type(action) is _GiveUp:
+                    self._gone(self.stages[action.consumer], action.source, ev.prefix)
                 else:
-                    self._close(self.stages[action[1]], ev.prefix)
+                    self._close(self.stages[action.stage], ev.prefix)
 
     # -- request endings -----------------------------------------------------------------------
 
     def _fail_request(self, request: int, error: ErrorInfo | None) -> None:
         if request not in self.requests:
             return
-        self.log.append(f"request {request} failed: {error}")
+        if error is None:
+            self._story.append((request, None, None, "fail", None, None))
+        else:
+            self._story.append((request, error.stage, (request, *error.ancestry.values()), "fail",
+                                None, error.detail))
         self._out.append(Finish(request, error))
         self._drop_request(request)
 
@@ -673,6 +833,7 @@ class RouterCore:
             mine = [k for k in rep.inflight if k[0] == request]
             held = any(g[0] == request for g in rep.groups)
             if mine or held:
+                self._story.append((request, rep.stage, (request,), "abort", rep.id, None))
                 self._out.append(Abort(rep.id, request))
             rep.groups = {g for g in rep.groups if g[0] != request}
         self._forget(request)

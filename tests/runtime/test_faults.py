@@ -43,7 +43,7 @@ def test_kill_of_a_stateless_replica_loses_nothing():
                 assert events[-1].type == "done", events[-1]
                 assert [e.value for e in events if e.type == "output"] == [_total(20)]
             # Not vacuous: work that was running on the killed replica ran again elsewhere.
-            assert any(line.startswith("redispatch slow") for line in sup.router.core.log)
+            assert any(e.what == "redispatch" and e.stage == "slow" for e in sup.router.core.story())
             # The supervisor restarts it; the server keeps serving.
             await sup.wait_ready()
             again = await asyncio.wait_for(_events(sup.router.submit({"n": 3})), 30)
