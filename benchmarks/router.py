@@ -15,7 +15,7 @@ repetition with fresh processes; every number is the median and min-max over the
               with frames.encode_frame, the echo decodes it (FrameReader.feed) and answers with a
               new frame (FrameWriter, one write per event-loop turn). The floor.
   worker      the same client speaking the router's side of the protocol straight to a real
-              altoflow worker (python -m altoflow.runtime.worker) running benchmarks/apps/echo.py
+              altoflow worker (python -m altoflow worker) running benchmarks/apps/echo.py
               `echo`: DATA out, DATA and ACK back; no router. The worker's own cost (task per
               invocation, codec, stage runner, the ACK frame) over the floor.
   bare        the direct client and echo with a third process between them that splits frames

@@ -31,7 +31,7 @@ def test_router_benchmark_quick(tmp_path):
     out = tmp_path / "router.json"
     proc = subprocess.run(
         [sys.executable, str(ROOT / "benchmarks" / "router.py"), "--quick", "--out", str(out)],
-        cwd=ROOT, capture_output=True, text=True, timeout=120,
+        cwd=ROOT, capture_output=True, text=True, timeout=290,
     )
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
     record = json.loads(out.read_text())

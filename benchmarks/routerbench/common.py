@@ -107,7 +107,7 @@ async def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
 def worker_cmd(target: str, stage: str, path: str, loop: str) -> list[str]:
     argv = ["--target", target, "--stage", stage, "--slot", "0", "--connect", path]
     if loop == "uvloop":
-        return [sys.executable, "-m", "altoflow.runtime.worker", *argv]
+        return [sys.executable, "-m", "altoflow", "worker", *argv]
     # The worker picks uvloop whenever it can import it: hide it.
     return [sys.executable, "-c", "import sys; sys.modules['uvloop'] = None; "
             "from altoflow.cli import app; app(['worker', *sys.argv[1:]], prog_name='altoflow')", *argv]
