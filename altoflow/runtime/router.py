@@ -246,6 +246,11 @@ class Router:
             sum(p.conn.reader.statistics().buffered_bytes for p in pending))
 
     async def close(self) -> None:
+        for proto in list(self._tcp_pending):  # strangers get no SHUTDOWN, only the hang-up
+            if proto.deadline is not None:
+                proto.deadline.cancel()
+                proto.deadline = None
+            proto.conn.transport.abort()
         for conn in list(self.conns.values()):
             conn.writer.send_nowait(fr.Kind.SHUTDOWN)
             conn.transport.write(conn.writer.flush())

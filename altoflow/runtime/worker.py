@@ -262,8 +262,9 @@ class Worker:
                 # A plain-TCP router says CHALLENGE at once; a TLS one waits for a TLS hello
                 # and hangs up when its handshake timeout passes.
                 raise WorkerStartError(
-                    f"{me}: the router at {address} hung up without saying a word; if it serves "
-                    f"TLS (`altoflow serve --tls-cert`), pass its CA with --tls-ca PATH")
+                    f"{me}: the router at {address} hung up without saying a word: if it serves "
+                    f"TLS (`altoflow serve --tls-cert`), pass its CA with --tls-ca PATH; if not, it "
+                    f"turned the connection away (too many connecting at once: its log says so)")
             raise WorkerStartError(
                 f"{me}: the router at {address} hung up before letting it in{why}; check that "
                 f"router and replica share the secret and the target, and that slot {self.slot} "

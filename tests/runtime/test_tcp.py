@@ -358,3 +358,16 @@ def test_tls_flags_that_cannot_work_are_refused_before_anything_starts(certs, tm
     missing = _cli("worker", "--target", TARGET, "--stage", "slow", "--connect", "127.0.0.1:1",
                    "--tls-ca", str(tmp_path / "nope.pem"))
     assert missing.returncode == 1 and "cannot load --tls-ca" in missing.stderr
+
+
+def test_closing_the_router_hangs_up_on_peers_still_in_their_handshake():
+    async def main():
+        router, port = await _router(handshake_timeout=600)  # the close, not the timeout
+        reader, writer, challenge = await _open(port)
+        assert challenge
+        await router.close()
+        assert await _until_closed(reader) == b""
+        assert router.tcp_statistics().pending == 0
+        writer.close()
+
+    asyncio.run(main())
