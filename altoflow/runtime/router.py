@@ -113,9 +113,10 @@ class _Protocol(asyncio.Protocol):
         self.deadline = None
         router = self.conn.router
         router._tcp_timed_out += 1
-        logger.warning("a connecting replica did not finish the handshake in %g s and was dropped "
-                       "(raise the handshake timeout if replicas are that slow to answer)",
-                       router.handshake_timeout)
+        if router._tcp_timed_out == 1 or router._tcp_timed_out % 100 == 0:  # a flood logs little
+            logger.warning("a connecting replica did not finish the handshake in %g s and was "
+                           "dropped (%d so far; raise --handshake-timeout if replicas are that "
+                           "slow to answer)", router.handshake_timeout, router._tcp_timed_out)
         self.conn.transport.abort()
 
     def data_received(self, data: bytes) -> None:
