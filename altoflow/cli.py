@@ -145,6 +145,11 @@ def serve(
                                               help="Shared secret for TCP replicas (or ALTOFLOW_SECRET)."),
     remote: list[str] = typer.Option([], "--remote",
                                      help="A stage whose replicas all run elsewhere (`altoflow worker`)."),
+    tls_cert: Optional[str] = typer.Option(None, "--tls-cert",
+                                           help="PEM certificate: the --listen port serves TLS only."),
+    tls_key: Optional[str] = typer.Option(None, "--tls-key", help="The PEM private key of --tls-cert."),
+    handshake_timeout: float = typer.Option(5.0, "--handshake-timeout",
+                                            help="Seconds a TCP replica has to get in (TLS, then HELLO)."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
@@ -171,10 +176,25 @@ def serve(
         _fail("--listen needs a shared secret: --secret-file PATH or ALTOFLOW_SECRET", 2)
     if remote and address is None:
         _fail("--remote stages connect over TCP: add --listen HOST:PORT", 2)
+    tls = None
+    if (tls_cert is None) != (tls_key is None):
+        _fail("TLS needs both --tls-cert PATH and --tls-key PATH", 2)
+    if tls_cert is not None:
+        from altoflow.runtime.tls import TlsConfigError, server_context
+
+        if address is None:
+            _fail("--tls-cert and --tls-key are for the --listen port: add --listen HOST:PORT", 2)
+        try:
+            tls = server_context(tls_cert, tls_key)  # type: ignore[arg-type]
+        except TlsConfigError as exc:
+            _fail(str(exc), 2)
+    if not handshake_timeout > 0:
+        _fail(f"--handshake-timeout takes seconds above 0, not {handshake_timeout}", 2)
     try:
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
-                                remote=frozenset(remote))
+                                remote=frozenset(remote), tls=tls,
+                                handshake_timeout=handshake_timeout)
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:
@@ -206,6 +226,8 @@ def worker(
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="As the router's `serve --allow-pickle` (local sockets only)."),
     barrier: bool = typer.Option(False, "--barrier", help="As the router's `serve --barrier`."),
+    tls_ca: Optional[str] = typer.Option(None, "--tls-ca",
+                                         help="TLS to the router, whose certificate this CA file signed."),
 ) -> None:
     """Run one replica of a stage, connected to a router (`serve` starts local ones for you)."""
     from altoflow.runtime.worker import WorkerError, run_worker
@@ -214,7 +236,7 @@ def worker(
     _cwd_on_path()
     try:
         run_worker(target, stage, slot, connect=connect, secret=secret, allow_pickle=allow_pickle,
-                   barrier=barrier)
+                   barrier=barrier, tls_ca=tls_ca)
     except CompileError as exc:
         _fail(str(exc), 2)
     except WorkerError as exc:  # WorkerStartError included: it did not get in, or lost its router

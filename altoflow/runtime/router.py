@@ -21,9 +21,10 @@ import inspect
 import itertools
 import logging
 import os
+import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NamedTuple
 
 from altoflow._errors import Overloaded
 from altoflow._result import Event, done_event, output_event
@@ -65,32 +66,89 @@ class _Conn:
     writer: fr.FrameWriter = field(default_factory=fr.FrameWriter)
 
 
+class TcpStatistics(NamedTuple):
+    pending: int  # TCP connections that have not sent a verified HELLO yet
+    authenticated: int  # TCP replicas let in
+    refused: int  # connections closed at once: over max_pending or max_connections
+    timed_out: int  # connections dropped for not finishing the handshake in time
+    pending_buffered_bytes: int  # what the router holds of the pending ones' partial frames
+
+
 class _Protocol(asyncio.Protocol):
     def __init__(self, router: "Router", tcp: bool = False) -> None:
         self.conn = _Conn(router)
         self.tcp = tcp
+        self.counted = False  # TCP: counted in the router's connection caps
+        self.deadline: asyncio.TimerHandle | None = None
 
     def connection_made(self, transport: Any) -> None:
         self.conn.transport = transport
         if self.tcp:
+            # A TCP peer is a stranger until its HELLO is verified: it gets small frames, a
+            # deadline, and no connection at all past the caps (asyncio calls this after the
+            # TLS handshake, which has a deadline of its own).
+            router = self.conn.router
+            if not router._tcp_admit(self):
+                transport.abort()
+                return
+            self.conn.reader = fr.FrameReader(max_frame_size=fr.PRE_AUTH_MAX_FRAME_SIZE)
+            self.deadline = asyncio.get_running_loop().call_later(
+                router.handshake_timeout, self._handshake_expired)
             # Over TCP the replica must prove it knows the shared secret before anything else.
             self.conn.challenge = os.urandom(fr.NONCE_SIZE)
             transport.write(fr.encode_frame(fr.Kind.CHALLENGE, body=fr.Challenge(self.conn.challenge)))
+
+    def authenticated(self) -> None:
+        """Its HELLO passed: the replica's frames may now be as big as any replica's."""
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if self.conn.reader.statistics().buffered_bytes:
+            # It sent more before its READY came back, which a replica never does.
+            raise fr.RemoteProtocolError("a replica sent frames after its HELLO before the router's READY")
+        self.conn.reader = fr.FrameReader()
+        self.conn.router._tcp_pending.discard(self)
+
+    def _handshake_expired(self) -> None:
+        self.deadline = None
+        router = self.conn.router
+        router._tcp_timed_out += 1
+        if router._tcp_timed_out == 1 or router._tcp_timed_out % 100 == 0:  # a flood logs little
+            logger.warning("a connecting replica did not finish the handshake in %g s and was "
+                           "dropped (%d so far; raise --handshake-timeout if replicas are that "
+                           "slow to answer)", router.handshake_timeout, router._tcp_timed_out)
+        self.conn.transport.abort()
 
     def data_received(self, data: bytes) -> None:
         router = self.conn.router
         try:
             for frame in self.conn.reader.feed(data):
+                if self.tcp and self.conn.stage is None:
+                    router._on_hello(self.conn, frame)
+                    self.authenticated()
+                    continue
                 router._on_frame(self.conn, frame)
         except fr.ProtocolError as exc:
             # The peer's mistake: drop that replica, keep serving everyone else.
-            who = (f"replica {self.conn.stage} (connection {self.conn.rid})" if self.conn.stage
-                   else "a connecting replica")
+            if self.conn.stage:
+                who = f"replica {self.conn.stage} (connection {self.conn.rid})"
+            elif self.tcp:
+                who = (f"a connecting replica (limited to {fr.PRE_AUTH_MAX_FRAME_SIZE}-byte frames "
+                       f"until its HELLO passes)")
+            else:
+                who = "a connecting replica"
             logger.warning("%s broke the protocol and was dropped: %s", who, exc)
             self.conn.transport.close()
         router._flush_soon()
 
     def connection_lost(self, exc: Exception | None) -> None:
+        if self.deadline is not None:
+            self.deadline.cancel()
+            self.deadline = None
+        if self.counted:
+            self.counted = False
+            self.conn.router._tcp_pending.discard(self)
+            self.conn.router._tcp_connections -= 1
         self.conn.router._on_lost(self.conn)
 
 
@@ -129,21 +187,71 @@ class Router:
         self._admitted: dict[int, float] = {}
         self.server: asyncio.AbstractServer | None = None
         self._output_hints = {name: _output_hint(compiled.specs[name]) for name in self.plan.names}
+        self._tcp_pending: set[_Protocol] = set()
+        self._tcp_connections = 0
+        self._tcp_refused = 0
+        self._tcp_timed_out = 0
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_unix_server(lambda: _Protocol(self), path)
 
-    async def listen_tcp(self, host: str, port: int, secret: bytes) -> int:
-        """Accept replicas from other machines on host:port; returns the port (0 picks one)."""
+    async def listen_tcp(self, host: str, port: int, secret: bytes, *,
+                         tls: ssl.SSLContext | None = None,
+                         handshake_timeout: float = fr.HANDSHAKE_TIMEOUT,
+                         max_pending: int = 64, max_connections: int = 1024) -> int:
+        """Accept replicas from other machines on host:port; returns the port (0 picks one).
+
+        With ``tls`` (``altoflow.runtime.tls.server_context``) the port serves TLS only. A peer
+        has ``handshake_timeout`` seconds for the TLS handshake and as many again to send a
+        HELLO that proves the ``secret``; until then its frames may be at most
+        ``PRE_AUTH_MAX_FRAME_SIZE`` bytes. A connection past ``max_pending`` not yet let in, or
+        past ``max_connections`` in all, is closed at once.
+        """
         if not secret:
             raise ValueError("TCP replicas need a shared secret (--secret-file or ALTOFLOW_SECRET)")
+        if not handshake_timeout > 0:
+            raise ValueError(f"the handshake timeout must be above 0 s, not {handshake_timeout}")
+        if not 1 <= max_pending <= max_connections:
+            raise ValueError(f"need 1 <= max_pending <= max_connections, not {max_pending} and "
+                             f"{max_connections}")
         self.secret = secret
+        self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
+        self.max_connections = max_connections
         loop = asyncio.get_running_loop()
-        self.tcp_server = await loop.create_server(lambda: _Protocol(self, tcp=True), host, port)
+        self.tcp_server = await loop.create_server(
+            lambda: _Protocol(self, tcp=True), host, port, ssl=tls,
+            ssl_handshake_timeout=handshake_timeout if tls is not None else None)
         return self.tcp_server.sockets[0].getsockname()[1]
 
+    def _tcp_admit(self, proto: _Protocol) -> bool:
+        if len(self._tcp_pending) >= self.max_pending or self._tcp_connections >= self.max_connections:
+            self._tcp_refused += 1
+            if self._tcp_refused == 1 or self._tcp_refused % 1000 == 0:
+                logger.warning("refused a TCP connection (%d so far): %d connecting replicas (the most "
+                               "is %d), %d connections (the most is %d)", self._tcp_refused,
+                               len(self._tcp_pending), self.max_pending, self._tcp_connections,
+                               self.max_connections)
+            return False
+        proto.counted = True
+        self._tcp_pending.add(proto)
+        self._tcp_connections += 1
+        return True
+
+    def tcp_statistics(self) -> TcpStatistics:
+        pending = self._tcp_pending
+        return TcpStatistics(
+            len(pending), self._tcp_connections - len(pending), self._tcp_refused,
+            self._tcp_timed_out,
+            sum(p.conn.reader.statistics().buffered_bytes for p in pending))
+
     async def close(self) -> None:
+        for proto in list(self._tcp_pending):  # strangers get no SHUTDOWN, only the hang-up
+            if proto.deadline is not None:
+                proto.deadline.cancel()
+                proto.deadline = None
+            proto.conn.transport.abort()
         for conn in list(self.conns.values()):
             conn.writer.send_nowait(fr.Kind.SHUTDOWN)
             conn.transport.write(conn.writer.flush())

@@ -15,13 +15,14 @@ import logging
 import os
 import shutil
 import signal
+import ssl
 import sys
 import tempfile
 from dataclasses import dataclass
 from typing import Any
 
 from altoflow.compiler import CompiledPipeline
-from altoflow.wire import Codec
+from altoflow.wire import HANDSHAKE_TIMEOUT, Codec
 from altoflow.runtime.router import Router
 
 logger = logging.getLogger("altoflow.supervisor")
@@ -56,13 +57,20 @@ class Supervisor:
     def __init__(self, compiled: CompiledPipeline, target: str, *, replicas: dict[str, int] | None = None,
                  max_inflight: int = 1024, allow_pickle: bool = False, restart: bool = True,
                  barrier: bool = False, listen: tuple[str, int] | None = None,
-                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
+                 secret: bytes = b"", remote: frozenset[str] = frozenset(),
+                 tls: ssl.SSLContext | None = None,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.barrier = barrier
         # TCP for replicas on other machines: `remote` stages get no local process; their
-        # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret.
+        # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret,
+        # over TLS when `tls` (altoflow.runtime.tls.server_context) is given.
         self.listen = listen
         self.secret = secret
         self.remote = remote
+        self.tls = tls
+        self.handshake_timeout = handshake_timeout
+        if tls is not None and listen is None:
+            raise ValueError("--tls-cert and --tls-key are for the --listen port: add --listen HOST:PORT")
         if listen is not None and allow_pickle:
             raise ValueError("--allow-pickle is for local sockets only; it cannot be used with --listen")
         self.compiled = with_replicas(compiled, replicas or {})
@@ -83,7 +91,8 @@ class Supervisor:
         self.path = os.path.join(self.dir, "router.sock")
         await self.router.start(self.path)
         if self.listen is not None:
-            self.tcp_port = await self.router.listen_tcp(*self.listen, self.secret)
+            self.tcp_port = await self.router.listen_tcp(
+                *self.listen, self.secret, tls=self.tls, handshake_timeout=self.handshake_timeout)
         unknown = sorted(self.remote - set(self.compiled.plan.names))
         if unknown:
             raise ValueError(f"--remote names no stage: {', '.join(unknown)}")

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import ssl
 from collections import deque
 from typing import Any
 
@@ -28,6 +29,7 @@ from altoflow import wire as fr
 from altoflow.wire import Codec
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.runner import StageRunner
+from altoflow.runtime.tls import TlsConfigError, client_context
 
 _DATA = fr.Kind.DATA
 
@@ -195,9 +197,11 @@ class Worker:
         self.hello = hello
         self._send(fr.Kind.HELLO, body=hello)
 
-    async def serve(self, address: str, secret: bytes | None = None) -> None:
+    async def serve(self, address: str, secret: bytes | None = None,
+                    tls: ssl.SSLContext | None = None) -> None:
         """Serve frames from the router at ``address``: a UNIX socket path, or HOST:PORT (TCP,
-        which needs the router's shared ``secret``)."""
+        which needs the router's shared ``secret``, and ``tls``, from
+        ``altoflow.runtime.tls.client_context``, when the router serves TLS)."""
         loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
         worker = self
@@ -224,11 +228,26 @@ class Worker:
                                            f"(--secret-file PATH or ALTOFLOW_SECRET)")
                 self.secret = secret
                 host, _, port = address.rpartition(":")
-                self.transport, _ = await loop.create_connection(Proto, host, int(port))
+                self.transport, _ = await loop.create_connection(Proto, host, int(port), ssl=tls)
                 # HELLO goes out when the router's CHALLENGE arrives.
             else:
+                if tls is not None:
+                    raise WorkerStartError(f"{me}: --tls-ca is for a TCP router (HOST:PORT); "
+                                           f"{address} is a UNIX socket")
                 self.transport, _ = await loop.create_unix_connection(Proto, address)
                 self._hello()
+        except ssl.SSLCertVerificationError as exc:
+            raise WorkerStartError(
+                f"{me}: the router at {address} is not the one --tls-ca trusts "
+                f"({exc.verify_message}); give --tls-ca the CA that signed the router's "
+                f"--tls-cert, and connect by a name that certificate holds") from exc
+        except (ssl.SSLError, ConnectionError) as exc:
+            if tls is None:
+                raise WorkerStartError(f"{me}: cannot connect to the router at {address} ({exc})") from exc
+            raise WorkerStartError(
+                f"{me}: the TLS handshake with the router at {address} failed ({exc}); check "
+                f"that the router serves TLS (`altoflow serve --tls-cert ... --tls-key ...`), "
+                f"or leave out --tls-ca if it does not") from exc
         except OSError as exc:
             raise WorkerStartError(f"{me}: cannot connect to the router at {address} ({exc}); "
                                    f"start `altoflow serve` first (with --listen for TCP)") from exc
@@ -239,6 +258,13 @@ class Worker:
         self.transport.close()
         if not self.ready:
             why = f" ({self.error})" if self.error is not None else ""
+            if is_tcp(address) and tls is None and not self.challenge and self.error is None:
+                # A plain-TCP router says CHALLENGE at once; a TLS one waits for a TLS hello
+                # and hangs up when its handshake timeout passes.
+                raise WorkerStartError(
+                    f"{me}: the router at {address} hung up without saying a word: if it serves "
+                    f"TLS (`altoflow serve --tls-cert`), pass its CA with --tls-ca PATH; if not, it "
+                    f"turned the connection away (too many connecting at once: its log says so)")
             raise WorkerStartError(
                 f"{me}: the router at {address} hung up before letting it in{why}; check that "
                 f"router and replica share the secret and the target, and that slot {self.slot} "
@@ -254,21 +280,26 @@ def is_tcp(address: str) -> bool:
 
 
 def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: bytes = b"",
-               allow_pickle: bool = False, barrier: bool = False) -> None:
+               allow_pickle: bool = False, barrier: bool = False, tls_ca: str | None = None) -> None:
     """Run one replica of ``stage`` until its router at ``connect`` (a UNIX socket path, or
-    HOST:PORT over TCP with the router's shared ``secret``) says SHUTDOWN or goes away.
+    HOST:PORT over TCP with the router's shared ``secret``) says SHUTDOWN or goes away. With
+    ``tls_ca`` the connection is TLS, and the router's certificate must chain to that CA file.
 
     Raises ``CompileError`` if the target does not load, ``WorkerStartError`` if the replica
     cannot start or is not let in, and ``WorkerError`` if the connection breaks on a protocol
     error later.
     """
+    try:
+        tls = client_context(tls_ca) if tls_ca is not None else None
+    except TlsConfigError as exc:
+        raise WorkerStartError(f"replica {stage}#{slot}: {exc}") from exc
     transport = "tcp" if is_tcp(connect) else "unix"
     worker = Worker(target, stage, slot, Codec(allow_pickle=allow_pickle, transport=transport),
                     barrier=barrier)
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:
-        asyncio.run(worker.serve(connect, secret))
+        asyncio.run(worker.serve(connect, secret, tls))
     else:
-        uvloop.run(worker.serve(connect, secret))
+        uvloop.run(worker.serve(connect, secret, tls))
 

@@ -3,11 +3,13 @@
 
 from __future__ import annotations
 
+import ssl
 from typing import Any
 
 from altoflow.compiler import load_target
 from altoflow.runtime.stream import RequestStream
 from altoflow.runtime.supervisor import Supervisor
+from altoflow.wire import HANDSHAKE_TIMEOUT
 
 
 class ServedIngress:
@@ -22,11 +24,13 @@ class ServedIngress:
     def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
                  max_inflight: int = 1024, barrier: bool = False, allow_pickle: bool = False,
                  ready_timeout: float = 120, listen: tuple[str, int] | None = None,
-                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
+                 secret: bytes = b"", remote: frozenset[str] = frozenset(),
+                 tls: ssl.SSLContext | None = None,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
-                                     remote=remote)
+                                     remote=remote, tls=tls, handshake_timeout=handshake_timeout)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout

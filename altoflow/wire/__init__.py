@@ -28,11 +28,21 @@ from altoflow.wire.frame import (
     encode_frame,
     encode_item,
 )
-from altoflow.wire.handshake import NONCE_SIZE, AuthenticationError, replica_proof, router_proof, verify_proof
+from altoflow.wire.handshake import (
+    HANDSHAKE_TIMEOUT,
+    NONCE_SIZE,
+    PRE_AUTH_MAX_FRAME_SIZE,
+    AuthenticationError,
+    replica_proof,
+    router_proof,
+    verify_proof,
+)
 from altoflow.wire.stream import FrameReader, FrameWriter
 
 __all__ = [
+    "HANDSHAKE_TIMEOUT",
     "NONCE_SIZE",
+    "PRE_AUTH_MAX_FRAME_SIZE",
     "STATUS_CODES",
     "STATUS_NAMES",
     "AuthenticationError",

@@ -10,6 +10,10 @@ replica sends HELLO at once. Over TCP:
 Each side proves that it knows the shared secret over a nonce the other chose, so neither a
 replayed HELLO nor a fake router gets through; the HELLO fields are covered so that they cannot
 be swapped.
+
+Before its HELLO is verified a TCP peer is a stranger, so the router holds it to less: frames of
+at most PRE_AUTH_MAX_FRAME_SIZE bytes (a HELLO is under 200), and HANDSHAKE_TIMEOUT seconds from
+connecting (after TLS, if any) to a verified HELLO.
 """
 
 from __future__ import annotations
@@ -19,9 +23,19 @@ import hmac
 
 from altoflow.wire.frame import Hello, LocalProtocolError, RemoteProtocolError
 
-__all__ = ["NONCE_SIZE", "AuthenticationError", "replica_proof", "router_proof", "verify_proof"]
+__all__ = [
+    "HANDSHAKE_TIMEOUT",
+    "NONCE_SIZE",
+    "PRE_AUTH_MAX_FRAME_SIZE",
+    "AuthenticationError",
+    "replica_proof",
+    "router_proof",
+    "verify_proof",
+]
 
 NONCE_SIZE = 16
+PRE_AUTH_MAX_FRAME_SIZE = 4096
+HANDSHAKE_TIMEOUT = 5.0
 
 
 class AuthenticationError(RemoteProtocolError):
