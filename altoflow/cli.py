@@ -145,6 +145,10 @@ def serve(
                                               help="Shared secret for TCP replicas (or ALTOFLOW_SECRET)."),
     remote: list[str] = typer.Option([], "--remote",
                                      help="A stage whose replicas all run elsewhere (`altoflow worker`)."),
+    replay_limit: int = typer.Option(
+        100_000, "--replay-limit",
+        help="Inputs of open aggregate groups kept, all together, to replay a group whose replica "
+             "dies (0: none; such a death fails the group's request)."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
@@ -171,10 +175,12 @@ def serve(
         _fail("--listen needs a shared secret: --secret-file PATH or ALTOFLOW_SECRET", 2)
     if remote and address is None:
         _fail("--remote stages connect over TCP: add --listen HOST:PORT", 2)
+    if replay_limit < 0:
+        _fail(f"--replay-limit takes 0 (no replay) or more inputs, not {replay_limit}", 2)
     try:
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
-                                remote=frozenset(remote))
+                                remote=frozenset(remote), replay_limit=replay_limit)
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:

@@ -56,7 +56,8 @@ class Supervisor:
     def __init__(self, compiled: CompiledPipeline, target: str, *, replicas: dict[str, int] | None = None,
                  max_inflight: int = 1024, allow_pickle: bool = False, restart: bool = True,
                  barrier: bool = False, listen: tuple[str, int] | None = None,
-                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
+                 secret: bytes = b"", remote: frozenset[str] = frozenset(),
+                 replay_limit: int = 100_000) -> None:
         self.barrier = barrier
         # TCP for replicas on other machines: `remote` stages get no local process; their
         # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret.
@@ -72,7 +73,7 @@ class Supervisor:
         self.allow_pickle = allow_pickle
         # Only the replicas and the requests' consumers may unpickle, never the router itself.
         self.router = Router(compiled, output_codec=Codec(allow_pickle=allow_pickle),
-                             max_inflight=max_inflight)
+                             max_inflight=max_inflight, replay_limit=replay_limit)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
