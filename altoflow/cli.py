@@ -150,6 +150,10 @@ def serve(
     tls_key: Optional[str] = typer.Option(None, "--tls-key", help="The PEM private key of --tls-cert."),
     handshake_timeout: float = typer.Option(5.0, "--handshake-timeout",
                                             help="Seconds a TCP replica has to get in (TLS, then HELLO)."),
+    replay_limit: int = typer.Option(
+        100_000, "--replay-limit",
+        help="Inputs of open aggregate groups kept, all together, to replay a group whose replica "
+             "dies (0: none; such a death fails the group's request)."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
@@ -176,6 +180,8 @@ def serve(
         _fail("--listen needs a shared secret: --secret-file PATH or ALTOFLOW_SECRET", 2)
     if remote and address is None:
         _fail("--remote stages connect over TCP: add --listen HOST:PORT", 2)
+    if replay_limit < 0:
+        _fail(f"--replay-limit takes 0 (no replay) or more inputs, not {replay_limit}", 2)
     tls = None
     if (tls_cert is None) != (tls_key is None):
         _fail("TLS needs both --tls-cert PATH and --tls-key PATH", 2)
@@ -194,7 +200,7 @@ def serve(
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
                                 remote=frozenset(remote), tls=tls,
-                                handshake_timeout=handshake_timeout)
+                                handshake_timeout=handshake_timeout, replay_limit=replay_limit)
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:

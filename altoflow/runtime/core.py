@@ -32,8 +32,25 @@ replicas to abort its work (``Abort``), and forgets everything about it.
 A replica is ``ready`` from its ``ReplicaUp`` until its ``ReplicaDown``, then ``dead`` for good
 (``_REPLICA_TRANSITIONS``). When one dies, its work in flight that has produced nothing yet runs
 again on another replica of the stage, once; work that had produced something fails (or is
-dropped, under ``on_error="drop"``), and so does every request with a group on it. Keyed work
-for a slot with no live replica is parked until the slot's next ``ReplicaUp``.
+dropped, under ``on_error="drop"``). Keyed work for a slot with no live replica is parked until
+the slot's next ``ReplicaUp``.
+
+Replay: aggregate state outlives its replica. The core sees every input it sends to a keyed
+group, so it keeps them (``_GroupLog``) until the group's ``FlushDone``, and when the group's
+replica dies it rebuilds the group on the slot's next replica: ``Open`` again if it was opened,
+then all the group's inputs in the order they were first sent (the new replica starts empty;
+an input in flight at the death is in the log once, so it runs once more, and one already
+acknowledged holds its pointstamp again until the replay of it is), then the ``Flush`` again
+if it had been sent, once the replayed inputs are acknowledged (the replica folds an input
+when its invocation returns, but acts on a flush at once). The group's outputs are counted:
+those the new replica produces again, up to the number that already went on, are dropped, so
+an early-decided group (``ops.first``, ``any``, ``all``) that had emitted does not emit twice.
+Such a group (one result, already out) no longer needs its inputs: they are freed then, and
+only its inputs in flight at the death are sent again. The log is bounded: ``replay_limit``
+inputs for all groups together. A group whose next input finds the bound reached stops being
+kept (its inputs are freed) and, if its replica dies before its flush is done, fails its
+request with ``ReplicaDied`` as it did before replay existed; ``replay_limit=0`` turns replay
+off.
 
 Everything the core keeps is a named record: ``_Work`` (an invocation, queued, parked or in
 flight), ``_OpenGroup``/``_FlushGroup`` (a group message parked for its slot) and the watch
@@ -236,6 +253,17 @@ class _Work:
 
 
 @dataclass(slots=True)
+class _GroupLog:
+    """What a keyed group's replica was sent, to rebuild the group on the slot's next replica."""
+
+    inputs: dict[Ancestry, _Work] = field(default_factory=dict)  # sent, not dropped; in order
+    delivered: int = 0  # the group's outputs that went on (to the client and to consumers)
+    seen: int = 0  # outputs the group's present replica has produced
+    done: bool = False  # its one result went on: its inputs are no longer needed
+    overflowed: bool = False  # past the replay limit: its inputs are no longer kept
+
+
+@dataclass(slots=True)
 class _OpenGroup:
     """An ``Open`` of a keyed group, parked until its slot has a replica again."""
 
@@ -285,6 +313,7 @@ class _Replica:
     queue: deque[_Work] = field(default_factory=deque)  # keyed work waiting for a credit
     inflight: dict[tuple[int, Ancestry], _Work] = field(default_factory=dict)
     groups: set[Ancestry] = field(default_factory=set)  # keyed groups it holds state for
+    replay: bool = False  # keyed, with replay on: what it is sent is logged (``_GroupLog``)
 
 
 @dataclass
@@ -298,7 +327,7 @@ class _Request:
     """One request's state in the core. A plain slotted class: one is built per request, and a
     dataclass with five default factories cost twice as much."""
 
-    __slots__ = ("fields", "flushing", "id", "joins", "opened", "touched", "watchers")
+    __slots__ = ("fields", "flushing", "id", "joins", "logs", "opened", "touched", "watchers")
 
     def __init__(self, id: int, fields: dict[str, Any]) -> None:
         self.id = id
@@ -308,6 +337,7 @@ class _Request:
         self.touched: set[tuple[str, Ancestry]] = set()
         self.flushing: set[tuple[str, Ancestry]] = set()  # opened, flush sent
         self.watchers: dict[tuple[int, Ancestry], list[_CloseGroup | _GiveUp]] = {}
+        self.logs: dict[tuple[str, Ancestry], _GroupLog] = {}  # keyed groups' inputs, for replay
 
 
 # -- the story ---------------------------------------------------------------------------------
@@ -324,6 +354,9 @@ Happening = Literal[
     "unpark",      # ... and went to ``replica``, the slot's new replica
     "redispatch",  # work that ``replica`` died running, with no output yet, runs again elsewhere
     "lost",        # work that ``replica`` died running, after some output: failed or dropped
+    "replay",      # a group of a dead replica is rebuilt on the slot's next one (``detail``: inputs)
+    "over-limit",  # the replay limit is reached: this group's inputs are no longer kept
+    "repeat",      # a replayed group's output that had gone on already was dropped
     "give-up",     # a join stops waiting for ``detail`` (that input cannot arrive)
     "replica-up",
     "replica-down",
@@ -348,15 +381,21 @@ class CoreStatistics(NamedTuple):
 
     queued: dict[str, int]
     in_flight: dict[str, int]
+    replay_buffered: int = 0  # inputs kept to replay keyed groups (all stages together)
 
 
 class RouterCore:
     """All routing and progress decisions of one router, for any number of requests.
 
     ``story_length`` bounds the story (``story``): the most recent decisions it keeps.
+    ``replay_limit`` bounds the inputs kept to replay keyed groups (see "Replay" above); 0
+    keeps none, and a keyed replica's death fails the requests with a group on it.
     """
 
-    def __init__(self, plan: Plan, *, seed: int | None = None, story_length: int = 2000) -> None:
+    def __init__(self, plan: Plan, *, seed: int | None = None, story_length: int = 2000,
+                 replay_limit: int = 100_000) -> None:
+        if replay_limit < 0:
+            raise ValueError(f"replay_limit must be 0 (no replay) or more, got {replay_limit}")
         self.plan = plan
         self.topo = Topology.from_plan(plan)
         self.progress = Progress(self.topo)
@@ -382,6 +421,11 @@ class RouterCore:
         self._story: deque[tuple] = deque(maxlen=story_length)
         self._close_group = {s.name: _CloseGroup(s.name) for s in plan.stages if s.route_key is not None}
         self._give_up = {(s.name, i): _GiveUp(s.name, i) for s in plan.stages for i in s.inputs}
+        self.replay_limit = replay_limit
+        self.replay_buffered = 0  # inputs held in the requests' ``_GroupLog``s
+        # A keyed stage's group prefix length, for the stages whose groups are replayed.
+        self._group_cut = ({s.name: 1 + len(s.route_key) for s in plan.stages if s.route_key is not None}
+                           if replay_limit else {})
         self._handlers = {
             Submit: self._on_Submit, Output: self._on_Output, Ack: self._on_Ack,
             FlushDone: self._on_FlushDone, Cancel: self._on_Cancel, ReplicaUp: self._on_ReplicaUp,
@@ -427,7 +471,7 @@ class RouterCore:
             in_flight[rep.stage] += len(rep.inflight)
         for (name, _slot), parked in self.parked.items():
             queued[name] += sum(1 for entry in parked if type(entry) is _Work)
-        return CoreStatistics(queued, in_flight)
+        return CoreStatistics(queued, in_flight, self.replay_buffered)
 
     # -- what happened -------------------------------------------------------------------------
 
@@ -461,7 +505,8 @@ class RouterCore:
             raise CoreError(f"replica {ev.replica} announced twice")
         if not 0 <= ev.slot < stage.replicas:
             raise CoreError(f"stage {ev.stage} has {stage.replicas} replica slots, not {ev.slot + 1}")
-        rep = _Replica(ev.replica, ev.stage, ev.slot, credits=stage.concurrency)
+        rep = _Replica(ev.replica, ev.stage, ev.slot, credits=stage.concurrency,
+                       replay=ev.stage in self._group_cut)
         self.replicas[ev.replica] = rep
         self.slots[ev.stage][ev.slot] = ev.replica
         self._story.append((None, ev.stage, None, "replica-up", rep.id, None))
@@ -470,6 +515,7 @@ class RouterCore:
             if type(entry) is _Work:
                 self._story.append((entry.ancestry[0], ev.stage, entry.ancestry, "unpark", rep.id, None))
                 rep.queue.append(entry)
+                rep.groups.add(entry.ancestry[: 1 + len(stage.route_key or ())])
             elif entry.prefix[0] in self.requests:
                 self._story.append((entry.prefix[0], ev.stage, entry.prefix, "unpark", rep.id, None))
                 rep.groups.add(entry.prefix)
@@ -485,14 +531,22 @@ class RouterCore:
         if self.slots[rep.stage].get(rep.slot) == rep.id:
             del self.slots[rep.stage][rep.slot]
         stage = self.stages[rep.stage]
-        # Aggregate state on it is gone: requests with a group there cannot complete.
-        for prefix in sorted(rep.groups):
-            if prefix[0] in self.requests:
-                self._fail_request(prefix[0], ErrorInfo(
-                    stage.name, self._named(stage.route_key or [], prefix),
-                    f"the replica holding this group's aggregate state died (replica {rep.id})",
-                    "ReplicaDied"))
+        inflight, rep.inflight = rep.inflight, {}
+        replays: deque[Parked] = deque()
+        if rep.replay:
+            replays = self._replay(rep, stage, inflight)
+        else:
+            # Aggregate state on it is gone: requests with a group there cannot complete.
+            for prefix in sorted(rep.groups):
+                if prefix[0] in self.requests:
+                    self._fail_request(prefix[0], ErrorInfo(
+                        stage.name, self._named(stage.route_key or [], prefix),
+                        f"the replica holding this group's aggregate state died (replica {rep.id})",
+                        "ReplicaDied"))
         rep.groups.clear()
+        if replays:
+            # The rebuilt groups go first to the slot's next replica, then its queued work.
+            self.parked.setdefault((rep.stage, rep.slot), deque()).extend(replays)
         if rep.queue:
             # Keyed work for this slot waits for the slot's next replica.
             parked = self.parked.setdefault((rep.stage, rep.slot), deque())
@@ -503,7 +557,8 @@ class RouterCore:
             rep.queue.clear()
             if not parked:
                 del self.parked[(rep.stage, rep.slot)]
-        inflight, rep.inflight = rep.inflight, {}
+        if rep.replay:
+            return  # its work in flight is in the replayed groups (or failed with its request)
         for (req, anc), work in sorted(inflight.items(), key=lambda kv: kv[0]):
             if req not in self.requests:
                 continue
@@ -517,6 +572,92 @@ class RouterCore:
                           ErrorInfo(stage.name, self._named(stage.levels_in, anc),
                                     f"replica {rep.id} died while running this item",
                                     "ReplicaDied"))
+
+    def _replay(self, rep: _Replica, stage: StagePlan, inflight: dict[tuple[int, Ancestry], _Work]) -> deque[Parked]:
+        """What rebuilds the groups of the dead keyed replica ``rep`` on its slot's next replica
+        (see "Replay" in the module's docstring); requests whose group cannot be rebuilt fail."""
+        cut = self._group_cut[stage.name]
+        running: dict[Ancestry, list[_Work]] = defaultdict(list)  # in the order they were sent
+        for (_req, anc), work in inflight.items():
+            running[anc[:cut]].append(work)
+        in_loc = self.topo.in_loc[stage.name]
+        replays: deque[Parked] = deque()
+        for prefix in sorted(rep.groups | running.keys()):
+            req = self.requests.get(prefix[0])
+            if req is None:
+                continue
+            key = (stage.name, prefix)
+            log = req.logs.get(key)
+            if log is None:
+                log = req.logs[key] = _GroupLog()
+            if log.overflowed and not log.done:
+                self._fail_request(prefix[0], ErrorInfo(
+                    stage.name, self._named(stage.route_key or [], prefix),
+                    f"the replica holding this group's aggregate state died (replica {rep.id}), "
+                    f"and the group could not be replayed: the router keeps at most "
+                    f"{self.replay_limit} inputs of open groups (--replay-limit), and this "
+                    f"group's came past it; raise --replay-limit to survive this", "ReplicaDied"))
+                continue
+            works = running.get(prefix, []) if log.done else list(log.inputs.values())
+            for work in works:
+                if (prefix[0], work.ancestry) not in inflight:
+                    # Acknowledged on the dead replica: held again until its replay is.
+                    self._hold(in_loc, work.ancestry)
+            log.seen = 0
+            self._story.append((prefix[0], stage.name, prefix, "replay", None, str(len(works))))
+            if key in req.opened or key in req.flushing:
+                replays.append(_OpenGroup(stage.name, prefix))
+            replays.extend(works)
+            if key in req.flushing:
+                # Its Flush was sent: send it again when the replayed inputs are folded.
+                req.flushing.discard(key)
+                req.opened.add(key)
+                self._watch(in_loc, prefix, self._close_group[stage.name])
+        return replays
+
+    def _log_input(self, name: str, work: _Work) -> None:
+        """Keep an input sent to a keyed group, for a replay (``replay_limit`` bounds them)."""
+        anc = work.ancestry
+        req = self.requests.get(anc[0])
+        if req is None:
+            return
+        key = (name, anc[: self._group_cut[name]])
+        log = req.logs.get(key)
+        if log is None:
+            log = req.logs[key] = _GroupLog()
+        if log.done or log.overflowed or anc in log.inputs:  # the last: it is being replayed
+            return
+        if self.replay_buffered >= self.replay_limit:
+            log.overflowed = True
+            self.replay_buffered -= len(log.inputs)
+            log.inputs.clear()
+            self._story.append((anc[0], name, key[1], "over-limit", None, None))
+            return
+        log.inputs[anc] = work
+        self.replay_buffered += 1
+
+    def _group_output(self, req: _Request, name: str, prefix: Ancestry) -> bool:
+        """Count an output of a keyed group; False for one that went on already (a replay's)."""
+        key = (name, prefix)
+        log = req.logs.get(key)
+        if log is None:
+            log = req.logs[key] = _GroupLog()
+        log.seen += 1
+        if log.seen <= log.delivered:
+            self._story.append((prefix[0], name, prefix, "repeat", None, None))
+            return False
+        log.delivered = log.seen
+        if self.stages[name].fanout is None and not log.done:
+            # Its one result is out: a replay only needs its inputs in flight then.
+            log.done = True
+            self.replay_buffered -= len(log.inputs)
+            log.inputs.clear()
+        return True
+
+    def _drop_log(self, req: _Request, key: tuple[str, Ancestry]) -> None:
+        log = req.logs.pop(key, None)
+        if log is not None:
+            self.replay_buffered -= len(log.inputs)
 
     # -- requests ------------------------------------------------------------------------------
 
@@ -546,8 +687,12 @@ class RouterCore:
             self._transition(replica, Output)
         else:
             work.outputs += 1
-        if anc[0] not in self.requests:
+        req = self.requests.get(anc[0])
+        if req is None:
             return  # the request ended (failed or cancelled): late output is dropped
+        cut = self._group_cut.get(name)
+        if cut is not None and not self._group_output(req, name, anc[:cut]):
+            return
         self._emit(self.stages[name], anc, payload)
 
     def _on_Ack(self, ev: Ack) -> None:
@@ -560,6 +705,10 @@ class RouterCore:
             return  # already settled (the request ended, or the replica acked it twice)
         rep.credits += 1
         if anc[0] in self.requests:
+            if status == "dropped" and rep.replay:
+                log = self.requests[anc[0]].logs.get((name, anc[: self._group_cut[name]]))
+                if log is not None and log.inputs.pop(anc, None) is not None:
+                    self.replay_buffered -= 1  # not folded: nothing to replay
             self._ack(self.stages[name], anc, status, error)
         if rep.queue or self.stage_queue[rep.stage]:
             self._feed(rep)
@@ -578,6 +727,8 @@ class RouterCore:
         if (stage.name, ev.prefix) not in req.flushing:
             return  # the answer to a flush that discarded an unopened group
         req.flushing.discard((stage.name, ev.prefix))
+        if rep.replay:
+            self._drop_log(req, (stage.name, ev.prefix))
         if ev.status == "ok" and stage.fanout is not None:
             self._open_groups(stage.fanout, ev.prefix)
         self._release(self.topo.fold_loc[stage.name], ev.prefix)
@@ -681,6 +832,8 @@ class RouterCore:
             req.touched.discard(key)
             if opened:
                 req.flushing.add(key)
+            elif req.logs:
+                self._drop_log(req, key)  # discarded: nothing to rebuild
             rid = self._group_replica(stage, prefix, "flush" if opened else "discard")
             if rid is None:
                 self._park(stage, prefix, _FlushGroup(stage.name, prefix, opened))
@@ -702,7 +855,9 @@ class RouterCore:
     def _park(self, stage: StagePlan, anc: Ancestry, entry: Parked) -> None:
         """Keep keyed work for the slot's next replica (its last one died)."""
         self._story.append((anc[0], stage.name, anc, "park", None, None))
-        self.parked.setdefault((stage.name, self._slot(stage, anc)), deque()).append(entry)
+        # The slot of the group (an item's ancestry is longer than its group's prefix).
+        slot = self._slot(stage, anc[: 1 + len(stage.route_key or ())])
+        self.parked.setdefault((stage.name, slot), deque()).append(entry)
 
     # -- dispatch and credits ------------------------------------------------------------------
 
@@ -761,6 +916,8 @@ class RouterCore:
         rep.credits -= 1
         anc = work.ancestry
         rep.inflight[(anc[0], anc)] = work
+        if rep.replay:
+            self._log_input(rep.stage, work)
         self._out.append(Invoke(rep.id, rep.stage, anc, work.args))
 
     def _feed(self, rep: _Replica) -> None:
@@ -839,7 +996,9 @@ class RouterCore:
         self._forget(request)
 
     def _forget(self, request: int) -> None:
-        self.requests.pop(request, None)
+        req = self.requests.pop(request, None)
+        if req is not None and req.logs:
+            self.replay_buffered -= sum(len(log.inputs) for log in req.logs.values())
         self.progress.forget(request)
 
     @staticmethod

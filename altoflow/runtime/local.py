@@ -61,7 +61,8 @@ class _Execution:
         stats: ServerMetrics | None = None,
     ) -> None:
         self.plan = compiled.plan
-        self.core = RouterCore(self.plan, seed=0)
+        # No replica of its own can die: nothing is kept for a replay.
+        self.core = RouterCore(self.plan, seed=0, replay_limit=0)
         self.on_event = on_event
         self.stats = stats
         self.events: list[Event] = []

@@ -73,6 +73,8 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("altoflow_stage_in_flight", "gauge", ("stage",),
                "Invocations dispatched to a replica and not yet acknowledged."),
     MetricSpec("altoflow_replicas_live", "gauge", ("stage",), "Replicas ready to take work."),
+    MetricSpec("altoflow_replay_buffered_items", "gauge", (),
+               "Inputs of open aggregate groups kept to replay them if their replica dies."),
 )
 
 
@@ -155,8 +157,10 @@ class _Collector:
         st = self.stats
         queued = dict.fromkeys(st.stages, 0)
         in_flight = dict.fromkeys(st.stages, 0)
+        buffered = 0
         for core in list(st.cores):
             core_stats = core.statistics()
+            buffered += core_stats.replay_buffered
             for name, n in core_stats.queued.items():
                 queued[name] += n
             for name, n in core_stats.in_flight.items():
@@ -174,6 +178,7 @@ class _Collector:
             "altoflow_stage_queue_depth": _per_stage(queued),
             "altoflow_stage_in_flight": _per_stage(in_flight),
             "altoflow_replicas_live": {(name,): live.get(name, 0) for name in st.stages},
+            "altoflow_replay_buffered_items": {(): buffered},
         }
         for spec in METRICS:
             yield _family(spec, values[spec.name])

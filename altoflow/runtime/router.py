@@ -161,7 +161,7 @@ class Router:
 
     def __init__(self, compiled: CompiledPipeline, *, codec: Codec | None = None,
                  output_codec: Codec | None = None, max_inflight: int = 1024,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, replay_limit: int = 100_000) -> None:
         codec = codec or Codec()
         if codec.allow_pickle:
             raise ValueError(
@@ -169,7 +169,7 @@ class Router:
                 "pass Codec(allow_pickle=True) as output_codec for the requests' consumers")
         self.compiled = compiled
         self.plan = compiled.plan
-        self.core = RouterCore(self.plan, seed=seed)
+        self.core = RouterCore(self.plan, seed=seed, replay_limit=replay_limit)
         self.codec = codec
         self.output_codec = output_codec or Codec()
         self.max_inflight = max_inflight

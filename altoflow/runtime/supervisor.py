@@ -59,7 +59,7 @@ class Supervisor:
                  barrier: bool = False, listen: tuple[str, int] | None = None,
                  secret: bytes = b"", remote: frozenset[str] = frozenset(),
                  tls: ssl.SSLContext | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000) -> None:
         self.barrier = barrier
         # TCP for replicas on other machines: `remote` stages get no local process; their
         # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret,
@@ -80,7 +80,7 @@ class Supervisor:
         self.allow_pickle = allow_pickle
         # Only the replicas and the requests' consumers may unpickle, never the router itself.
         self.router = Router(compiled, output_codec=Codec(allow_pickle=allow_pickle),
-                             max_inflight=max_inflight)
+                             max_inflight=max_inflight, replay_limit=replay_limit)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False

@@ -26,11 +26,12 @@ class ServedIngress:
                  ready_timeout: float = 120, listen: tuple[str, int] | None = None,
                  secret: bytes = b"", remote: frozenset[str] = frozenset(),
                  tls: ssl.SSLContext | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
-                                     remote=remote, tls=tls, handshake_timeout=handshake_timeout)
+                                     remote=remote, tls=tls, handshake_timeout=handshake_timeout,
+                                     replay_limit=replay_limit)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
