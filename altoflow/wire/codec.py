@@ -670,7 +670,9 @@ def uncarried_type(annotation: Any) -> type | None:
     Only what the hint says for certain counts: Any, type variables, protocols, abstract base
     classes and unresolved (string) hints are None, since their values may well be carried.
     """
-    if annotation is None or isinstance(annotation, (str, typing.TypeVar)) or annotation is Any:
+    if annotation is None or annotation is inspect.Parameter.empty or annotation is Any:
+        return None
+    if isinstance(annotation, (str, typing.TypeVar, typing.ForwardRef)):
         return None
     origin = typing.get_origin(annotation)
     if origin is typing.Annotated:
