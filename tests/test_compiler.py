@@ -568,7 +568,9 @@ def test_an_annotation_the_wire_cannot_carry_is_a_compile_error(where_: str, mak
     msg = _compile_error(make(), patterns=[
         r"^stage 'opaque' \(.*test_compiler\.py:\d+\): its " + re.escape(where_),
         r"and not test_compiler\.Opaque\. Fix: make Opaque a dataclass \(@dataclasses\.dataclass\) "
-        r"or a pydantic model, or annotate with a type the codec carries \(e\.g\. dict\)\.$",
+        r"or a pydantic model, or annotate with a type the codec carries \(e\.g\. dict\); to send "
+        r"it pickled instead \(`altoflow serve --allow-pickle`, local replicas only\), leave the "
+        r"annotation off\.$",
     ])
     assert "dataclasses, attrs classes, pydantic models" in msg
 

@@ -708,7 +708,9 @@ def unencodable_annotation_fix(tp: type) -> str:
     return (
         f"the served runtime sends values between stages with a codec that carries {_SUPPORTED}, "
         f"and not {_type_name(tp)}. Fix: make {tp.__name__} a dataclass (@dataclasses.dataclass) "
-        f"or a pydantic model, or annotate with a type the codec carries (e.g. dict)"
+        f"or a pydantic model, or annotate with a type the codec carries (e.g. dict); to send it "
+        f"pickled instead (`altoflow serve --allow-pickle`, local replicas only), leave the "
+        f"annotation off"
     )
 
 
