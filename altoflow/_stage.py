@@ -343,6 +343,15 @@ class _Callable:
     is_class: bool
 
 
+def _return_hint(fn: Callable[..., Any]) -> Any:
+    """The return annotation, evaluated where it is a string (``from __future__ import
+    annotations``), so that the runtime can decode a stage's outputs into the annotated class."""
+    try:
+        return inspect.get_annotations(fn, eval_str=True).get("return", inspect.Signature.empty)
+    except Exception:  # noqa: BLE001  # a forward reference not defined yet: keep the string
+        return inspect.signature(fn).return_annotation
+
+
 def _read_callable(obj: Any, label: str) -> _Callable:
     """The call kind, parameters and return annotation of a function, or of a class's
     ``__call__``; a class must be creatable with no arguments."""
@@ -367,10 +376,10 @@ def _read_callable(obj: Any, label: str) -> _Callable:
                 f"itself, once per replica, with no arguments. Give them defaults or read them "
                 f"from configuration inside __init__."
             )
-        return _Callable(call_kind_of(call), params, inspect.signature(call).return_annotation, True)
+        return _Callable(call_kind_of(call), params, _return_hint(call), True)
     if inspect.isfunction(obj) or inspect.ismethod(obj) or inspect.isbuiltin(obj):
         params = params_of(obj, skip_self=False, label=label)
-        return _Callable(call_kind_of(obj), params, inspect.signature(obj).return_annotation, False)
+        return _Callable(call_kind_of(obj), params, _return_hint(obj), False)
     raise StageDefinitionError(
         f"@stage was applied to {obj!r}; a stage must be a function (def or async def, "
         f"plain or generator) or a class with __call__."

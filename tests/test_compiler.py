@@ -540,3 +540,68 @@ def test_names_that_are_not_misspellings_get_no_note():
     for target in ("tests/pipelines/factool.py", "tests/pipelines/twelve.py:pipeline",
                    "examples/helpsearch.py"):
         assert load_target(target).compiled.plan.near_stage_notes() == [], target
+
+
+# -- annotations the wire cannot carry -------------------------------------------------------------
+
+
+class Opaque:
+    """A plain class: its instances have no form on the wire."""
+
+
+@__import__("dataclasses").dataclass
+class Record:
+    text: str
+
+
+@pytest.mark.parametrize(
+    ("where_", "make"),
+    [
+        ("return annotation is test_compiler.Opaque", lambda: _returns(Opaque)),
+        ("return annotation is list[test_compiler.Opaque]", lambda: _returns(list[Opaque])),
+        ("return annotation is Iterator[dict[str, test_compiler.Opaque | None]]",
+         lambda: _yields(typing.Iterator[dict[str, Opaque | None]])),
+        ("parameter 'text' is test_compiler.Opaque", lambda: _takes(Opaque)),
+    ],
+)
+def test_an_annotation_the_wire_cannot_carry_is_a_compile_error(where_: str, make) -> None:
+    msg = _compile_error(make(), patterns=[
+        r"^stage 'opaque' \(.*test_compiler\.py:\d+\): its " + re.escape(where_),
+        r"and not test_compiler\.Opaque\. Fix: make Opaque a dataclass \(@dataclasses\.dataclass\) "
+        r"or a pydantic model, or annotate with a type the codec carries \(e\.g\. dict\); to send "
+        r"it pickled instead \(`altoflow serve --allow-pickle`, local replicas only\), leave the "
+        r"annotation off\.$",
+    ])
+    assert "dataclasses, attrs classes, pydantic models" in msg
+
+
+@pytest.mark.parametrize("hint", [Record, list[Record], dict[str, Record | None], typing.Any, object,
+                                  typing.Iterable[int], typing.Literal["a"], tuple[int, ...]])
+def test_annotations_the_wire_can_carry_or_may_carry_compile(hint) -> None:
+    assert compiled(_returns(hint)).plan.names == ["opaque"]
+    assert compiled(_takes(hint)).plan.names == ["opaque"]
+
+
+def test_an_unresolved_return_annotation_is_not_judged() -> None:
+    assert compiled(_returns("Undefined")).plan.names == ["opaque"]
+
+
+def _returns(hint):
+    def opaque(text: str):
+        return text
+    opaque.__annotations__["return"] = hint
+    return stage(opaque)
+
+
+def _yields(hint):
+    def opaque(text: str):
+        yield text
+    opaque.__annotations__["return"] = hint
+    return stage(fanout="piece")(opaque)
+
+
+def _takes(hint):
+    def opaque(text):
+        return text
+    opaque.__annotations__["text"] = hint
+    return stage(opaque)

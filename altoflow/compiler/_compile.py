@@ -18,6 +18,7 @@ The rules, each applied by one step of ``compile_pipeline``:
 from __future__ import annotations
 
 import difflib
+import typing
 from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Iterator, Protocol
@@ -30,6 +31,7 @@ from altoflow._stage import Param, StageSpec
 from altoflow.compiler._compiled import CompiledPipeline
 from altoflow.compiler._request import build_request_schema
 from altoflow.compiler.plan import Plan, StagePlan, near_stage_note
+from altoflow.wire.codec import type_name, uncarried_type, unencodable_annotation_fix
 
 
 class StageSet(Protocol):
@@ -49,6 +51,7 @@ def compile_pipeline(pipeline: StageSet) -> CompiledPipeline:
     """Check ``pipeline`` against the rules above and build its plan; raises ``CompileError``
     (``GraphError``, ``LevelError``) naming the stage and the fix."""
     stages = collect_stages(pipeline)
+    check_wire_types(stages)
     edges = resolve_edges(stages)
     near = find_near_stages(stages, edges)
     with _noting_near_stages(stages, near):
@@ -95,6 +98,35 @@ class Edges:
     inputs: dict[str, list[str]]  # upstream stages, in parameter order
     fields: dict[str, list[Param]]  # request fields, in parameter order
     consumers: dict[str, list[str]]  # downstream stages, in topological order
+
+
+def check_wire_types(stages: dict[str, StageSpec]) -> None:
+    """Raises ``CompileError`` for a stage whose parameter or return annotation is a class whose
+    values cannot go between replicas (the served runtime's codec carries JSON-like values, numpy,
+    dataclasses, attrs and pydantic models and protobuf messages), naming the stage, the type and the fix."""
+    for spec in stages.values():
+        fn = spec.obj.__call__ if spec.is_class else spec.obj
+        returned = spec.return_annotation
+        if isinstance(returned, str):  # `from __future__ import annotations`
+            try:
+                returned = typing.get_type_hints(fn).get("return")
+            except Exception:  # noqa: BLE001  # an unresolvable hint says nothing for certain
+                returned = None
+        hints = [(f"parameter '{p.name}'", p.annotation) for p in spec.params]
+        hints.append(("return annotation", returned))
+        for what, hint in hints:
+            tp = uncarried_type(hint)
+            if tp is not None:
+                raise CompileError(
+                    f"stage '{spec.name}' ({where(spec.obj)}): its {what} is {_hint_repr(hint, tp)}; "
+                    f"{unencodable_annotation_fix(tp)}."
+                )
+
+
+def _hint_repr(hint: typing.Any, tp: type) -> str:
+    if isinstance(hint, type):
+        return type_name(hint)
+    return repr(hint).replace("typing.", "").replace(f"{tp.__module__}.{tp.__qualname__}", type_name(tp))
 
 
 def resolve_edges(stages: dict[str, StageSpec]) -> Edges:

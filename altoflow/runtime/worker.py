@@ -26,7 +26,7 @@ from typing import Any
 
 from altoflow.compiler import load_target
 from altoflow import wire as fr
-from altoflow.wire import Codec
+from altoflow.wire import Codec, EncodeError
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.runner import StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
@@ -174,6 +174,11 @@ class Worker:
             status, error = await self.runner.invoke(anc, kwargs)
         except asyncio.CancelledError:
             status, error = "dropped", None  # the request was cancelled: acknowledge, quietly
+        except EncodeError as exc:  # the stage ran and returned what the codec cannot carry
+            status, error = "failed", ErrorInfo(
+                self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
+                f"stage '{self.stage.name}' returned a value that cannot be sent on: {exc}",
+                type(exc).__name__)
         except Exception as exc:  # undecodable input: the stage never ran
             status, error = "failed", ErrorInfo(
                 self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),

@@ -14,6 +14,8 @@ for containers. Lengths and counts are unsigned varints (varint.py).
     a numpy array   g numpy scalar: varint n, dtype.str (ASCII), varint ndim, ndim varints,
                                     then the C-order element bytes
     J pydantic model: varint n, n bytes of model_dump_json()
+    D dataclass or attrs instance: varint n, n bytes of "module:qualname" (UTF-8), varint count,
+                                   then per field: varint n, n bytes of its name, its value
     P protobuf message: varint n, full name (ASCII), varint m, m bytes of SerializeToString()
     X pickle (only with Codec(allow_pickle=True)): varint n, type name, varint m, m bytes
 
@@ -22,11 +24,23 @@ numpy arrays are rebuilt from their bytes (object dtype is refused both ways), p
 are looked up among those this process has imported, and pydantic classes come only from the
 annotation the decoding stage declared. Without an annotation a pydantic model decodes to the
 dict of its JSON, and an Enum member (sent as its value) to that value.
+
+A dataclass (or attrs class) instance decodes into the annotated class of that name, or else into
+the class its module and qualified name point to among the modules this process has imported
+(a worker imports the user's app, so its classes are there), never by importing anything; it is
+rebuilt field by field without running ``__init__``, as pickle would, so frozen classes and
+fields with ``init=False`` come back as they left. Where no such class is loaded, it decodes to
+the dict of its fields, as a pydantic model does. Any other class is refused, naming the type and
+the fix.
+
+Values nest at most MAX_DEPTH levels (containers, dataclasses): deeper ones are an EncodeError or
+a DecodeError, never a RecursionError.
 """
 
 from __future__ import annotations
 
 import enum
+import inspect
 import json
 import pickle
 import re
@@ -35,7 +49,9 @@ import sys
 import types
 import typing
 from collections.abc import Callable
+from dataclasses import fields as dataclass_fields
 from dataclasses import is_dataclass
+from functools import lru_cache
 from typing import Any, Literal
 
 from google.protobuf import descriptor_pool, message_factory
@@ -45,12 +61,29 @@ from pydantic import BaseModel
 
 from altoflow.wire.varint import MAX_VARINT_SIZE, encode_uvarint, read_uvarint
 
-__all__ = ["CODEC_VERSION", "MAX_DEPTH", "Codec", "CodecError", "DecodeError", "EncodeError", "decode_value", "encode_value"]
+__all__ = [
+    "CODEC_VERSION",
+    "MAX_DEPTH",
+    "Codec",
+    "CodecError",
+    "DecodeError",
+    "EncodeError",
+    "decode_value",
+    "encode_value",
+    "type_name",
+    "uncarried_type",
+    "unencodable_annotation_fix",
+]
 
 CODEC_VERSION = 1
 # Deeper values are refused both ways: it bounds the recursion of the decoder on hostile input,
-# and on the encoding side it catches a value that contains itself.
+# and on the encoding side it catches a value that contains itself. The HTTP layer refuses
+# request bodies nested deeper than this too, so that what is accepted can always be sent on.
 MAX_DEPTH = 100
+_TOO_DEEP = (
+    f"it is nested more than {MAX_DEPTH} levels deep (lists, dicts, dataclasses; does it contain "
+    f"itself?). Fix: flatten it, or send the deep part as a JSON string"
+)
 
 _I64 = struct.Struct("<q")
 _F64 = struct.Struct("<d")
@@ -61,7 +94,12 @@ _DTYPE_RE = re.compile(r"[<>|=][biufcmMSU][0-9]{1,9}(\[[0-9]*[A-Za-z]{1,2}\])?")
 _NUMPY_KINDS = "biufcmMSU"
 _SUPPORTED = (
     "None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset, "
-    "numpy arrays and scalars, pydantic models and protobuf messages"
+    "numpy arrays and scalars, dataclasses, attrs classes, pydantic models and protobuf messages"
+)
+# Where the last resort is pickle, what a user types to get it.
+_PICKLE_FIX = (
+    "or, for replicas on local UNIX sockets only, serve with `altoflow serve --allow-pickle` "
+    "to pickle it"
 )
 
 
@@ -86,9 +124,31 @@ class _Unencodable(Exception):
         self.path = path
 
 
-def _type_name(tp: type) -> str:
+def _type_name(tp: Any) -> str:
+    """How messages name a type: an app file's module by the file's name (app.Point), not by
+    the name it was loaded under (app_3f2a9c1d.Point)."""
+    if not isinstance(tp, type):
+        return repr(tp)
     module = tp.__module__
-    return tp.__qualname__ if module == "builtins" else f"{module}.{tp.__qualname__}"
+    if module == "builtins":
+        return tp.__qualname__
+    loaded = sys.modules.get(module)
+    if loaded is not None and getattr(loaded, "__altoflow_file__", False) and loaded.__file__:
+        module = loaded.__file__.rpartition("/")[2].removesuffix(".py")
+    return f"{module}.{tp.__qualname__}"
+
+
+type_name = _type_name
+
+
+def _record_fields(tp: type) -> tuple[str, ...] | None:
+    """The field names of a dataclass or attrs class, or None for any other type."""
+    if is_dataclass(tp):
+        return tuple(f.name for f in dataclass_fields(tp))
+    attr = sys.modules.get("attr")  # attrs, if the app uses it; never imported here
+    if attr is not None and attr.has(tp):
+        return tuple(a.name for a in attr.fields(tp))
+    return None
 
 
 class Codec:
@@ -155,7 +215,7 @@ class Codec:
             self._encode_items(_SEQUENCE_TAGS[t], v, out, depth)
         elif t is dict:
             if depth >= MAX_DEPTH:
-                raise _Unencodable(v, f"it is nested more than {MAX_DEPTH} levels deep (does it contain itself?)")
+                raise _Unencodable(v, _TOO_DEEP)
             out += b"m"
             out += encode_uvarint(len(v))
             key = None
@@ -171,7 +231,7 @@ class Codec:
 
     def _encode_items(self, tag: bytes, v: Any, out: bytearray, depth: int) -> None:
         if depth >= MAX_DEPTH:
-            raise _Unencodable(v, f"it is nested more than {MAX_DEPTH} levels deep (does it contain itself?)")
+            raise _Unencodable(v, _TOO_DEEP)
         out += tag
         out += encode_uvarint(len(v))
         i = 0
@@ -181,6 +241,25 @@ class Codec:
         except _Unencodable as exc:
             exc.path = (f"[{i}]" if tag in b"lt" else " (an element)") + exc.path
             raise
+
+    def _encode_record(self, v: Any, names: tuple[str, ...], out: bytearray, depth: int) -> None:
+        if depth >= MAX_DEPTH:
+            raise _Unencodable(v, _TOO_DEEP)
+        tp = type(v)
+        name = f"{tp.__module__}:{tp.__qualname__}".encode("utf-8", "surrogatepass")
+        out += b"D"
+        out += encode_uvarint(len(name))
+        out += name
+        out += encode_uvarint(len(names))
+        for field in names:
+            data = field.encode("utf-8", "surrogatepass")
+            out += encode_uvarint(len(data))
+            out += data
+            try:
+                self._encode(getattr(v, field), out, depth + 1)
+            except _Unencodable as exc:
+                exc.path = f".{field}{exc.path}"
+                raise
 
     def _encode_bigint(self, v: int, out: bytearray) -> None:
         # One byte more than the magnitude needs, so that the sign bit always fits.
@@ -213,6 +292,8 @@ class Codec:
         elif isinstance(v, enum.Enum):
             # Sent as its value; the annotation of the receiving parameter brings the member back.
             self._encode(v.value, out, depth + 1)
+        elif (names := _record_fields(type(v))) is not None:
+            self._encode_record(v, names, out, depth)
         elif isinstance(v, int):
             self._encode(int(v), out, depth)
         elif isinstance(v, float):
@@ -270,23 +351,12 @@ class Codec:
 
     def _explain(self, exc: _Unencodable) -> str:
         tp = type(exc.value)
-        where = f" at value{exc.path}" if exc.path else ""
+        path = exc.path if len(exc.path) <= 80 else f"{exc.path[:60]}...{exc.path[-16:]}"
+        where = f" at value{path}" if path else ""
         head = f"cannot send a value of type {_type_name(tp)}{where} over the wire"
         if exc.reason:
             return f"{head}: {exc.reason}."
-        if is_dataclass(exc.value):
-            fix = (
-                f"make {tp.__name__} a pydantic model (class {tp.__name__}(pydantic.BaseModel): ...), "
-                "which keeps its type across the wire, or send dataclasses.asdict(value)"
-            )
-        else:
-            fix = f"convert the {tp.__name__} to one of those before the stage returns it"
-        pickle_hint = (
-            ""
-            if self.transport == "tcp"
-            else "; between replicas on local UNIX sockets, Codec(allow_pickle=True) on both ends pickles it instead"
-        )
-        return f"{head}: the codec sends {_SUPPORTED}. Fix: {fix}{pickle_hint}."
+        return f"{head}: the codec sends {_SUPPORTED}. Fix: {_fix_for(tp, tcp=self.transport == 'tcp')}."
 
     # ------------------------------------------------------------------ decoding
 
@@ -350,6 +420,8 @@ class Codec:
             return _decode_numpy(tag, mv, pos)
         elif tag == 0x4A:  # J
             return _decode_model(mv, pos, hint)
+        elif tag == 0x44:  # D
+            return self._decode_record(mv, pos, hint, depth)
         elif tag == 0x50:  # P
             return _decode_protobuf(mv, pos, hint)
         elif tag == 0x58:  # X
@@ -399,6 +471,33 @@ class Codec:
         except TypeError:
             raise DecodeError("a set holds an unhashable item") from None
 
+    def _decode_record(self, mv: memoryview, pos: int, hint: Any, depth: int) -> tuple[Any, int]:
+        if depth >= MAX_DEPTH:
+            raise DecodeError(f"payload is nested more than {MAX_DEPTH} levels deep")
+        name, pos = _read_text(mv, pos, "a class name")
+        count, pos = _read_len(mv, pos)
+        cls = _record_class(name, hint)
+        hints = _field_hints(cls) if cls is not None else {}
+        values: dict[str, Any] = {}
+        for _ in range(count):
+            field, pos = _read_text(mv, pos, "a field name")
+            values[field], pos = self._decode(mv, pos, hints.get(field), depth + 1)
+        if cls is None:
+            return values, pos
+        expected = _record_fields(cls) or ()
+        if set(values) != set(expected):
+            raise DecodeError(
+                f"the payload's {name} has the fields {sorted(values)}, and the class of that name "
+                f"here has {sorted(expected)}: run the same version of the app on every replica"
+            )
+        try:
+            obj = object.__new__(cls)
+            for field, item in values.items():
+                object.__setattr__(obj, field, item)  # frozen classes too, as pickle does
+        except (TypeError, AttributeError) as exc:
+            raise DecodeError(f"cannot rebuild a {_type_name(cls)}: {exc}") from None
+        return obj, pos
+
     def _decode_pickle(self, mv: memoryview, pos: int) -> tuple[Any, int]:
         n, pos = _read_len(mv, pos)
         name = _ascii(mv[pos : pos + n])
@@ -407,8 +506,8 @@ class Codec:
         if not self.allow_pickle:
             raise DecodeError(
                 f"the payload holds a pickled {name} value, and this codec refuses to unpickle: "
-                "unpickling runs code chosen by the sender. Send a pydantic model instead, or, for "
-                "replicas on local UNIX sockets only, use Codec(allow_pickle=True) on both ends"
+                "unpickling runs code chosen by the sender. Send a dataclass or a pydantic model "
+                "instead, " + _PICKLE_FIX
             )
         if pos + m > len(mv):
             raise DecodeError("payload is truncated")
@@ -442,6 +541,14 @@ def _read_len(mv: memoryview, pos: int) -> tuple[int, int]:
     if n > len(mv) - pos:
         raise DecodeError("payload is truncated")
     return n, pos
+
+
+def _read_text(mv: memoryview, pos: int, what: str) -> tuple[str, int]:
+    n, pos = _read_len(mv, pos)
+    try:
+        return str(mv[pos : pos + n], "utf-8", "surrogatepass"), pos + n
+    except UnicodeDecodeError:
+        raise DecodeError(f"{what} is not valid UTF-8") from None
 
 
 def _ascii(data: memoryview) -> str:
@@ -507,6 +614,104 @@ def _to_enum(value: Any, hint: Any) -> Any:
 
 
 # ---------------------------------------------------------------- library types
+
+
+def _record_class(name: str, hint: Any) -> type | None:
+    """The dataclass or attrs class a payload names: the annotated one of that qualified name,
+    else the one at that path in a module this process has already imported, else None."""
+    module_name, _, qualname = name.partition(":")
+    if hint is not None:
+        for cls in _candidates(hint, object):
+            if cls.__qualname__ == qualname and _record_fields(cls) is not None:
+                return cls
+    obj: Any = sys.modules.get(module_name)
+    for part in qualname.split(".") if obj is not None else ():
+        obj = getattr(obj, part, None)
+    if isinstance(obj, type) and _record_fields(obj) is not None:
+        return obj
+    return None
+
+
+@lru_cache(maxsize=256)
+def _field_hints(cls: type) -> dict[str, Any]:
+    # The field annotations bring nested pydantic models and Enum members back; a class whose
+    # annotations do not resolve decodes its fields without them.
+    try:
+        return typing.get_type_hints(cls, include_extras=True)
+    except Exception:  # noqa: BLE001  # unresolvable forward references raise several types
+        return {}
+
+
+def _fix_for(tp: type, *, tcp: bool) -> str:
+    fix = (
+        f"make {tp.__name__} a dataclass (@dataclasses.dataclass) or a pydantic model, whose "
+        f"instances keep their type across the wire, or convert it to one of those before the "
+        f"stage returns it"
+    )
+    return fix if tcp else f"{fix}; {_PICKLE_FIX}"
+
+
+# What the codec carries without looking inside: a class annotation that is one of these, or a
+# subclass, is fine. Others are checked by uncarried_type.
+_CARRIED_BASES: tuple[type, ...] = (
+    type(None), bool, int, float, str, bytes, bytearray, list, tuple, set, frozenset, dict,
+    BaseModel, Message, enum.Enum,
+)
+# Generic origins whose arguments are what travels (the items of an iterator, an awaitable's
+# result, the members of a union); for the others every argument travels.
+_FIRST_ARG_ONLY = frozenset(
+    ("Iterator", "Iterable", "Generator", "AsyncIterator", "AsyncIterable", "AsyncGenerator", "Awaitable", "Coroutine")
+)
+
+
+def uncarried_type(annotation: Any) -> type | None:
+    """The first class in a type hint whose values the codec cannot carry without pickle, or None.
+
+    Only what the hint says for certain counts: Any, type variables, protocols, abstract base
+    classes and unresolved (string) hints are None, since their values may well be carried.
+    """
+    if annotation is None or annotation is inspect.Parameter.empty or annotation is Any:
+        return None
+    if isinstance(annotation, (str, typing.TypeVar, typing.ForwardRef)):
+        return None
+    origin = typing.get_origin(annotation)
+    if origin is typing.Annotated:
+        return uncarried_type(typing.get_args(annotation)[0])
+    if origin is not None:
+        args = typing.get_args(annotation)
+        if origin is typing.Literal:
+            return None
+        if getattr(origin, "__name__", "") in _FIRST_ARG_ONLY:
+            args = args[-1:] if getattr(origin, "__name__", "") == "Coroutine" else args[:1]
+        elif isinstance(origin, type) and origin is not typing.Union and origin is not types.UnionType:
+            found = uncarried_type(origin)
+            if found is not None:
+                return found
+        for arg in args:
+            found = uncarried_type(arg) if arg is not Ellipsis else None
+            if found is not None:
+                return found
+        return None
+    if not isinstance(annotation, type):
+        return None
+    if issubclass(annotation, _CARRIED_BASES) or _record_fields(annotation) is not None:
+        return None
+    if annotation.__module__ in ("typing", "collections.abc", "abc", "numpy") or getattr(annotation, "_is_protocol", False):
+        return None
+    if inspect.isabstract(annotation) or annotation is object:
+        return None
+    return annotation
+
+
+def unencodable_annotation_fix(tp: type) -> str:
+    """What to do about a stage annotated with a class the codec cannot carry."""
+    return (
+        f"the served runtime sends values between stages with a codec that carries {_SUPPORTED}, "
+        f"and not {_type_name(tp)}. Fix: make {tp.__name__} a dataclass (@dataclasses.dataclass) "
+        f"or a pydantic model, or annotate with a type the codec carries (e.g. dict); to send it "
+        f"pickled instead (`altoflow serve --allow-pickle`, local replicas only), leave the "
+        f"annotation off"
+    )
 
 
 def _decode_model(mv: memoryview, pos: int, hint: Any) -> tuple[Any, int]:

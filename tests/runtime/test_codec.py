@@ -7,6 +7,7 @@ import enum
 import math
 import re
 import struct
+from fractions import Fraction
 from typing import Annotated, Any, Optional
 
 import numpy as np
@@ -276,30 +277,142 @@ def test_enums_travel_as_their_value() -> None:
 # ---------------------------------------------------------------- refusals and their messages
 
 
-@dataclasses.dataclass
+@dataclasses.dataclass(frozen=True)
 class Point:
     x: int
     y: int
 
 
-def test_a_dataclass_is_refused_with_its_type_its_place_and_the_fix() -> None:
+@dataclasses.dataclass
+class Shape:
+    name: str
+    points: list[Point]
+    by_name: dict[str, Point]
+    center: Optional[Point] = None
+    color: Optional[Color] = None
+    claim: Optional[Claim] = None
+    area: float = dataclasses.field(init=False, default=0.0)
+
+
+class Box:
+    def __init__(self, v: int) -> None:
+        self.v = v
+
+
+points = st.builds(Point, st.integers(), st.integers())
+shapes = st.builds(
+    Shape,
+    st.text(),
+    st.lists(points, max_size=4),
+    st.dictionaries(st.text(max_size=5), points, max_size=3),
+    st.none() | points,
+    st.none() | st.sampled_from(Color),
+    st.none() | st.builds(Claim, text=st.text(max_size=10), score=st.floats(allow_nan=False), tags=st.lists(st.text(max_size=3), max_size=2)),
+)
+
+
+@relaxed
+@given(shapes, st.booleans())
+def test_dataclasses_come_back_as_the_same_class_with_or_without_annotation(shape: Shape, annotated: bool) -> None:
+    got = decode_value(encode_value([shape]), list[Shape] if annotated else None)
+    assert got == [shape]
+    assert type(got[0]) is Shape and all(type(p) is Point for p in got[0].points)
+
+
+def test_frozen_dataclasses_and_init_false_fields_keep_their_state() -> None:
+    shape = Shape("s", [Point(1, 2)], {})
+    shape.area = 2.5  # set after __init__, which a rebuild must not rerun
+    got = decode_value(encode_value(shape))
+    assert got.area == 2.5 and got.points[0] == Point(1, 2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        got.points[0].x = 3  # type: ignore[misc]
+
+
+def test_attrs_classes_round_trip() -> None:
+    attrs = pytest.importorskip("attrs")
+
+    @attrs.frozen
+    class Span:
+        start: int
+        _label: str = "x"
+
+    global _Span
+    _Span = Span
+    Span.__qualname__ = "_Span"
+    got = decode_value(encode_value({"s": Span(1, "y")}))
+    assert got == {"s": Span(1, "y")} and type(got["s"]) is Span
+
+
+_Span: Any = None
+
+
+def test_a_dataclass_that_is_not_loaded_here_decodes_to_the_dict_of_its_fields() -> None:
+    name = f"{__name__}:Point".encode()
+    data = encode_value(Point(1, 2)).replace(encode_uvarint(len(name)) + name, b"\x0dnowhere:Point")
+    assert decode_value(data) == {"x": 1, "y": 2}
+
+
+def test_a_dataclass_whose_fields_differ_here_is_a_decode_error() -> None:
+    @dataclasses.dataclass
+    class Point:  # same qualified name in a test, one field fewer
+        x: int
+
+    Point.__qualname__ = "Point"
+    with pytest.raises(DecodeError, match=r"has the fields \['x', 'y'\].*run the same version"):
+        decode_value(encode_value(globals()["Point"](1, 2)), Point)
+
+
+def test_a_plain_object_is_refused_with_its_type_its_place_and_the_fix() -> None:
     with pytest.raises(EncodeError) as info:
-        encode_value({"hits": [1, Point(1, 2)]})
+        encode_value({"hits": [1, Box(2)]})
     assert str(info.value) == (
-        f"cannot send a value of type {__name__}.Point at value['hits'][1] over the wire: the codec "
+        f"cannot send a value of type {__name__}.Box at value['hits'][1] over the wire: the codec "
         "sends None, bool, int, float, str, bytes, bytearray, list, tuple, dict, set, frozenset, "
-        "numpy arrays and scalars, pydantic models and protobuf messages. Fix: make Point a "
-        "pydantic model (class Point(pydantic.BaseModel): ...), which keeps its type across the "
-        "wire, or send dataclasses.asdict(value); between replicas on local UNIX sockets, "
-        "Codec(allow_pickle=True) on both ends pickles it instead."
+        "numpy arrays and scalars, dataclasses, attrs classes, pydantic models and protobuf "
+        "messages. Fix: make Box a dataclass (@dataclasses.dataclass) or a pydantic model, whose "
+        "instances keep their type across the wire, or convert it to one of those before the stage "
+        "returns it; or, for replicas on local UNIX sockets only, serve with `altoflow serve "
+        "--allow-pickle` to pickle it."
     )
     assert isinstance(info.value, TypeError) and isinstance(info.value, CodecError)
+
+
+def test_a_plain_object_inside_a_dataclass_is_named_by_its_field() -> None:
+    with pytest.raises(EncodeError, match=r"Box at value\.points\[0\] over the wire"):
+        encode_value(Shape("s", [Box(1)], {}))  # type: ignore[list-item]
 
 
 def test_over_tcp_the_message_does_not_offer_pickle() -> None:
     with pytest.raises(EncodeError) as info:
         Codec(transport="tcp").encode(object())
-    assert str(info.value).endswith("Fix: convert the object to one of those before the stage returns it.")
+    assert str(info.value).endswith("or convert it to one of those before the stage returns it.")
+    assert "pickle" not in str(info.value)
+
+
+@pytest.mark.parametrize("depth", [MAX_DEPTH + 1, 100_000])
+def test_values_nested_past_the_limit_are_refused_both_ways_never_a_recursion_error(depth: int) -> None:
+    deep: Any = []
+    for _ in range(depth):
+        deep = [deep]
+    with pytest.raises(EncodeError, match=f"nested more than {MAX_DEPTH} levels deep"):
+        encode_value(deep)
+    hostile = bytes((1,)) + b"l\x01" * depth + b"l\x00"
+    with pytest.raises(DecodeError, match=f"nested more than {MAX_DEPTH} levels deep"):
+        decode_value(hostile)
+    chain: Any = None
+    for _ in range(depth):
+        chain = Shape("s", [], {}, center=None, claim=None) if chain is None else dataclasses.replace(chain, points=[chain])  # type: ignore[list-item]
+        if _ > MAX_DEPTH + 1:
+            break
+    with pytest.raises(EncodeError, match="nested more than"):
+        encode_value(chain)
+
+
+def test_values_at_the_limit_round_trip() -> None:
+    deep: Any = []
+    for _ in range(MAX_DEPTH - 1):
+        deep = [deep]
+    assert decode_value(encode_value(deep)) == deep
 
 
 def test_a_value_that_contains_itself_is_refused() -> None:
@@ -307,19 +420,25 @@ def test_a_value_that_contains_itself_is_refused() -> None:
     loop.append(loop)
     with pytest.raises(EncodeError, match=f"it is nested more than {MAX_DEPTH} levels deep"):
         encode_value(loop)
+    with pytest.raises(EncodeError, match="nested more than"):
+        shape = Shape("s", [], {})
+        shape.points.append(shape)  # type: ignore[arg-type]
+        encode_value(shape)
 
 
 def test_pickle_is_opt_in_on_both_ends() -> None:
     local = Codec(allow_pickle=True)
-    data = local.encode({"p": Point(1, 2)})
-    assert local.decode(data) == {"p": Point(1, 2)}
+    data = local.encode({"p": Fraction(1, 3)})
+    assert local.decode(data) == {"p": Fraction(1, 3)}
     with pytest.raises(DecodeError) as info:
         decode_value(data)
     assert str(info.value) == (
-        f"the payload holds a pickled {__name__}.Point value, and this codec refuses to unpickle: "
-        "unpickling runs code chosen by the sender. Send a pydantic model instead, or, for replicas "
-        "on local UNIX sockets only, use Codec(allow_pickle=True) on both ends"
+        "the payload holds a pickled fractions.Fraction value, and this codec refuses to unpickle: "
+        "unpickling runs code chosen by the sender. Send a dataclass or a pydantic model instead, "
+        "or, for replicas on local UNIX sockets only, serve with `altoflow serve --allow-pickle` to "
+        "pickle it"
     )
+    assert local.encode(Point(1, 2)) == encode_value(Point(1, 2))  # a dataclass is never pickled
 
 
 def test_pickle_is_never_allowed_over_tcp() -> None:

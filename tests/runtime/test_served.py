@@ -103,3 +103,170 @@ def test_random_pipelines_served_match_reference(tmp_path_factory, case, xs):
     defs, _ = case
     target = _write_random(tmp_path_factory.mktemp("app"), defs)
     _serve_and_compare(target, [{"x": x} for x in xs])
+
+
+# -- values that cross the wire -----------------------------------------------------------------
+
+_RECORDS_APP = '''
+from __future__ import annotations
+
+import dataclasses
+from typing import Optional
+
+import pydantic
+
+import altoflow as af
+
+
+@dataclasses.dataclass(frozen=True)
+class Point:
+    x: int
+    y: int
+
+
+@dataclasses.dataclass
+class Shape:
+    name: str
+    points: list[Point]
+    by_name: dict[str, Point]
+    center: Optional[Point] = None
+
+
+class PointModel(pydantic.BaseModel):
+    x: int
+    y: int
+
+
+@af.stage
+def shape(n: int) -> Shape:
+    return Shape(f"s{n}", [Point(i, -i) for i in range(n)], {"first": Point(n, n)},
+                 Point(0, 0) if n % 2 else None)
+
+
+@af.stage(fanout="point")
+def spread(shape: Shape):
+    assert type(shape) is Shape and all(type(p) is Point for p in shape.points), shape
+    yield from shape.points
+
+
+@af.stage(aggregate=af.ops.collect)
+def gathered(spread: Point) -> list[Point]:
+    assert type(spread) is Point, spread
+    return spread
+
+
+@af.stage
+def summary(shape: Shape, gathered: list[Point]) -> Shape:
+    assert type(shape) is Shape and all(type(p) is Point for p in gathered), (shape, gathered)
+    return dataclasses.replace(shape, points=[*gathered, shape.by_name["first"]])
+
+
+@af.stage
+def as_model(shape: Shape) -> PointModel:
+    return PointModel(x=shape.by_name["first"].x, y=shape.by_name["first"].y)
+'''
+
+
+def test_dataclasses_between_stages_and_as_outputs_served_match_reference(tmp_path: Path) -> None:
+    path = tmp_path / "records_app.py"
+    path.write_text(_RECORDS_APP)
+    _serve_and_compare(str(path), [{"n": n} for n in range(4)], replicas={"spread": 2})
+
+
+def test_a_dataclass_output_has_the_json_of_a_pydantic_model_with_its_fields(tmp_path: Path) -> None:
+    from altoflow._result import encode_event
+
+    path = tmp_path / "records_app.py"
+    path.write_text(_RECORDS_APP)
+    compiled = load_target(str(path)).compiled
+
+    async def serve():
+        async with Supervisor(compiled, str(path)) as sup:
+            await sup.wait_ready()
+            return await asyncio.wait_for(_collect(sup.router.submit({"n": 2})), 60)
+
+    (outputs, _events) = asyncio.run(serve())
+    (shape,) = outputs["summary"].values()
+    (model,) = outputs["as_model"].values()
+    first = shape.by_name["first"]
+    assert type(first).__name__ == "Point" and type(model).__name__ == "PointModel"
+    as_json = [json.loads(encode_event(af.Event("output", "s", {}, value=v))[0])["value"]
+               for v in (first, model)]
+    assert as_json == [{"x": 2, "y": 2}, {"x": 2, "y": 2}]
+
+
+_PLAIN_APP = '''
+import altoflow as af
+
+
+class Box:
+    def __init__(self, v):
+        self.v = v
+
+
+@af.stage
+def boxed(n: int):
+    return Box(n)
+
+
+@af.stage
+def unboxed(boxed) -> int:
+    return boxed.v
+'''
+
+_DEEP_APP = '''
+import altoflow as af
+
+
+@af.stage
+def deep(n: int):
+    value = []
+    for _ in range(n):
+        value = [value]
+    return value
+
+
+@af.stage
+def depth(deep) -> int:
+    n = 0
+    while deep:
+        deep, n = deep[0], n + 1
+    return n
+'''
+
+
+def _served_events(target: str, fields: dict) -> list:
+    compiled = load_target(target).compiled
+
+    async def serve():
+        async with Supervisor(compiled, target) as sup:
+            await sup.wait_ready()
+            return (await asyncio.wait_for(_collect(sup.router.submit(fields)), 60))[1]
+
+    return asyncio.run(serve())
+
+
+def test_a_plain_object_between_stages_names_the_stage_the_type_and_the_fix(tmp_path: Path) -> None:
+    path = tmp_path / "plain_app.py"
+    path.write_text(_PLAIN_APP)
+    last = _served_events(str(path), {"n": 3})[-1]
+    assert (last.type, last.stage, last.exc_type) == ("error", "boxed", "EncodeError")
+    assert last.error.startswith("stage 'boxed' returned a value that cannot be sent on: cannot "
+                                 "send a value of type plain_app.Box over the wire")
+    assert "make Box a dataclass" in last.error and "--allow-pickle" in last.error
+    assert "decode" not in last.error
+
+
+@pytest.mark.parametrize("depth", [150, 100_000])
+def test_a_value_nested_past_the_codec_limit_is_a_clear_error_served(tmp_path: Path, depth: int) -> None:
+    from altoflow.wire.codec import MAX_DEPTH
+
+    path = tmp_path / "deep_app.py"
+    path.write_text(_DEEP_APP)
+    events = _served_events(str(path), {"n": depth})
+    last = events[-1]
+    assert (last.type, last.stage, last.exc_type) == ("error", "deep", "EncodeError")
+    assert last.error.startswith("stage 'deep' returned a value that cannot be sent on: ")
+    assert f"nested more than {MAX_DEPTH} levels deep" in last.error
+    ok = _served_events(str(path), {"n": MAX_DEPTH - 1})
+    assert [(e.type, e.value) for e in ok] == [("output", MAX_DEPTH - 1), ("done", None)]

@@ -88,7 +88,8 @@ values = Pipeline([value], name="values")
 
 # ``metered``: words, upper-cased (failing on the word "bad"), counted; both ingresses must
 # count the same things for it. ``ratios``: an output the codec has no format for, so that the
-# served runtime sends it pickled when started with allow_pickle.
+# served runtime sends it pickled when started with allow_pickle (unannotated: an annotation
+# the codec cannot carry is a compile error).
 
 
 @stage(fanout="word")
@@ -112,7 +113,7 @@ metered = Pipeline([split, shouted, counted], name="metered")
 
 
 @stage
-def third(n: int) -> Fraction:
+def third(n: int):
     return Fraction(n, 3)
 
 
