@@ -8,7 +8,7 @@ request runs. ``InputError`` is a bad request (fields that do not fit the reques
 from __future__ import annotations
 
 import inspect
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 
 def where(obj: Any) -> str:
@@ -49,7 +49,17 @@ class TargetError(CompileError):
 
 
 class InputError(ValueError):
-    """A request's fields do not fit the pipeline's request schema."""
+    """A request's fields do not fit the pipeline's request schema.
+
+    ``errors``: the first of pydantic's errors (``loc``, ``msg``, ``type``), at most 20 of
+    them; ``errors_total``: how many there were.
+    """
+
+    def __init__(self, message: str, errors: Sequence[Mapping[str, Any]] = (),
+                 errors_total: int | None = None) -> None:
+        super().__init__(message)
+        self.errors = list(errors)
+        self.errors_total = len(self.errors) if errors_total is None else errors_total
 
 
 class Overloaded(Exception):

@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import sys
+import sysconfig
+import traceback
 from enum import Enum
 from typing import Any, NoReturn, Optional
 
@@ -45,11 +48,52 @@ def _load(target: str) -> Any:
     from altoflow.compiler import load_target
 
     _cwd_on_path()
+    path = target if os.path.isdir(target) else target.partition(":")[0]
+    if os.path.isdir(path):
+        _fail(f"{target!r} is a directory; name a file in it (e.g. {os.path.join(path, 'app.py')})"
+              f" or a module (package.module[:name])", 2)
     try:
         pipeline = load_target(target)
         return pipeline.compiled
     except CompileError as exc:
         _fail(str(exc), 2)
+    except SyntaxError as exc:  # the user's file does not parse
+        where = f"{exc.filename}:{exc.lineno}" if exc.filename else target
+        text = f"\n    {exc.text.strip()}" if exc.text else ""
+        _fail(f"cannot load {target}: {where}: {type(exc).__name__}: {exc.msg}{text}", 2)
+    except Exception as exc:  # importing it raised: a failing import, a misused @stage
+        _fail(f"cannot load {target}: {_where(exc)}{type(exc).__name__}: {exc}{_hint(exc)}", 2)
+
+
+def _where(exc: BaseException) -> str:
+    """``file:line: `` of the user's code the exception came from (the last frame outside
+    altoflow, the import machinery and installed packages), and that line."""
+    frames = traceback.extract_tb(exc.__traceback__)
+    ours = os.path.dirname(os.path.abspath(__file__))
+    installed = {sysconfig.get_paths()[k] for k in ("stdlib", "purelib", "platlib")}
+    user = [f for f in frames if not f.filename.startswith((ours, "<", *installed))]
+    frame = (user or frames or [None])[-1]
+    if frame is None:
+        return ""
+    line = f"\n    {frame.line}\n  " if frame.line else " "
+    return f"{frame.filename}:{frame.lineno}:{line}"
+
+
+def _hint(exc: BaseException) -> str:
+    """For ``@stage(misspelt=...)``: the option it is close to."""
+    import difflib
+    import inspect
+
+    from altoflow import stage
+
+    words = str(exc).split("unexpected keyword argument ")
+    if not isinstance(exc, TypeError) or len(words) != 2 or not str(exc).startswith("stage()"):
+        return ""
+    name = words[1].strip("'\"")
+    options = [p for p in inspect.signature(stage).parameters if p != "fn"]
+    near = difflib.get_close_matches(name, options, n=1)
+    suggestion = f"did you mean {near[0]}=? " if near else ""
+    return f"\n  {suggestion}@stage takes: {', '.join(options)}"
 
 
 @app.command()
@@ -154,6 +198,11 @@ def serve(
         100_000, "--replay-limit",
         help="Inputs of open aggregate groups kept, all together, to replay a group whose replica "
              "dies (0: none; such a death fails the group's request)."),
+    max_body: int = typer.Option(1024 * 1024, "--max-body",
+                                 help="Largest POST /v1/run body in bytes (413 past it)."),
+    allowed_host: list[str] = typer.Option([], "--allowed-host",
+                                           help="A name the Host header may have besides the "
+                                                "address (repeatable; * for any)."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
@@ -162,6 +211,11 @@ def serve(
     from altoflow.server.http import create_app
     from altoflow.server.served import ServedIngress
 
+    if max_inflight < 1:
+        _fail(f"--max-inflight takes N >= 1 (the requests in flight before 503), not {max_inflight}", 2)
+    if max_body < 1:
+        _fail(f"--max-body takes a number of bytes >= 1, not {max_body}", 2)
+    _check_port("--port", port)
     compiled = _load(target)
     counts = _replica_counts(replicas)
     try:
@@ -174,6 +228,7 @@ def serve(
         listen_host, _, listen_port = listen.rpartition(":")
         if not listen_port.isdigit():
             _fail(f"--listen takes HOST:PORT (e.g. 0.0.0.0:7000), not {listen!r}", 2)
+        _check_port("--listen", int(listen_port))
         address = (listen_host or "0.0.0.0", int(listen_port))
     secret = _secret(secret_file)
     if address is not None and not secret:
@@ -196,6 +251,7 @@ def serve(
             _fail(str(exc), 2)
     if not handshake_timeout > 0:
         _fail(f"--handshake-timeout takes seconds above 0, not {handshake_timeout}", 2)
+    _check_free(host, port)  # before any replica starts
     try:
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
@@ -209,7 +265,31 @@ def serve(
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    uvicorn.run(create_app(ingress), host=host, port=port, loop=loop, log_level="info")
+    # The --host name is one the Host header may carry (an address is taken anyway).
+    names = [host, *allowed_host] if host not in ("0.0.0.0", "::", "") else list(allowed_host)
+    app = create_app(ingress, max_body=max_body, allowed_hosts=names)
+    uvicorn.run(app, host=host, port=port, loop=loop, log_level="info")
+
+
+def _check_port(option: str, port: int) -> None:
+    if not 1 <= port <= 65535:
+        _fail(f"{option} takes a port from 1 to 65535, not {port}", 2)
+
+
+def _check_free(host: str, port: int) -> None:
+    """Exit 2 when ``host:port`` cannot be listened on (taken, or not an address here)."""
+    try:
+        infos = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)
+    except socket.gaierror as exc:
+        _fail(f"--host {host!r} is not an address of this machine ({exc})", 2)
+    family, kind, proto, _, address = infos[0]
+    with socket.socket(family, kind, proto) as probe:
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as uvicorn binds
+        try:
+            probe.bind(address)
+        except OSError as exc:
+            _fail(f"cannot listen on {host}:{port}: {exc.strerror}; is another server running "
+                  f"there? Pick another --port", 2)
 
 
 def _secret(path: Optional[str]) -> bytes:

@@ -9,6 +9,7 @@ stages' levels that ``Result[stage]`` needs.
 from __future__ import annotations
 
 import json
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import TYPE_CHECKING, Any
@@ -60,6 +61,8 @@ class Client:
         self._http: httpx.Client | None = None
         self._ahttp: httpx.AsyncClient | None = None
         self._outputs: dict[str, list[str]] | None = None
+        # The answers astream is reading on the pool of `async with client:`, closed at its end.
+        self._astreams: weakref.WeakSet[httpx.Response] = weakref.WeakSet()
 
     def __repr__(self) -> str:
         return f"Client({self.base_url!r})"
@@ -139,7 +142,10 @@ class Client:
         return Result(events, outputs)
 
     async def astream(self, /, **fields: Any) -> AsyncIterator[Event]:
-        """``stream`` for async code: ``async for event in client.astream(**fields)``."""
+        """``stream`` for async code: ``async for event in client.astream(**fields)``.
+
+        A stream left early inside ``async with client:`` is closed, which cancels its
+        request, when the block ends."""
         async with self._async_http() as http:
             async for event in self._astream(http, fields):
                 yield event
@@ -149,6 +155,13 @@ class Client:
         return self
 
     async def __aexit__(self, *exc_info: object) -> None:
+        # A stream left early is a generator suspended inside httpx's. Left to the event loop,
+        # which closes all suspended generators at once when it ends, one would be closed
+        # while another is still closing it ("aclose(): asynchronous generator is already
+        # running"); closing its answer here, while the loop runs, leaves them nothing to do.
+        for resp in list(self._astreams):
+            await resp.aclose()
+        self._astreams.clear()
         if self._ahttp is not None:
             await self._ahttp.aclose()
             self._ahttp = None
@@ -159,6 +172,8 @@ class Client:
         with self._errors("/v1/run"):
             async with http.stream("POST", "/v1/run", content=body,
                                    headers={"content-type": "application/json"}) as resp:
+                if http is self._ahttp:
+                    self._astreams.add(resp)
                 if resp.status_code != 200:
                     await resp.aread()
                     self._raise_for_status(resp, "/v1/run")

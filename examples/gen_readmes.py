@@ -8,7 +8,8 @@ is replaced by:
 
 - ``graph``: ``altoflow compile examples/<app>/app.py --show-graph``;
 - ``run``: ``altoflow run examples/<app>/app.py --input "$(cat examples/<app>/input.json)"``;
-- ``curl``: the NDJSON lines that ``curl -N localhost:8000/v1/run -d @examples/<app>/input.json``
+- ``curl``: the NDJSON lines that
+  ``curl -N localhost:8000/v1/run -H 'Content-Type: application/json' -d @examples/<app>/input.json``
   gets from ``altoflow serve examples/<app>/app.py``, which this script starts on a free port;
 - ``client``: a short ``altoflow.Client`` snippet against that server, and what it prints.
 
@@ -105,7 +106,8 @@ class App:
     def curl(self) -> str:
         body = (self.dir / "input.json").read_bytes()
         lines = []
-        with httpx.stream("POST", f"{self.url}/v1/run", content=body, timeout=300) as response:
+        with httpx.stream("POST", f"{self.url}/v1/run", content=body, timeout=300,
+                          headers={"Content-Type": "application/json"}) as response:
             response.raise_for_status()
             lines = [line for line in response.iter_lines() if line]
         return "\n".join(lines)

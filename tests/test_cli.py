@@ -413,13 +413,15 @@ def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(mo
             seen["ingress"] = kw
 
     monkeypatch.setattr(served_mod, "ServedIngress", Ingress)
-    monkeypatch.setattr("altoflow.server.http.create_app", lambda ingress: ingress)
+    monkeypatch.setattr("altoflow.server.http.create_app",
+                        lambda ingress, **kw: seen.update(app=kw) or ingress)
     monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(http=kw))
     monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
     result = cli("serve", WORDCOUNT, "--host", "127.0.0.2", "--port", "8123", "--listen", "0.0.0.0:7000")
     assert result.exit_code == 0, result.output
     assert (seen["http"]["host"], seen["http"]["port"]) == ("127.0.0.2", 8123)
     assert seen["ingress"]["listen"] == ("0.0.0.0", 7000)
+    assert seen["app"] == {"max_body": 1024 * 1024, "allowed_hosts": ["127.0.0.2"]}
 
 
 def test_serve_allow_pickle_with_listen_is_refused_with_a_message(monkeypatch):
@@ -504,3 +506,94 @@ def test_worker_of_a_target_that_does_not_load_exits_2(tmp_path):
     result = cli("worker", "--target", str(tmp_path / "nope.py"), "--stage", "x", "--connect", "/x.sock")
     assert result.exit_code == 2
     assert result.stderr.startswith("error: ")
+
+
+# -- a target that does not load, and serve options refused before anything starts -----------
+
+
+@pytest.mark.parametrize(("source", "line", "words"), [
+    pytest.param("from altoflow import stage\n\n\ndef a(q:\n    return q\n", 4,
+                 ["SyntaxError", "'(' was never closed", "def a(q:"], id="syntax-error"),
+    pytest.param("from altoflow import stage\n\n\n@stage(fanuot='x')\ndef a(q: str):\n    return q\n",
+                 4, ["TypeError", "'fanuot'", "did you mean fanout=?", "@stage(fanuot='x')"],
+                 id="misspelt-stage-keyword"),
+    pytest.param("import json\nimport no_such_module_anywhere\n", 2,
+                 ["ModuleNotFoundError", "no_such_module_anywhere"], id="failing-import"),
+])
+@pytest.mark.parametrize("command", ["compile", "run", "serve"])
+def test_a_target_that_does_not_load_exits_2_with_its_file_and_line(tmp_path, source, line,
+                                                                    words, command):
+    app_py = tmp_path / "app.py"
+    app_py.write_text(source)
+    result = cli(command, str(app_py))
+    assert result.exit_code == 2, result.output
+    err = result.stderr
+    assert f"{app_py}:{line}:" in err
+    for w in words:
+        assert w in err
+    assert "Traceback" not in err and len(err.splitlines()) <= 5, err
+
+
+def test_a_directory_target_exits_2_naming_a_file_to_give(tmp_path):
+    result = cli("compile", str(tmp_path))
+    assert result.exit_code == 2
+    assert "is a directory" in result.stderr and str(tmp_path / "app.py") in result.stderr
+
+
+@pytest.fixture
+def no_start(monkeypatch):
+    """``altoflow serve`` with nothing started: starting replicas or uvicorn fails the test."""
+    import uvicorn
+
+    import altoflow.server.served as served_mod
+
+    def refuse(*args, **kw):
+        raise AssertionError("serve started something it should have refused first")
+
+    monkeypatch.setattr(served_mod, "ServedIngress", refuse)
+    monkeypatch.setattr(uvicorn, "run", refuse)
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--max-inflight", "0"], ["--max-inflight takes N >= 1", "not 0"]),
+    (["--port", "70000"], ["--port takes a port from 1 to 65535, not 70000"]),
+    (["--port", "-1"], ["--port takes a port from 1 to 65535, not -1"]),
+    (["--listen", "0.0.0.0:99999"], ["--listen takes a port from 1 to 65535, not 99999"]),
+    (["--max-body", "0"], ["--max-body takes a number of bytes >= 1"]),
+])
+def test_serve_refuses_bad_options_in_one_line(no_start, monkeypatch, args, words):
+    monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
+    result = cli("serve", WORDCOUNT, *args)
+    assert result.exit_code == 2, result.output
+    for w in words:
+        assert w in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_on_a_port_in_use_exits_2_before_starting_replicas(no_start):
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = cli("serve", WORDCOUNT, "--port", str(port))
+    assert result.exit_code == 2, result.output
+    assert f"cannot listen on 127.0.0.1:{port}" in result.stderr
+    assert "--port" in result.stderr
+
+
+def test_serve_passes_max_body_and_allowed_hosts_to_the_app(monkeypatch):
+    import uvicorn
+
+    import altoflow.server.served as served_mod
+
+    seen: dict = {}
+    monkeypatch.setattr(served_mod, "ServedIngress", lambda target, **kw: object())
+    monkeypatch.setattr("altoflow.server.http.create_app",
+                        lambda ingress, **kw: seen.update(app=kw) or ingress)
+    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    result = cli("serve", WORDCOUNT, "--host", "0.0.0.0", "--port", "8124", "--max-body", "4096",
+                 "--allowed-host", "api.example.com", "--allowed-host", "proxy")
+    assert result.exit_code == 0, result.output
+    assert seen["app"] == {"max_body": 4096, "allowed_hosts": ["api.example.com", "proxy"]}

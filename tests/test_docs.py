@@ -95,10 +95,13 @@ def test_readme_setup_commands() -> None:
         _wait_healthy(url, server)
         # README's request, as curl would send it (curl itself may not be installed).
         curl = next(body for lang, body in _blocks(ROOT / "README.md") if lang == "console")
-        data = shlex.split(curl.strip())[-1]
+        argv = shlex.split(curl.strip())
+        data = argv[-1]
         if data.startswith("@"):  # curl's -d @file sends the file
             data = (ROOT / data[1:]).read_text()
-        lines = httpx.post(f"{url}/v1/run", content=data, timeout=60).text.splitlines()
+        headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
+        lines = httpx.post(f"{url}/v1/run", content=data, headers=headers,
+                           timeout=60).text.splitlines()
         events = [json.loads(line) for line in lines]
         assert events[-1] == {"type": "done"}
         assert any(e["type"] == "output" and e["stage"] == "report" for e in events)

@@ -1,14 +1,22 @@
 """altoflow's HTTP API, as an ASGI app on Starlette: ``create_app(ingress)``.
 
-- ``POST /v1/run``: the body is the request fields as a JSON object. The answer streams NDJSON,
-  one event per line, each line sent the moment its event exists; it ends with a ``done`` or an
-  ``error`` line. 422 for a body that is not a JSON object or does not fit the request schema,
-  503 with ``Retry-After`` when the ingress is full. A client that disconnects cancels its
-  request.
+- ``POST /v1/run``: the body is the request fields as a JSON object, sent as
+  ``Content-Type: application/json`` (415 otherwise). The answer streams NDJSON, one event per
+  line, each line sent the moment its event exists; it ends with a ``done`` or an ``error``
+  line. 413 for a body over ``max_body`` bytes; 422 for a body that is not a JSON object, nests
+  deeper than request values may, or does not fit the request schema (the first
+  ``MAX_ERRORS`` errors, and their count); 503 with ``Retry-After`` when the ingress is full. A
+  client that disconnects cancels its request.
 - ``GET /v1/graph``: ``altoflow compile --format json``'s document, plus ``outputs`` (the output
   stages) and ``request_schema`` (the request's JSON schema).
 - ``GET /healthz``: the ingress's health; 200 when its status is ``ok``, else 503.
 - ``GET /metrics``: Prometheus text exposition (the ingress's one registry).
+
+Every route answers 400 to a ``Host`` header that names neither the address the connection
+came in on, nor (on a loopback address) ``localhost``, nor one of ``allowed_hosts``: a web page
+whose own name was made to point at this server (DNS rebinding) cannot reach it. The JSON
+content type keeps a page from starting runs with a cross-site form post, which browsers send
+without asking.
 
 Output values are made JSON here (``altoflow._result.encode_event``); a value that cannot be ends
 the request with an ``error`` event that says where in the value the trouble is.
@@ -16,33 +24,49 @@ the request with an ``error`` event that says where in the value the trouble is.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
+import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
 import anyio
-import pydantic
 from starlette.applications import Starlette
+from starlette.middleware import Middleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
-from starlette.types import Receive, Scope, Send
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from altoflow._errors import InputError, Overloaded
 from altoflow._result import Event, encode_event
+from altoflow.compiler._request import MAX_DEPTH, MAX_ERRORS
 from altoflow.runtime.metrics import CONTENT_TYPE as PROMETHEUS
 from altoflow.runtime.stream import RequestStream
 from altoflow.server.ingress import Ingress
 
 NDJSON = "application/x-ndjson"
 
+MAX_BODY = 1024 * 1024
+"""The default limit of a ``POST /v1/run`` body, in bytes (``altoflow serve --max-body``)."""
 
-def create_app(ingress: Ingress) -> Starlette:
-    """The ASGI app serving ``ingress``; its lifespan enters and leaves the ingress."""
+
+def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
+               allowed_hosts: Iterable[str] = ()) -> Starlette:
+    """The ASGI app serving ``ingress``; its lifespan enters and leaves the ingress.
+
+    ``max_body``: the largest ``POST /v1/run`` body taken, in bytes (413 past it).
+    ``allowed_hosts``: names the ``Host`` header may have besides the address the connection
+    came in on (and ``localhost`` on a loopback address), e.g. the server's DNS name or a
+    proxy's; ``"*"`` takes any.
+    """
+    if max_body < 1:
+        raise ValueError(f"max_body must be at least 1 byte, not {max_body}")
+    hosts = frozenset(_host_name(h) for h in allowed_hosts)
     plan = ingress.compiled.plan
     graph = {
         **plan.contract_json(),
@@ -53,12 +77,37 @@ def create_app(ingress: Ingress) -> Starlette:
     example = "{" + ", ".join(f'"{f}": ...' for f in field_names) + "}"
 
     async def run(request: Request) -> Response | EventStreamResponse:
-        body = await request.body()
+        media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media != "application/json" and not (media.startswith("application/") and
+                                                media.endswith("+json")):
+            return JSONResponse(
+                {"detail": f"POST /v1/run takes a JSON body, sent with Content-Type: "
+                           f"application/json, not {media or 'no content type'} (curl: add "
+                           f"-H 'Content-Type: application/json')", "errors": []},
+                status_code=415)
+        try:
+            body = await _read_body(request, max_body)
+        except _TooLarge:
+            # The rest of the body is not read: the connection is closed after this answer.
+            return JSONResponse(
+                {"detail": f"the body is larger than this server takes ({max_body} bytes; "
+                           f"altoflow serve --max-body raises the limit)", "errors": []},
+                status_code=413, headers={"Connection": "close"})
         try:
             fields = json.loads(body) if body.strip() else {}
-        except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        except RecursionError:
+            return _unprocessable(f"the body nests arrays and objects too deep to read; a "
+                                  f"request value may nest at most {MAX_DEPTH} levels")
+        except json.JSONDecodeError as exc:
             return _unprocessable(f"the body is not valid JSON ({exc}); send the request fields "
                                   f"as a JSON object, like {example}")
+        except UnicodeDecodeError as exc:
+            return _unprocessable(f"the body is not UTF-8 ({exc}); send the request fields "
+                                  f"as a JSON object, like {example}")
+        except ValueError:  # json.loads's only other complaint: an int too long to convert
+            return _unprocessable(f"the body has an int of more than "
+                                  f"{sys.get_int_max_str_digits()} digits, more than a JSON "
+                                  f"number may have here; send it as a string, or split it")
         if not isinstance(fields, dict):
             return _unprocessable(f"the body is a JSON {_json_kind(fields)}; send the request "
                                   f"fields as a JSON object, like {example}")
@@ -94,20 +143,89 @@ def create_app(ingress: Ingress) -> Starlette:
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
+        middleware=[Middleware(HostCheck, allowed=hosts)],
         lifespan=lifespan,
     )
 
 
-def _unprocessable(detail: str, errors: list[dict[str, Any]] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail, "errors": errors or []}, status_code=422)
+class HostCheck:
+    """ASGI middleware: 400 for an HTTP request whose ``Host`` the server does not answer to
+    (see the module's docstring)."""
+
+    def __init__(self, app: ASGIApp, allowed: frozenset[str]) -> None:
+        self.app = app
+        self.allowed = allowed
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http" and "*" not in self.allowed:
+            host = dict(scope["headers"]).get(b"host", b"").decode("latin-1")
+            if not _host_ok(_host_name(host), scope.get("server"), self.allowed):
+                response = JSONResponse(
+                    {"detail": f"this server does not answer to Host: {host or '(none)'}; "
+                               f"start it with --allowed-host {_host_name(host) or 'NAME'} if "
+                               f"that is its name", "errors": []}, status_code=400)
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
-def _validation_errors(exc: InputError) -> list[dict[str, Any]]:
-    cause = exc.__cause__
-    if not isinstance(cause, pydantic.ValidationError):
-        return []
-    return [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]}
-            for e in cause.errors(include_url=False)]
+_LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "127.0.0.1", "::1"})
+
+
+def _host_name(host: str) -> str:
+    """The name of a ``Host`` header (or an --allowed-host value): no port, no IPv6 brackets,
+    lower case."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1:].partition("]")[0]
+    if host.count(":") == 1:
+        return host.partition(":")[0]
+    return host
+
+
+def _host_ok(name: str, server: tuple[str, int] | None, allowed: frozenset[str]) -> bool:
+    if name in allowed:
+        return True
+    if server is None:  # not a socket (e.g. an in-memory transport): nothing to check against
+        return True
+    bound = _host_name(str(server[0]))
+    if name == bound:
+        return True
+    try:
+        loopback = ipaddress.ip_address(bound).is_loopback
+    except ValueError:
+        return False
+    return loopback and (name in _LOOPBACK_NAMES or name.endswith(".localhost"))
+
+
+class _TooLarge(Exception):
+    pass
+
+
+async def _read_body(request: Request, limit: int) -> bytes:
+    """The body, read no further than ``limit`` bytes (``_TooLarge`` past it), whether its size
+    is announced (``Content-Length``) or not (chunked)."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > limit:
+        raise _TooLarge
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise _TooLarge
+    return bytes(body)
+
+
+def _unprocessable(detail: str, errors: tuple[list[dict[str, Any]], int] = ([], 0)) -> JSONResponse:
+    """422: ``detail``, the first ``MAX_ERRORS`` errors and how many there were."""
+    shown, total = errors
+    return JSONResponse({"detail": detail, "errors": shown, "errors_total": total},
+                        status_code=422)
+
+
+def _validation_errors(exc: InputError) -> tuple[list[dict[str, Any]], int]:
+    shown = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors]
+    return shown, exc.errors_total
 
 
 def _json_kind(value: Any) -> str:

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import socket
 from pathlib import Path
 
@@ -106,6 +108,30 @@ def test_astream_yields_each_event_as_it_arrives(serve, gate) -> None:
     seen = anyio.run(_astream_first_then_rest, client, gate)
     assert [(e.type, e.value) for e in seen] == [
         ("output", "TEA IS FIRST"), ("output", "TEA IS SECOND"), ("done", None)]
+
+
+@pytest.mark.parametrize("pooled", [True, False], ids=["async-with", "own-pool"])
+def test_astream_left_early_closes_cleanly(serve, gate, caplog, pooled) -> None:
+    # asyncio.run closes the generators left suspended at its end, all at once; a generator
+    # that another is still closing logs "aclose(): asynchronous generator is already running".
+    client = Client(serve(serving_apps.gated), timeout=10)
+
+    async def first() -> af.Event:
+        async for event in client.astream(topic="tea"):
+            return event
+        raise AssertionError("no event")
+
+    async def main() -> af.Event:
+        if not pooled:
+            return await first()
+        async with client:
+            return await first()
+
+    with caplog.at_level(logging.WARNING, logger="asyncio"):
+        event = asyncio.run(main())
+    assert event.value == "TEA IS FIRST"
+    assert [r.getMessage() for r in caplog.records if r.name == "asyncio" and r.levelno >= logging.WARNING] == []
+    assert gate.cancelled.wait(10), "the stage never saw the cancellation"
 
 
 def _local_error() -> af.StageError:

@@ -26,6 +26,7 @@ PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 WORDCOUNT = str(PIPELINES / "wordcount.py")
 FAILING = str(PIPELINES / "failing.py")
 FACTOOL = str(PIPELINES / "factool.py")
+JSON = {"Content-Type": "application/json"}
 
 
 def lines_of(resp: httpx.Response) -> list[dict]:
@@ -100,7 +101,8 @@ def test_lines_arrive_one_by_one_before_the_request_ends(serve, gate) -> None:
 def test_curl_dash_n_shows_claims_one_by_one(serve, gate) -> None:
     url = serve(serving_apps.gated)
     proc = subprocess.Popen(
-        ["curl", "-N", "-sS", "-X", "POST", url + "/v1/run", "-d", '{"topic": "tea"}'],
+        ["curl", "-N", "-sS", "-X", "POST", url + "/v1/run", "-H", "Content-Type: application/json",
+         "-d", '{"topic": "tea"}'],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -148,7 +150,7 @@ def test_a_client_that_disconnects_cancels_its_request(serve, gate) -> None:
 )
 def test_invalid_input_gets_422_with_pydantics_message(serve, body: bytes, words: list[str]) -> None:
     url = serve(WORDCOUNT)
-    resp = httpx.post(url + "/v1/run", content=body)
+    resp = httpx.post(url + "/v1/run", content=body, headers=JSON)
     assert resp.status_code == 422
     detail = resp.json()["detail"]
     for w in words:
