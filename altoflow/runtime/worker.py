@@ -87,9 +87,18 @@ class Worker:
         """ACK or FLUSH_DONE with the status; a failure carries what is known of the error."""
         if error is None:
             self._write(fr.encode_item(kind, self.stage_index, anc[0], anc[1:], status=fr.STATUS_CODES[status]))
-        else:
-            self._send(kind, request_id=anc[0], ancestry=anc[1:], status=fr.STATUS_CODES[status],
-                       body=fr.ErrorBody(error.detail, error.exc_type or ""))
+            return
+        body = fr.ErrorBody(error.detail, error.exc_type or "")
+        try:
+            frame = fr.encode_frame(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
+                                    status=fr.STATUS_CODES[status], body=body)
+        except fr.LocalProtocolError:
+            # Text that is not UTF-8 (a lone surrogate in an exception's message): send it
+            # escaped, or the router would never hear of this item and its credit.
+            frame = fr.encode_frame(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
+                                    status=fr.STATUS_CODES[status],
+                                    body=fr.ErrorBody(_escaped(body.message), _escaped(body.exc_type)))
+        self._write(frame)
 
     # -- input ----------------------------------------------------------------------------
 
@@ -103,11 +112,11 @@ class Worker:
                 # if a peer does not; the input waits for a free slot all the same.
                 self.backlog.append((anc, frame.parts()))
         elif frame.kind == fr.Kind.OPEN:
-            status, error = self.runner.open(anc)
+            status, error = self._group_call(self.runner.open, anc)
             if status == "failed":
                 self._status(fr.Kind.FLUSH_DONE, anc, status, error)
         elif frame.kind == fr.Kind.FLUSH:
-            status, error = self.runner.flush(anc, opened=frame.opened)
+            status, error = self._group_call(self.runner.flush, anc, opened=frame.opened)
             self._status(fr.Kind.FLUSH_DONE, anc, status, error)
         elif frame.kind == fr.Kind.CANCEL:
             self.runner.abort(frame.request_id)
@@ -137,6 +146,16 @@ class Worker:
         elif frame.kind != fr.Kind.HEARTBEAT:
             raise fr.RemoteProtocolError(f"a replica does not take {frame.kind.name} frames")
 
+    def _group_call(self, call: Any, anc: tuple[int, ...], **kw: Any) -> tuple[Status, ErrorInfo | None]:
+        """Open or flush a group. The runner turns the operator's own errors into a status; what
+        is left (its result cannot be encoded) fails the group here, and the replica serves on."""
+        try:
+            return call(anc, **kw)
+        except Exception as exc:
+            return "failed", ErrorInfo(
+                self.stage.name, dict(zip(self.stage.route_key or [], anc[1:])),
+                f"cannot send the group's result: {exc}", type(exc).__name__)
+
     def _start(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
         task = asyncio.get_running_loop().create_task(self._invoke(anc, parts))
         self.running[task] = anc
@@ -164,17 +183,20 @@ class Worker:
         status: Status = "dropped"
         error = None
         name = None
+        decoded = False
         try:
             kwargs = {}
             for name, part in zip(self.stage.params, parts):
                 kwargs[name] = self.codec.decode(part, self.annotations.get(name))
             name = None
+            decoded = True
             status, error = await self.runner.invoke(anc, kwargs)
         except asyncio.CancelledError:
             status, error = "dropped", None  # the request was cancelled: acknowledge, quietly
-        except Exception as exc:  # undecodable input: the stage never ran
+        except Exception as exc:  # undecodable input (the stage never ran), or unsendable output
             status, error = "failed", ErrorInfo(
                 self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
+                f"cannot send the stage's output: {exc}" if decoded else
                 f"cannot decode parameter {name!r} as {self.annotations.get(name)!r}: {exc}; the stage "
                 f"that produces '{name}' must return what this annotation says" if name is not None
                 else f"cannot decode the input: {exc}", type(exc).__name__)
@@ -245,6 +267,11 @@ class Worker:
                 f"is not taken (the router's log says which)") from self.error
         if self.error is not None:
             raise WorkerError(f"{me}: {self.error}") from self.error
+
+
+def _escaped(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (lone surrogates) as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
 
 
 def is_tcp(address: str) -> bool:
