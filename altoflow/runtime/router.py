@@ -273,7 +273,12 @@ class Router:
         if conn.rid is None or conn.rid not in self.conns:
             return
         del self.conns[conn.rid]
+        poisoned = self.core.poisoned[conn.stage]  # type: ignore[index]
         self._apply(self.core.handle(ReplicaDown(conn.rid)))
+        if self.core.poisoned[conn.stage] > poisoned:  # type: ignore[index]
+            logger.warning("stage %s: %d item(s) killed every replica that ran them and were given "
+                           "up (ReplicaDied); the story has them as 'poison'", conn.stage,
+                           self.core.poisoned[conn.stage] - poisoned)  # type: ignore[index]
         self._schedule_flush()
 
     def _error(self, stage: str, levels: list[str], anc: tuple, body: Any) -> ErrorInfo | None:

@@ -51,14 +51,16 @@ class ServedIngress:
     def health(self) -> dict[str, Any]:
         live = self.router.ready()
         desired = {s.name: s.replicas for s in self.compiled.plan.stages}
+        crash_loop = self.supervisor.crash_looping()
         status = "stopping" if self.supervisor._stopping else (
-            "ok" if live == desired else "degraded")
+            "ok" if live == desired and not crash_loop else "degraded")
         return {
             "status": status,
             "runtime": "served",
             "in_flight": len(self.router.requests),
             "max_inflight": self.router.max_inflight,
             "replicas": {n: {"ready": live[n], "desired": desired[n]} for n in desired},
+            "crash_loop": crash_loop,
         }
 
     def metrics(self) -> bytes:

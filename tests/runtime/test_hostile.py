@@ -8,6 +8,7 @@ from pathlib import Path
 
 from altoflow.compiler import load_target
 from altoflow.runtime.supervisor import Supervisor
+from altoflow.server.served import ServedIngress
 
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 HOSTILE = str(PIPELINES / "hostile.py")
@@ -72,5 +73,58 @@ def test_an_aggregate_that_raises_or_returns_what_cannot_be_sent_keeps_its_repli
             assert _child(sup, "report").restarts == 0
         finally:
             await sup.stop()
+
+    asyncio.run(main())
+
+
+def test_an_input_that_kills_its_replica_fails_with_replica_died_and_others_complete():
+    async def main():
+        async with ServedIngress(POISON) as ingress:
+            sup = ingress.supervisor
+            poison = sup.router.submit({"text": "a b poison"})
+            others = [sup.router.submit({"text": f"x{i} y{i}"}) for i in range(10)]
+            ends = await asyncio.wait_for(asyncio.gather(_events(poison), *map(_events, others)), 60)
+            bad = ends[0][-1]
+            assert (bad.type, bad.stage, bad.ancestry, bad.exc_type) == (
+                "error", "crash", {"name": 2}, "ReplicaDied"), bad
+            assert "2 replicas died running this item" in bad.error and "'crash'" in bad.error
+            for i, events in enumerate(ends[1:]):
+                assert events[-1].type == "done", events[-1]
+                assert sorted(e.value for e in events if e.type == "output") == [f"X{i}", f"Y{i}"]
+            # It was run twice, not in a loop: two deaths, and the stage serves on.
+            assert [e.what for e in sup.router.core.story() if e.what == "poison"] == ["poison"]
+            assert b'altoflow_items_poisoned_total{stage="crash"} 1.0' in ingress.metrics()
+            await sup.wait_ready()
+            more = [sup.router.submit({"text": f"z{i}"}) for i in range(20)]
+            ends = await asyncio.wait_for(asyncio.gather(*map(_events, more)), 60)
+            assert [events[-1].type for events in ends] == ["done"] * 20
+            while sum(c.restarts for c in sup.children if c.stage == "crash") < 2:
+                await asyncio.sleep(0.02)
+            assert sum(c.restarts for c in sup.children if c.stage == "crash") == 2
+            assert ingress.health()["status"] == "ok" and ingress.health()["crash_loop"] == []
+
+    asyncio.run(main())
+
+
+def test_a_replica_that_keeps_dying_backs_off_and_healthz_says_crash_loop():
+    async def main():
+        async with ServedIngress(POISON) as ingress:
+            sup = ingress.supervisor
+            # Each poison request kills both replicas once (it runs on one, then on the other).
+            for _ in range(3):
+                await sup.wait_ready()
+                events = await asyncio.wait_for(_events(sup.router.submit({"text": "poison"})), 60)
+                assert events[-1].exc_type == "ReplicaDied"
+            crash = [c for c in sup.children if c.stage == "crash"]
+            while sum(c.restarts for c in crash) < 6:  # the supervisor has seen both deaths
+                await asyncio.sleep(0.02)
+            health = ingress.health()
+            assert health["status"] == "degraded"
+            assert health["crash_loop"] == ["crash#0", "crash#1"]
+            # Three deaths in a row each: the third restart waited 4x the first one's delay.
+            assert [c.streak for c in crash] == [3, 3]
+            await sup.wait_ready()  # it comes back all the same, and serves
+            ok = await asyncio.wait_for(_events(sup.router.submit({"text": "fine"})), 30)
+            assert ok[-1].type == "done"
 
     asyncio.run(main())
