@@ -206,6 +206,9 @@ def worker(
     allow_pickle: bool = typer.Option(False, "--allow-pickle",
                                       help="As the router's `serve --allow-pickle` (local sockets only)."),
     barrier: bool = typer.Option(False, "--barrier", help="As the router's `serve --barrier`."),
+    heartbeat: float = typer.Option(1.0, "--heartbeat", min=0.01,
+                                    help="Seconds between heartbeats; the router marks a replica "
+                                         "silent for 5 of them as down."),
 ) -> None:
     """Run one replica of a stage, connected to a router (`serve` starts local ones for you)."""
     from altoflow.runtime.worker import WorkerError, run_worker
@@ -214,7 +217,7 @@ def worker(
     _cwd_on_path()
     try:
         run_worker(target, stage, slot, connect=connect, secret=secret, allow_pickle=allow_pickle,
-                   barrier=barrier)
+                   barrier=barrier, heartbeat=heartbeat)
     except CompileError as exc:
         _fail(str(exc), 2)
     except WorkerError as exc:  # WorkerStartError included: it did not get in, or lost its router

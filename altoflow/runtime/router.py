@@ -23,7 +23,7 @@ import logging
 import os
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable
 
 from altoflow._errors import Overloaded
 from altoflow._result import Event, done_event, output_event
@@ -38,6 +38,8 @@ from altoflow.runtime.metrics import ServerMetrics
 from altoflow.runtime.stream import EventChannel, RequestStream
 
 logger = logging.getLogger("altoflow.router")
+
+SILENT_BEATS = 5  # heartbeat intervals with nothing from a replica before it is marked down
 
 _DATA, _ACK, _FLUSH_DONE, _HEARTBEAT = fr.Kind.DATA, fr.Kind.ACK, fr.Kind.FLUSH_DONE, fr.Kind.HEARTBEAT
 
@@ -61,6 +63,7 @@ class _Conn:
     rid: int | None = None
     stage: str | None = None
     challenge: bytes | None = None  # TCP: the nonce this replica must prove the secret over
+    heard: bool = True  # anything arrived since the last heartbeat check
     reader: fr.FrameReader = field(default_factory=fr.FrameReader)
     writer: fr.FrameWriter = field(default_factory=fr.FrameWriter)
 
@@ -79,6 +82,7 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         router = self.conn.router
+        self.conn.heard = True
         try:
             for frame in self.conn.reader.feed(data):
                 router._on_frame(self.conn, frame)
@@ -103,7 +107,8 @@ class Router:
 
     def __init__(self, compiled: CompiledPipeline, *, codec: Codec | None = None,
                  output_codec: Codec | None = None, max_inflight: int = 1024,
-                 seed: int | None = None) -> None:
+                 seed: int | None = None, heartbeat: float | None = 1.0,
+                 on_silent: Callable[[str, int], None] | None = None) -> None:
         codec = codec or Codec()
         if codec.allow_pickle:
             raise ValueError(
@@ -128,11 +133,44 @@ class Router:
         self._started: dict[tuple[int, tuple], float] = {}  # (replica, ancestry) -> dispatch time
         self._admitted: dict[int, float] = {}
         self.server: asyncio.AbstractServer | None = None
+        # Replicas send a HEARTBEAT every `heartbeat` seconds; one silent for SILENT_BEATS of
+        # them is marked down (its connection closed, its stateless work redispatched) and
+        # `on_silent(stage, slot)` is called; `silent` keeps the latest such replicas for /healthz.
+        self.heartbeat = heartbeat
+        self.on_silent = on_silent
+        self.silent: dict[tuple[str, int], int] = {}  # (stage, slot) -> connection id marked down
+        self._quiet: dict[int, int] = {}  # connection id -> checks in a row with nothing heard
+        self._heartbeat_task: asyncio.Task | None = None
         self._output_hints = {name: _output_hint(compiled.specs[name]) for name in self.plan.names}
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_unix_server(lambda: _Protocol(self), path)
+        if self.heartbeat is not None and self._heartbeat_task is None:
+            self._heartbeat_task = loop.create_task(self._check_heartbeats())
+
+    async def _check_heartbeats(self) -> None:
+        assert self.heartbeat is not None
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            for rid, conn in list(self.conns.items()):
+                if conn.heard:
+                    conn.heard = False
+                    self._quiet.pop(rid, None)
+                    continue
+                quiet = self._quiet[rid] = self._quiet.get(rid, 0) + 1
+                if quiet < SILENT_BEATS:
+                    continue
+                rep = self.core.replicas[rid]
+                logger.warning("replica %s#%s (connection %d) sent nothing for %.1f s (%d heartbeats): "
+                               "marked down, its work goes elsewhere", rep.stage, rep.slot, rid,
+                               quiet * self.heartbeat, quiet)
+                self.silent[(rep.stage, rep.slot)] = rid
+                del self._quiet[rid]
+                conn.transport.abort()
+                self._on_lost(conn)
+                if self.on_silent is not None:
+                    self.on_silent(rep.stage, rep.slot)
 
     async def listen_tcp(self, host: str, port: int, secret: bytes) -> int:
         """Accept replicas from other machines on host:port; returns the port (0 picks one)."""
@@ -144,6 +182,8 @@ class Router:
         return self.tcp_server.sockets[0].getsockname()[1]
 
     async def close(self) -> None:
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
         for conn in list(self.conns.values()):
             conn.writer.send_nowait(fr.Kind.SHUTDOWN)
             conn.transport.write(conn.writer.flush())
@@ -264,6 +304,7 @@ class Router:
                             peer=f"replica {hello.stage}#{hello.slot}")
             proof = fr.router_proof(self.secret, conn.challenge, hello)
         conn.rid, conn.stage = next(self._rids), hello.stage
+        self.silent.pop((hello.stage, hello.slot), None)
         self.conns[conn.rid] = conn
         conn.writer.send_nowait(fr.Kind.READY, body=fr.Ready(self.stage_index[hello.stage], proof))
         self._dirty.add(conn.rid)
@@ -273,6 +314,7 @@ class Router:
         if conn.rid is None or conn.rid not in self.conns:
             return
         del self.conns[conn.rid]
+        self._quiet.pop(conn.rid, None)
         poisoned = self.core.poisoned[conn.stage]  # type: ignore[index]
         self._apply(self.core.handle(ReplicaDown(conn.rid)))
         if self.core.poisoned[conn.stage] > poisoned:  # type: ignore[index]

@@ -72,7 +72,8 @@ class Supervisor:
     def __init__(self, compiled: CompiledPipeline, target: str, *, replicas: dict[str, int] | None = None,
                  max_inflight: int = 1024, allow_pickle: bool = False, restart: bool = True,
                  barrier: bool = False, listen: tuple[str, int] | None = None,
-                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
+                 secret: bytes = b"", remote: frozenset[str] = frozenset(),
+                 heartbeat: float = 1.0) -> None:
         self.barrier = barrier
         # TCP for replicas on other machines: `remote` stages get no local process; their
         # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret.
@@ -87,8 +88,9 @@ class Supervisor:
         self.restart = restart
         self.allow_pickle = allow_pickle
         # Only the replicas and the requests' consumers may unpickle, never the router itself.
+        self.heartbeat = heartbeat
         self.router = Router(compiled, output_codec=Codec(allow_pickle=allow_pickle),
-                             max_inflight=max_inflight)
+                             max_inflight=max_inflight, heartbeat=heartbeat, on_silent=self._silent)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
@@ -145,6 +147,7 @@ class Supervisor:
             args.append("--allow-pickle")
         if self.barrier:
             args.append("--barrier")
+        args += ["--heartbeat", str(self.heartbeat)]
         env = dict(os.environ)
         # glibc serves every block above its mmap threshold with a fresh mmap and unmaps it on
         # free, so a replica passing large payloads would map and fault in new pages per item;
@@ -177,6 +180,15 @@ class Supervisor:
         await asyncio.sleep(delay)
         if not self._stopping:
             await self._spawn(child)
+
+    def _silent(self, stage: str, slot: int) -> None:
+        # The router marked this replica down (no heartbeat): a stopped or wedged process. Its
+        # work has gone elsewhere; kill it (SIGKILL reaches a stopped process too) so that it
+        # restarts, rather than wake up later to a closed socket.
+        for child in self.children:
+            if (child.stage, child.slot) == (stage, slot) and child.process is not None \
+                    and child.process.returncode is None:
+                child.process.send_signal(signal.SIGKILL)
 
     def crash_looping(self) -> list[str]:
         """``stage#slot`` of every replica in a crash loop (see CRASH_LOOP)."""

@@ -217,9 +217,18 @@ class Worker:
         self.hello = hello
         self._send(fr.Kind.HELLO, body=hello)
 
-    async def serve(self, address: str, secret: bytes | None = None) -> None:
+    async def _beat(self, interval: float) -> None:
+        # The router marks a replica that has sent nothing for a while as down (a stopped or
+        # wedged process): a HEARTBEAT every `interval` seconds says this one is alive.
+        while True:
+            await asyncio.sleep(interval)
+            if self.ready:
+                self._send(fr.Kind.HEARTBEAT)
+
+    async def serve(self, address: str, secret: bytes | None = None, heartbeat: float = 1.0) -> None:
         """Serve frames from the router at ``address``: a UNIX socket path, or HOST:PORT (TCP,
-        which needs the router's shared ``secret``)."""
+        which needs the router's shared ``secret``); a HEARTBEAT goes out every ``heartbeat``
+        seconds."""
         loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
         worker = self
@@ -254,7 +263,9 @@ class Worker:
         except OSError as exc:
             raise WorkerStartError(f"{me}: cannot connect to the router at {address} ({exc}); "
                                    f"start `altoflow serve` first (with --listen for TCP)") from exc
+        beat = loop.create_task(self._beat(heartbeat))
         await self.done.wait()
+        beat.cancel()
         for tasks in list(self.tasks.values()):
             for task in tasks:
                 task.cancel()
@@ -281,7 +292,7 @@ def is_tcp(address: str) -> bool:
 
 
 def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: bytes = b"",
-               allow_pickle: bool = False, barrier: bool = False) -> None:
+               allow_pickle: bool = False, barrier: bool = False, heartbeat: float = 1.0) -> None:
     """Run one replica of ``stage`` until its router at ``connect`` (a UNIX socket path, or
     HOST:PORT over TCP with the router's shared ``secret``) says SHUTDOWN or goes away.
 
@@ -295,7 +306,7 @@ def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: 
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:
-        asyncio.run(worker.serve(connect, secret))
+        asyncio.run(worker.serve(connect, secret, heartbeat))
     else:
-        uvloop.run(worker.serve(connect, secret))
+        uvloop.run(worker.serve(connect, secret, heartbeat))
 

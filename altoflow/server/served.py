@@ -22,11 +22,12 @@ class ServedIngress:
     def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
                  max_inflight: int = 1024, barrier: bool = False, allow_pickle: bool = False,
                  ready_timeout: float = 120, listen: tuple[str, int] | None = None,
-                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
+                 secret: bytes = b"", remote: frozenset[str] = frozenset(),
+                 heartbeat: float = 1.0, restart: bool = True) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
-                                     remote=remote)
+                                     remote=remote, heartbeat=heartbeat, restart=restart)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
@@ -52,8 +53,9 @@ class ServedIngress:
         live = self.router.ready()
         desired = {s.name: s.replicas for s in self.compiled.plan.stages}
         crash_loop = self.supervisor.crash_looping()
+        silent = sorted(f"{stage}#{slot}" for stage, slot in self.router.silent)
         status = "stopping" if self.supervisor._stopping else (
-            "ok" if live == desired and not crash_loop else "degraded")
+            "ok" if live == desired and not crash_loop and not silent else "degraded")
         return {
             "status": status,
             "runtime": "served",
@@ -61,6 +63,7 @@ class ServedIngress:
             "max_inflight": self.router.max_inflight,
             "replicas": {n: {"ready": live[n], "desired": desired[n]} for n in desired},
             "crash_loop": crash_loop,
+            "silent": silent,
         }
 
     def metrics(self) -> bytes:

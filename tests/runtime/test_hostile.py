@@ -4,6 +4,8 @@ stage keeps serving: errors that cannot be encoded as they are, and inputs that 
 from __future__ import annotations
 
 import asyncio
+import os
+import signal
 from pathlib import Path
 
 from altoflow.compiler import load_target
@@ -13,6 +15,7 @@ from altoflow.server.served import ServedIngress
 PIPELINES = Path(__file__).resolve().parent.parent / "pipelines"
 HOSTILE = str(PIPELINES / "hostile.py")
 POISON = str(PIPELINES / "poison.py")
+SLOW = str(PIPELINES / "slow.py")
 
 
 async def _events(handle):
@@ -126,5 +129,41 @@ def test_a_replica_that_keeps_dying_backs_off_and_healthz_says_crash_loop():
             await sup.wait_ready()  # it comes back all the same, and serves
             ok = await asyncio.wait_for(_events(sup.router.submit({"text": "fine"})), 30)
             assert ok[-1].type == "done"
+
+    asyncio.run(main())
+
+
+def test_a_stopped_replica_is_marked_down_and_its_work_completes_elsewhere():
+    async def main():
+        sup = await _started(SLOW, heartbeat=0.1)
+        try:
+            handles = [sup.router.submit({"n": 20, "delay": 0.2}) for _ in range(6)]
+            await asyncio.sleep(0.3)  # work is in flight on both replicas of `slow`
+            stopped = _child(sup, "slow", 0).process
+            os.kill(stopped.pid, signal.SIGSTOP)
+            results = await asyncio.wait_for(asyncio.gather(*(_events(h) for h in handles)), 60)
+            for events in results:
+                assert events[-1].type == "done", events[-1]
+                assert [e.value for e in events if e.type == "output"] == [sum(i * 10 for i in range(20))]
+            assert any(e.what == "redispatch" and e.stage == "slow" for e in sup.router.core.story())
+            # Marked down and killed by the supervisor (it was stopped: it could not exit itself).
+            assert await asyncio.wait_for(stopped.wait(), 30) == -signal.SIGKILL
+            await sup.wait_ready()
+            assert sup.router.silent == {}
+        finally:
+            await sup.stop()
+
+    asyncio.run(main())
+
+
+def test_healthz_names_a_silent_replica():
+    async def main():
+        async with ServedIngress(SLOW, heartbeat=0.1, restart=False) as ingress:
+            os.kill(_child(ingress.supervisor, "slow", 1).process.pid, signal.SIGSTOP)
+            while not ingress.router.silent:
+                await asyncio.sleep(0.05)
+            health = ingress.health()
+            assert health["status"] == "degraded" and health["silent"] == ["slow#1"]
+            assert health["replicas"]["slow"] == {"ready": 1, "desired": 2}
 
     asyncio.run(main())
