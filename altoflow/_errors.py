@@ -97,6 +97,9 @@ class StageError(Exception):
 
 
 def format_exception(exc: BaseException) -> str:
-    text = str(exc)
+    try:
+        text = str(exc)
+    except Exception as inner:  # an exception whose __str__ raises still gets reported
+        text = f"<str() of the exception raised {type(inner).__name__}>"
     return f"{type(exc).__name__}: {text}" if text else type(exc).__name__
 

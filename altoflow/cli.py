@@ -314,6 +314,9 @@ def worker(
     barrier: bool = typer.Option(False, "--barrier", help="As the router's `serve --barrier`."),
     tls_ca: Optional[str] = typer.Option(None, "--tls-ca",
                                          help="TLS to the router, whose certificate this CA file signed."),
+    heartbeat: float = typer.Option(1.0, "--heartbeat", min=0.01,
+                                    help="Seconds between heartbeats; the router marks a replica "
+                                         "silent for 5 of them as down."),
 ) -> None:
     """Run one replica of a stage, connected to a router (`serve` starts local ones for you)."""
     from altoflow.runtime.worker import WorkerError, run_worker
@@ -322,7 +325,7 @@ def worker(
     _cwd_on_path()
     try:
         run_worker(target, stage, slot, connect=connect, secret=secret, allow_pickle=allow_pickle,
-                   barrier=barrier, tls_ca=tls_ca)
+                   barrier=barrier, tls_ca=tls_ca, heartbeat=heartbeat)
     except CompileError as exc:
         _fail(str(exc), 2)
     except WorkerError as exc:  # WorkerStartError included: it did not get in, or lost its router

@@ -229,6 +229,12 @@ class CoreError(Exception):
 
 # -- state -------------------------------------------------------------------------------------
 
+# A stateless item with no output yet runs again when its replica dies, until replicas have died
+# this many times while running it; then it is a poison input, failed with ReplicaDied (or dropped
+# under on_error="drop") rather than run again. Two: one death can be bad luck (a kill, the OOM
+# killer taking the largest process); two in a row on different replicas are the item.
+POISON_DEATHS = 2
+
 ReplicaState = Literal["ready", "dead"]
 
 # What each replica state accepts, and the state it leads to, in the shape of h11's tables: state
@@ -250,6 +256,7 @@ class _Work:
     ancestry: Ancestry
     args: dict[str, Any]  # parameter -> payload (request fields included)
     outputs: int = 0
+    deaths: int = 0  # replicas that died while running it (see POISON_DEATHS)
 
 
 @dataclass(slots=True)
@@ -353,6 +360,7 @@ Happening = Literal[
     "park",        # keyed work waits for its slot's next replica
     "unpark",      # ... and went to ``replica``, the slot's new replica
     "redispatch",  # work that ``replica`` died running, with no output yet, runs again elsewhere
+    "poison",      # ... unless replicas died running it POISON_DEATHS times: failed or dropped
     "lost",        # work that ``replica`` died running, after some output: failed or dropped
     "replay",      # a group of a dead replica is rebuilt on the slot's next one (``detail``: inputs)
     "over-limit",  # the replay limit is reached: this group's inputs are no longer kept
@@ -413,6 +421,7 @@ class RouterCore:
         # Keyed work whose slot has no live replica, waiting for ReplicaUp: (stage, slot) -> queue
         self.parked: dict[tuple[str, int], deque[Parked]] = {}
         self.requests: dict[int, _Request] = {}
+        self.poisoned: dict[str, int] = dict.fromkeys(self.stages, 0)  # items given up, per stage
         self._rng = random.Random(seed)
         self._out: list[Instruction] = []
         self._fired: deque = deque()
@@ -563,6 +572,20 @@ class RouterCore:
             if req not in self.requests:
                 continue
             if work.outputs == 0 and stage.route_key is None:
+                work.deaths += 1
+                if work.deaths >= POISON_DEATHS:
+                    # It kills whatever runs it (os._exit, a crash in C, the OOM killer): running
+                    # it again would take the stage's replicas down in a loop.
+                    self._story.append((req, stage.name, anc, "poison", rep.id, None))
+                    self.poisoned[stage.name] += 1
+                    self._ack(stage, anc, "failed" if stage.on_error == "fail" else "dropped",
+                              ErrorInfo(stage.name, self._named(stage.levels_in, anc),
+                                        f"stage {stage.name!r} at {self._named(stage.levels_in, anc)}: "
+                                        f"{work.deaths} replicas died running this item (the last: "
+                                        f"replica {rep.id}), so it is not run again; find out why it "
+                                        f"kills the process (os._exit, a crash in a C extension, "
+                                        f"running out of memory)", "ReplicaDied"))
+                    continue
                 # Nothing of it reached anyone: run it again elsewhere, exactly once overall.
                 self._story.append((req, stage.name, anc, "redispatch", rep.id, None))
                 self._route(stage, work)

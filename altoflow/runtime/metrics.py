@@ -66,6 +66,8 @@ METRICS: tuple[MetricSpec, ...] = (
                "Items each stage produced, output stages or not."),
     MetricSpec("altoflow_stage_errors_total", "counter", ("stage",),
                "Invocations that failed after their retries under on_error='fail'."),
+    MetricSpec("altoflow_items_poisoned_total", "counter", ("stage",),
+               "Items given up because replicas kept dying while running them (poison inputs)."),
     MetricSpec("altoflow_stage_invocation_seconds", "histogram", ("stage",),
                "Seconds from an invocation's dispatch to a replica to its acknowledgement."),
     MetricSpec("altoflow_stage_queue_depth", "gauge", ("stage",),
@@ -158,7 +160,10 @@ class _Collector:
         queued = dict.fromkeys(st.stages, 0)
         in_flight = dict.fromkeys(st.stages, 0)
         buffered = 0
+        poisoned = dict.fromkeys(st.stages, 0)
         for core in list(st.cores):
+            for name, n in core.poisoned.items():
+                poisoned[name] += n
             core_stats = core.statistics()
             buffered += core_stats.replay_buffered
             for name, n in core_stats.queued.items():
@@ -174,6 +179,7 @@ class _Collector:
             "altoflow_request_duration_seconds": {(): st.latency},
             "altoflow_stage_output_items_total": _per_stage(st.items),
             "altoflow_stage_errors_total": _per_stage(st.errors),
+            "altoflow_items_poisoned_total": _per_stage(poisoned),
             "altoflow_stage_invocation_seconds": _per_stage(st.invocation),
             "altoflow_stage_queue_depth": _per_stage(queued),
             "altoflow_stage_in_flight": _per_stage(in_flight),

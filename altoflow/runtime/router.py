@@ -24,7 +24,7 @@ import os
 import ssl
 import time
 from dataclasses import dataclass, field
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 from altoflow._errors import Overloaded
 from altoflow._result import Event, done_event, output_event
@@ -39,6 +39,8 @@ from altoflow.runtime.metrics import ServerMetrics
 from altoflow.runtime.stream import EventChannel, RequestStream
 
 logger = logging.getLogger("altoflow.router")
+
+SILENT_BEATS = 5  # heartbeat intervals with nothing from a replica before it is marked down
 
 _DATA, _ACK, _FLUSH_DONE, _HEARTBEAT = fr.Kind.DATA, fr.Kind.ACK, fr.Kind.FLUSH_DONE, fr.Kind.HEARTBEAT
 
@@ -62,6 +64,7 @@ class _Conn:
     rid: int | None = None
     stage: str | None = None
     challenge: bytes | None = None  # TCP: the nonce this replica must prove the secret over
+    heard: bool = True  # anything arrived since the last heartbeat check
     reader: fr.FrameReader = field(default_factory=fr.FrameReader)
     writer: fr.FrameWriter = field(default_factory=fr.FrameWriter)
 
@@ -121,6 +124,7 @@ class _Protocol(asyncio.Protocol):
 
     def data_received(self, data: bytes) -> None:
         router = self.conn.router
+        self.conn.heard = True
         try:
             for frame in self.conn.reader.feed(data):
                 if self.tcp and self.conn.stage is None:
@@ -161,7 +165,9 @@ class Router:
 
     def __init__(self, compiled: CompiledPipeline, *, codec: Codec | None = None,
                  output_codec: Codec | None = None, max_inflight: int = 1024,
-                 seed: int | None = None, replay_limit: int = 100_000) -> None:
+                 seed: int | None = None, replay_limit: int = 100_000,
+                 heartbeat: float | None = 1.0,
+                 on_silent: Callable[[str, int], None] | None = None) -> None:
         codec = codec or Codec()
         if codec.allow_pickle:
             raise ValueError(
@@ -186,6 +192,14 @@ class Router:
         self._started: dict[tuple[int, tuple], float] = {}  # (replica, ancestry) -> dispatch time
         self._admitted: dict[int, float] = {}
         self.server: asyncio.AbstractServer | None = None
+        # Replicas send a HEARTBEAT every `heartbeat` seconds; one silent for SILENT_BEATS of
+        # them is marked down (its connection closed, its stateless work redispatched) and
+        # `on_silent(stage, slot)` is called; `silent` keeps the latest such replicas for /healthz.
+        self.heartbeat = heartbeat
+        self.on_silent = on_silent
+        self.silent: dict[tuple[str, int], int] = {}  # (stage, slot) -> connection id marked down
+        self._quiet: dict[int, int] = {}  # connection id -> checks in a row with nothing heard
+        self._heartbeat_task: asyncio.Task | None = None
         self._output_hints = {name: _output_hint(compiled.specs[name]) for name in self.plan.names}
         self._tcp_pending: set[_Protocol] = set()
         self._tcp_connections = 0
@@ -195,6 +209,31 @@ class Router:
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_unix_server(lambda: _Protocol(self), path)
+        if self.heartbeat is not None and self._heartbeat_task is None:
+            self._heartbeat_task = loop.create_task(self._check_heartbeats())
+
+    async def _check_heartbeats(self) -> None:
+        assert self.heartbeat is not None
+        while True:
+            await asyncio.sleep(self.heartbeat)
+            for rid, conn in list(self.conns.items()):
+                if conn.heard:
+                    conn.heard = False
+                    self._quiet.pop(rid, None)
+                    continue
+                quiet = self._quiet[rid] = self._quiet.get(rid, 0) + 1
+                if quiet < SILENT_BEATS:
+                    continue
+                rep = self.core.replicas[rid]
+                logger.warning("replica %s#%s (connection %d) sent nothing for %.1f s (%d heartbeats): "
+                               "marked down, its work goes elsewhere", rep.stage, rep.slot, rid,
+                               quiet * self.heartbeat, quiet)
+                self.silent[(rep.stage, rep.slot)] = rid
+                del self._quiet[rid]
+                conn.transport.abort()
+                self._on_lost(conn)
+                if self.on_silent is not None:
+                    self.on_silent(rep.stage, rep.slot)
 
     async def listen_tcp(self, host: str, port: int, secret: bytes, *,
                          tls: ssl.SSLContext | None = None,
@@ -252,6 +291,8 @@ class Router:
                 proto.deadline.cancel()
                 proto.deadline = None
             proto.conn.transport.abort()
+        if self._heartbeat_task is not None:
+            self._heartbeat_task.cancel()
         for conn in list(self.conns.values()):
             conn.writer.send_nowait(fr.Kind.SHUTDOWN)
             conn.transport.write(conn.writer.flush())
@@ -372,6 +413,7 @@ class Router:
                             peer=f"replica {hello.stage}#{hello.slot}")
             proof = fr.router_proof(self.secret, conn.challenge, hello)
         conn.rid, conn.stage = next(self._rids), hello.stage
+        self.silent.pop((hello.stage, hello.slot), None)
         self.conns[conn.rid] = conn
         conn.writer.send_nowait(fr.Kind.READY, body=fr.Ready(self.stage_index[hello.stage], proof))
         self._dirty.add(conn.rid)
@@ -381,7 +423,13 @@ class Router:
         if conn.rid is None or conn.rid not in self.conns:
             return
         del self.conns[conn.rid]
+        self._quiet.pop(conn.rid, None)
+        poisoned = self.core.poisoned[conn.stage]  # type: ignore[index]
         self._apply(self.core.handle(ReplicaDown(conn.rid)))
+        if self.core.poisoned[conn.stage] > poisoned:  # type: ignore[index]
+            logger.warning("stage %s: %d item(s) killed every replica that ran them and were given "
+                           "up (ReplicaDied); the story has them as 'poison'", conn.stage,
+                           self.core.poisoned[conn.stage] - poisoned)  # type: ignore[index]
         self._schedule_flush()
 
     def _error(self, stage: str, levels: list[str], anc: tuple, body: Any) -> ErrorInfo | None:

@@ -18,6 +18,7 @@ import signal
 import ssl
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -27,6 +28,15 @@ from altoflow.runtime.router import Router
 
 logger = logging.getLogger("altoflow.supervisor")
 
+# Restarts back off exponentially while a replica keeps dying soon after it started: the n-th
+# death in a row of one that lived under STABLE_AFTER seconds waits RESTART_DELAY * 2**(n-1)
+# seconds, at most MAX_RESTART_DELAY, before the next start. From CRASH_LOOP deaths in a row the
+# replica is in a crash loop (``crash_looping``, ``/healthz``) until one lives STABLE_AFTER seconds.
+RESTART_DELAY = 0.1
+MAX_RESTART_DELAY = 10.0
+STABLE_AFTER = 30.0
+CRASH_LOOP = 3
+
 
 @dataclass
 class _Child:
@@ -35,6 +45,12 @@ class _Child:
     process: asyncio.subprocess.Process | None = None
     restarts: int = 0
     connected: bool = False  # it has said HELLO once: a later crash is a restart, not a bad start
+    started: float = 0.0  # time.monotonic() of the latest start
+    streak: int = 0  # deaths in a row, each soon after its start
+
+    def crash_looping(self, now: float) -> bool:
+        alive = self.process is not None and self.process.returncode is None
+        return self.streak >= CRASH_LOOP and not (alive and now - self.started >= STABLE_AFTER)
 
 
 def with_replicas(compiled: CompiledPipeline, replicas: dict[str, int]) -> CompiledPipeline:
@@ -59,7 +75,8 @@ class Supervisor:
                  barrier: bool = False, listen: tuple[str, int] | None = None,
                  secret: bytes = b"", remote: frozenset[str] = frozenset(),
                  tls: ssl.SSLContext | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000,
+                 heartbeat: float = 1.0) -> None:
         self.barrier = barrier
         # TCP for replicas on other machines: `remote` stages get no local process; their
         # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret,
@@ -79,8 +96,10 @@ class Supervisor:
         self.restart = restart
         self.allow_pickle = allow_pickle
         # Only the replicas and the requests' consumers may unpickle, never the router itself.
+        self.heartbeat = heartbeat
         self.router = Router(compiled, output_codec=Codec(allow_pickle=allow_pickle),
-                             max_inflight=max_inflight, replay_limit=replay_limit)
+                             max_inflight=max_inflight, replay_limit=replay_limit,
+                             heartbeat=heartbeat, on_silent=self._silent)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
         self._stopping = False
@@ -138,6 +157,7 @@ class Supervisor:
             args.append("--allow-pickle")
         if self.barrier:
             args.append("--barrier")
+        args += ["--heartbeat", str(self.heartbeat)]
         env = dict(os.environ)
         # glibc serves every block above its mmap threshold with a fresh mmap and unmaps it on
         # free, so a replica passing large payloads would map and fault in new pages per item;
@@ -147,6 +167,7 @@ class Supervisor:
         # Its own session: a Ctrl-C at the terminal reaches the supervisor, which shuts replicas
         # down in order; a replica whose router vanishes exits when its socket closes.
         child.process = await asyncio.create_subprocess_exec(*args, env=env, start_new_session=True)
+        child.started = time.monotonic()
         task = asyncio.get_running_loop().create_task(self._watch(child, child.process))
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
@@ -156,11 +177,33 @@ class Supervisor:
         if self._stopping or not self.restart:
             return
         child.restarts += 1
-        logger.warning("replica %s#%s exited with %s; restarting (restart %d)",
-                       child.stage, child.slot, code, child.restarts)
-        await asyncio.sleep(min(0.1 * 2 ** min(child.restarts, 6), 5))  # back off a crash loop
+        lived = time.monotonic() - child.started
+        child.streak = child.streak + 1 if lived < STABLE_AFTER else 1
+        delay = min(RESTART_DELAY * 2 ** min(child.streak - 1, 16), MAX_RESTART_DELAY)
+        if child.streak >= CRASH_LOOP:
+            logger.error("replica %s#%s exited with %s, %d times in a row within %.0f s of its start: "
+                         "a crash loop; restarting in %.1f s (restart %d)", child.stage, child.slot,
+                         code, child.streak, STABLE_AFTER, delay, child.restarts)
+        else:
+            logger.warning("replica %s#%s exited with %s; restarting in %.1f s (restart %d)",
+                           child.stage, child.slot, code, delay, child.restarts)
+        await asyncio.sleep(delay)
         if not self._stopping:
             await self._spawn(child)
+
+    def _silent(self, stage: str, slot: int) -> None:
+        # The router marked this replica down (no heartbeat): a stopped or wedged process. Its
+        # work has gone elsewhere; kill it (SIGKILL reaches a stopped process too) so that it
+        # restarts, rather than wake up later to a closed socket.
+        for child in self.children:
+            if (child.stage, child.slot) == (stage, slot) and child.process is not None \
+                    and child.process.returncode is None:
+                child.process.send_signal(signal.SIGKILL)
+
+    def crash_looping(self) -> list[str]:
+        """``stage#slot`` of every replica in a crash loop (see CRASH_LOOP)."""
+        now = time.monotonic()
+        return [f"{c.stage}#{c.slot}" for c in self.children if c.crash_looping(now)]
 
     def kill(self, stage: str, slot: int = 0) -> int:
         """Kill -9 a replica (for fault tests); returns its pid. The supervisor restarts it."""

@@ -89,9 +89,18 @@ class Worker:
         """ACK or FLUSH_DONE with the status; a failure carries what is known of the error."""
         if error is None:
             self._write(fr.encode_item(kind, self.stage_index, anc[0], anc[1:], status=fr.STATUS_CODES[status]))
-        else:
-            self._send(kind, request_id=anc[0], ancestry=anc[1:], status=fr.STATUS_CODES[status],
-                       body=fr.ErrorBody(error.detail, error.exc_type or ""))
+            return
+        body = fr.ErrorBody(error.detail, error.exc_type or "")
+        try:
+            frame = fr.encode_frame(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
+                                    status=fr.STATUS_CODES[status], body=body)
+        except fr.LocalProtocolError:
+            # Text that is not UTF-8 (a lone surrogate in an exception's message): send it
+            # escaped, or the router would never hear of this item and its credit.
+            frame = fr.encode_frame(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
+                                    status=fr.STATUS_CODES[status],
+                                    body=fr.ErrorBody(_escaped(body.message), _escaped(body.exc_type)))
+        self._write(frame)
 
     # -- input ----------------------------------------------------------------------------
 
@@ -105,11 +114,11 @@ class Worker:
                 # if a peer does not; the input waits for a free slot all the same.
                 self.backlog.append((anc, frame.parts()))
         elif frame.kind == fr.Kind.OPEN:
-            status, error = self.runner.open(anc)
+            status, error = self._group_call(self.runner.open, anc)
             if status == "failed":
                 self._status(fr.Kind.FLUSH_DONE, anc, status, error)
         elif frame.kind == fr.Kind.FLUSH:
-            status, error = self.runner.flush(anc, opened=frame.opened)
+            status, error = self._group_call(self.runner.flush, anc, opened=frame.opened)
             self._status(fr.Kind.FLUSH_DONE, anc, status, error)
         elif frame.kind == fr.Kind.CANCEL:
             self.runner.abort(frame.request_id)
@@ -139,6 +148,16 @@ class Worker:
         elif frame.kind != fr.Kind.HEARTBEAT:
             raise fr.RemoteProtocolError(f"a replica does not take {frame.kind.name} frames")
 
+    def _group_call(self, call: Any, anc: tuple[int, ...], **kw: Any) -> tuple[Status, ErrorInfo | None]:
+        """Open or flush a group. The runner turns the operator's own errors into a status; what
+        is left (its result cannot be encoded) fails the group here, and the replica serves on."""
+        try:
+            return call(anc, **kw)
+        except Exception as exc:
+            return "failed", ErrorInfo(
+                self.stage.name, dict(zip(self.stage.route_key or [], anc[1:])),
+                f"cannot send the group's result: {exc}", type(exc).__name__)
+
     def _start(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
         task = asyncio.get_running_loop().create_task(self._invoke(anc, parts))
         self.running[task] = anc
@@ -166,11 +185,13 @@ class Worker:
         status: Status = "dropped"
         error = None
         name = None
+        decoded = False
         try:
             kwargs = {}
             for name, part in zip(self.stage.params, parts):
                 kwargs[name] = self.codec.decode(part, self.annotations.get(name))
             name = None
+            decoded = True
             status, error = await self.runner.invoke(anc, kwargs)
         except asyncio.CancelledError:
             status, error = "dropped", None  # the request was cancelled: acknowledge, quietly
@@ -179,9 +200,10 @@ class Worker:
                 self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
                 f"stage '{self.stage.name}' returned a value that cannot be sent on: {exc}",
                 type(exc).__name__)
-        except Exception as exc:  # undecodable input: the stage never ran
+        except Exception as exc:  # undecodable input (the stage never ran), or unsendable output
             status, error = "failed", ErrorInfo(
                 self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
+                f"cannot send the stage's output: {exc}" if decoded else
                 f"cannot decode parameter {name!r} as {self.annotations.get(name)!r}: {exc}; the stage "
                 f"that produces '{name}' must return what this annotation says" if name is not None
                 else f"cannot decode the input: {exc}", type(exc).__name__)
@@ -202,11 +224,20 @@ class Worker:
         self.hello = hello
         self._send(fr.Kind.HELLO, body=hello)
 
+    async def _beat(self, interval: float) -> None:
+        # The router marks a replica that has sent nothing for a while as down (a stopped or
+        # wedged process): a HEARTBEAT every `interval` seconds says this one is alive.
+        while True:
+            await asyncio.sleep(interval)
+            if self.ready:
+                self._send(fr.Kind.HEARTBEAT)
+
     async def serve(self, address: str, secret: bytes | None = None,
-                    tls: ssl.SSLContext | None = None) -> None:
+                    tls: ssl.SSLContext | None = None, heartbeat: float = 1.0) -> None:
         """Serve frames from the router at ``address``: a UNIX socket path, or HOST:PORT (TCP,
         which needs the router's shared ``secret``, and ``tls``, from
-        ``altoflow.runtime.tls.client_context``, when the router serves TLS)."""
+        ``altoflow.runtime.tls.client_context``, when the router serves TLS); a HEARTBEAT goes
+        out every ``heartbeat`` seconds."""
         loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
         worker = self
@@ -256,7 +287,9 @@ class Worker:
         except OSError as exc:
             raise WorkerStartError(f"{me}: cannot connect to the router at {address} ({exc}); "
                                    f"start `altoflow serve` first (with --listen for TCP)") from exc
+        beat = loop.create_task(self._beat(heartbeat))
         await self.done.wait()
+        beat.cancel()
         for tasks in list(self.tasks.values()):
             for task in tasks:
                 task.cancel()
@@ -278,6 +311,11 @@ class Worker:
             raise WorkerError(f"{me}: {self.error}") from self.error
 
 
+def _escaped(text: str) -> str:
+    """``text`` with what UTF-8 cannot hold (lone surrogates) as backslash escapes."""
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
 def is_tcp(address: str) -> bool:
     """``HOST:PORT`` is a TCP address, unless a file of that name exists (a UNIX socket path)."""
     _, sep, port = address.rpartition(":")
@@ -285,7 +323,8 @@ def is_tcp(address: str) -> bool:
 
 
 def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: bytes = b"",
-               allow_pickle: bool = False, barrier: bool = False, tls_ca: str | None = None) -> None:
+               allow_pickle: bool = False, barrier: bool = False, tls_ca: str | None = None,
+               heartbeat: float = 1.0) -> None:
     """Run one replica of ``stage`` until its router at ``connect`` (a UNIX socket path, or
     HOST:PORT over TCP with the router's shared ``secret``) says SHUTDOWN or goes away. With
     ``tls_ca`` the connection is TLS, and the router's certificate must chain to that CA file.
@@ -304,7 +343,7 @@ def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: 
     try:
         import uvloop  # type: ignore[import-not-found]
     except ImportError:
-        asyncio.run(worker.serve(connect, secret, tls))
+        asyncio.run(worker.serve(connect, secret, tls, heartbeat))
     else:
-        uvloop.run(worker.serve(connect, secret, tls))
+        uvloop.run(worker.serve(connect, secret, tls, heartbeat))
 

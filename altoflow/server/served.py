@@ -26,12 +26,14 @@ class ServedIngress:
                  ready_timeout: float = 120, listen: tuple[str, int] | None = None,
                  secret: bytes = b"", remote: frozenset[str] = frozenset(),
                  tls: ssl.SSLContext | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000) -> None:
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000,
+                 heartbeat: float = 1.0, restart: bool = True) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
                                      remote=remote, tls=tls, handshake_timeout=handshake_timeout,
-                                     replay_limit=replay_limit)
+                                     replay_limit=replay_limit, heartbeat=heartbeat,
+                                     restart=restart)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
@@ -56,14 +58,18 @@ class ServedIngress:
     def health(self) -> dict[str, Any]:
         live = self.router.ready()
         desired = {s.name: s.replicas for s in self.compiled.plan.stages}
+        crash_loop = self.supervisor.crash_looping()
+        silent = sorted(f"{stage}#{slot}" for stage, slot in self.router.silent)
         status = "stopping" if self.supervisor._stopping else (
-            "ok" if live == desired else "degraded")
+            "ok" if live == desired and not crash_loop and not silent else "degraded")
         return {
             "status": status,
             "runtime": "served",
             "in_flight": len(self.router.requests),
             "max_inflight": self.router.max_inflight,
             "replicas": {n: {"ready": live[n], "desired": desired[n]} for n in desired},
+            "crash_loop": crash_loop,
+            "silent": silent,
         }
 
     def metrics(self) -> bytes:

@@ -89,8 +89,8 @@ _STATUS_MAX = len(STATUS_NAMES) - 1
 class Kind(IntEnum):
     """Frame kinds; the values are those of `enum Kind` in wire.proto.
 
-    HEARTBEAT is reserved for liveness checks: no process sends it yet, and the router and the
-    replicas take it and ignore it, so that a later version can start sending it.
+    HEARTBEAT is a replica's "still alive", sent every heartbeat interval; the router takes it
+    as a sign of life and nothing more (and a replica ignores one from the router).
     """
 
     HELLO = 1

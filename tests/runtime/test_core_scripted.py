@@ -248,3 +248,29 @@ def test_the_story_keeps_the_most_recent_entries():
     assert core.story(0) == []
     assert core.story(2, 1) == core.story()
     assert core.story(1) == [StoryEntry(1, None, None, "finish")]
+
+
+def test_an_item_that_kills_every_replica_it_runs_on_fails_after_poison_deaths():
+    from altoflow.runtime.core import POISON_DEATHS
+
+    core = _core(SPREAD, [(0, "items", 0), (1, "slow", 0), (2, "slow", 1), (3, "total", 0)])
+    core.handle(Submit(R, {"n": 1}))
+    [invoke] = core.output(0, "items", (R, 0), "v0")
+    core.ack(0, "items", (R,), "ok")
+    # It runs on one replica, which dies; the supervisor's restart comes back as a new id.
+    replica, spare = invoke.replica, 4
+    for death in range(1, POISON_DEATHS):
+        assert core.handle(ReplicaUp(spare, "slow", core.replicas[replica].slot)) == []
+        [again] = core.handle(ReplicaDown(replica))
+        assert (type(again), again.ancestry) == (Invoke, (R, 0))
+        replica, spare = again.replica, spare + 1
+    finish, abort = core.handle(ReplicaDown(replica))[:2]
+    assert finish == Finish(R, ErrorInfo(
+        "slow", {"item": 0},
+        f"stage 'slow' at {{'item': 0}}: {POISON_DEATHS} replicas died running this item (the last: "
+        f"replica {replica}), so it is not run again; find out why it kills the process (os._exit, "
+        f"a crash in a C extension, running out of memory)", "ReplicaDied"))
+    assert type(abort) is Abort
+    assert [e.what for e in core.story(R) if e.stage == "slow"].count("redispatch") == POISON_DEATHS - 1
+    assert "poison" in [e.what for e in core.story(R)]
+    assert core.poisoned == {"items": 0, "slow": 1, "total": 0}
