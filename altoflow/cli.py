@@ -145,6 +145,9 @@ def serve(
                                               help="Shared secret for TCP replicas (or ALTOFLOW_SECRET)."),
     remote: list[str] = typer.Option([], "--remote",
                                      help="A stage whose replicas all run elsewhere (`altoflow worker`)."),
+    inline: list[str] = typer.Option([], "--inline",
+                                     help="A stage (or NAME,NAME) whose replicas run in the router's "
+                                          "process: light stages' items then never cross a socket."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
@@ -174,7 +177,8 @@ def serve(
     try:
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
-                                remote=frozenset(remote))
+                                remote=frozenset(remote),
+                                inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()))
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:

@@ -34,6 +34,7 @@ from altoflow.runtime.core import (
     Abort, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Invoke, Open,
     ReplicaDown, ReplicaUp, RouterCore, Submit,
 )
+from altoflow.runtime import pipe
 from altoflow.runtime.metrics import ServerMetrics
 from altoflow.runtime.stream import EventChannel, RequestStream
 
@@ -133,6 +134,12 @@ class Router:
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
         self.server = await loop.create_unix_server(lambda: _Protocol(self), path)
+
+    def connect_inline(self, protocol: Any) -> asyncio.BaseTransport:
+        """Join a replica protocol (made by the factory ``protocol``) to this router in memory;
+        returns the replica's transport (``Worker.serve(connect=...)``; see ``runtime.pipe``)."""
+        _, replica_end = pipe.connect_pair(lambda: _Protocol(self), protocol)
+        return replica_end
 
     async def listen_tcp(self, host: str, port: int, secret: bytes) -> int:
         """Accept replicas from other machines on host:port; returns the port (0 picks one)."""

@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from altoflow.compiler import load_target
 from altoflow import wire as fr
@@ -195,9 +195,13 @@ class Worker:
         self.hello = hello
         self._send(fr.Kind.HELLO, body=hello)
 
-    async def serve(self, address: str, secret: bytes | None = None) -> None:
+    async def serve(self, address: str, secret: bytes | None = None, *,
+                    connect: Callable[[Callable[[], asyncio.Protocol]], asyncio.BaseTransport] | None = None,
+                    ) -> None:
         """Serve frames from the router at ``address``: a UNIX socket path, or HOST:PORT (TCP,
-        which needs the router's shared ``secret``)."""
+        which needs the router's shared ``secret``). ``connect``, given a protocol factory,
+        returns the transport of a connection made some other way (``Router.connect_inline``:
+        an inline replica in the router's process); ``address`` then only names it."""
         loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
         worker = self
@@ -218,7 +222,10 @@ class Worker:
         self.ready, self.error = False, None
         me = f"replica {self.stage.name}#{self.slot}"
         try:
-            if is_tcp(address):
+            if connect is not None:
+                self.transport = connect(Proto)
+                self._hello()
+            elif is_tcp(address):
                 if not secret:
                     raise WorkerStartError(f"{me}: a TCP router needs the shared secret "
                                            f"(--secret-file PATH or ALTOFLOW_SECRET)")

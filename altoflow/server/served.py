@@ -22,11 +22,12 @@ class ServedIngress:
     def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
                  max_inflight: int = 1024, barrier: bool = False, allow_pickle: bool = False,
                  ready_timeout: float = 120, listen: tuple[str, int] | None = None,
-                 secret: bytes = b"", remote: frozenset[str] = frozenset()) -> None:
+                 secret: bytes = b"", remote: frozenset[str] = frozenset(),
+                 inline: frozenset[str] = frozenset()) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
-                                     remote=remote)
+                                     remote=remote, inline=inline)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
