@@ -144,8 +144,13 @@ class Supervisor:
         # Imported here: only a deployment with inline stages loads a replica into the router.
         from altoflow.runtime.worker import Worker
 
-        worker = Worker(self.target, stage, slot, Codec(allow_pickle=self.allow_pickle),
-                        barrier=self.barrier)
+        try:
+            worker = Worker(self.target, stage, slot, Codec(allow_pickle=self.allow_pickle),
+                            barrier=self.barrier)
+        except Exception as exc:
+            raise RuntimeError(
+                f"inline replica {stage}#{slot} could not start: {type(exc).__name__}: {exc}. Fix "
+                f"the stage's imports or __init__ and start again") from exc
         task = asyncio.get_running_loop().create_task(
             worker.serve(f"inline:{stage}#{slot}", connect=self.router.connect_inline))
         self._inline_tasks.add(task)

@@ -119,6 +119,55 @@ def test_inline_names_a_stage():
         asyncio.run(main())
 
 
+def test_an_inline_class_stage_whose_init_fails_stops_the_start(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent("""
+        from altoflow import stage
+
+        @stage
+        class model:
+            def __init__(self):
+                raise OSError("no weights at /models/x")
+
+            def __call__(self, x: int) -> int:
+                return x
+    """))
+    target = str(app)
+
+    async def main():
+        async with Supervisor(load_target(target).compiled, target, inline=frozenset({"model"})):
+            pass
+
+    with pytest.raises(RuntimeError, match=r"inline replica model#0 could not start: OSError: no "
+                                           r"weights at /models/x\. Fix the stage's imports or __init__"):
+        asyncio.run(main())
+
+
+def test_a_failing_inline_stage_fails_its_request_only(tmp_path):
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent("""
+        from altoflow import stage
+
+        @stage
+        def half(x: int) -> int:
+            if x % 2:
+                raise ValueError(f"{x} is odd")
+            return x // 2
+    """))
+    target = str(app)
+
+    async def main():
+        async with Supervisor(load_target(target).compiled, target, inline=frozenset({"half"})) as sup:
+            await sup.wait_ready()
+            odd = [e async for e in sup.router.submit({"x": 3})]
+            even = [e async for e in sup.router.submit({"x": 4})]
+            return odd[-1], even
+
+    error, even = asyncio.run(main())
+    assert error.type == "error" and error.stage == "half" and "3 is odd" in error.error
+    assert [(e.type, e.value) for e in even] == [("output", 2), ("done", None)]
+
+
 def _write_random(tmp_path: Path, defs) -> str:
     path = tmp_path / "random_app.py"
     payload = json.dumps([d.__dict__ for d in defs])
