@@ -203,6 +203,9 @@ def serve(
     allowed_host: list[str] = typer.Option([], "--allowed-host",
                                            help="A name the Host header may have besides the "
                                                 "address (repeatable; * for any)."),
+    inline: list[str] = typer.Option([], "--inline",
+                                     help="A stage (or NAME,NAME) whose replicas run in the router's "
+                                          "process: light stages' items then never cross a socket."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn
@@ -256,7 +259,8 @@ def serve(
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
                                 remote=frozenset(remote), tls=tls,
-                                handshake_timeout=handshake_timeout, replay_limit=replay_limit)
+                                handshake_timeout=handshake_timeout, replay_limit=replay_limit,
+                                inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()))
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:

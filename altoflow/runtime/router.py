@@ -35,6 +35,7 @@ from altoflow.runtime.core import (
     Abort, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Invoke, Open,
     ReplicaDown, ReplicaUp, RouterCore, Submit,
 )
+from altoflow.runtime import pipe
 from altoflow.runtime.metrics import ServerMetrics
 from altoflow.runtime.stream import EventChannel, RequestStream
 
@@ -234,6 +235,12 @@ class Router:
                 self._on_lost(conn)
                 if self.on_silent is not None:
                     self.on_silent(rep.stage, rep.slot)
+
+    def connect_inline(self, protocol: Any) -> asyncio.BaseTransport:
+        """Join a replica protocol (made by the factory ``protocol``) to this router in memory;
+        returns the replica's transport (``Worker.serve(connect=...)``; see ``runtime.pipe``)."""
+        _, replica_end = pipe.connect_pair(lambda: _Protocol(self), protocol)
+        return replica_end
 
     async def listen_tcp(self, host: str, port: int, secret: bytes, *,
                          tls: ssl.SSLContext | None = None,

@@ -2,15 +2,26 @@
 
 The same ``StageRunner`` serves the in-process executor and the worker processes of the served
 runtime; only what ``emit`` does with an output differs (append an event, or write a frame).
+
+A sync stage's calls run in anyio's worker threads, so that a slow one does not hold up the
+event loop. A thread round trip costs a few hundred microseconds of latency and tens of CPU,
+more than many calls take (a tokenizer, one BM25 term, a dict for a report), so the runner times
+every sync call and runs the stage's calls on the loop's own thread once ``INLINE_AFTER`` calls
+in a row took under ``INLINE_BELOW_S``; one inline call that takes longer sends the next calls
+back to threads. A stage with a ``timeout`` always runs in threads (an inline call cannot be
+abandoned), and an inline generator passes through a checkpoint every ``INLINE_YIELD_EVERY``
+items, so a long one lets other tasks run.
 """
 
 from __future__ import annotations
 
 import functools
+import time
 from dataclasses import dataclass
 from typing import Any, Callable
 
 import anyio
+import anyio.lowlevel
 import anyio.to_thread
 
 from altoflow._errors import format_exception
@@ -21,6 +32,13 @@ from altoflow.runtime.progress import Ancestry
 
 OutputCallback = Callable[[Ancestry, Any], None]
 _END = object()
+
+#: A sync call shorter than this counts as fast; see the module docstring.
+INLINE_BELOW_S = 0.0005
+#: Consecutive fast calls after which a sync stage's calls run on the event loop's thread.
+INLINE_AFTER = 4
+#: Items an inline sync generator yields between two checkpoints.
+INLINE_YIELD_EVERY = 32
 
 
 class _Failed(Exception):
@@ -55,6 +73,25 @@ class StageRunner:
         # general path's two extra coroutine frames (docs/benchmarks-router.md).
         self._plain = (spec.is_async and not spec.is_generator and self.op is None and not barrier
                        and plan.retries == 0 and plan.timeout is None)
+        # Sync calls in a row that took under INLINE_BELOW_S; INLINE_AFTER of them and the
+        # calls run inline. Threads update it too: a lost update only delays the switch.
+        self.fast_calls = 0
+        self._may_inline = not spec.is_async and plan.timeout is None
+
+    @property
+    def inline(self) -> bool:
+        """Whether the stage's next sync call runs on the event loop's thread."""
+        return self._may_inline and self.fast_calls >= INLINE_AFTER
+
+    def _timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        start = time.perf_counter()
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            if time.perf_counter() - start < INLINE_BELOW_S:
+                self.fast_calls += 1
+            else:
+                self.fast_calls = 0
 
     # -- invocations ---------------------------------------------------------------------------
 
@@ -105,8 +142,10 @@ class StageRunner:
     async def _call(self, kwargs: dict[str, Any]) -> Any:
         if self.spec.is_async:
             return await self.fn(**kwargs)
+        if self.inline:
+            return self._timed(self.fn, **kwargs)
         return await anyio.to_thread.run_sync(
-            functools.partial(self.fn, **kwargs), abandon_on_cancel=True
+            functools.partial(self._timed, self.fn, **kwargs), abandon_on_cancel=True
         )
 
     async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback) -> None:
@@ -137,8 +176,18 @@ class StageRunner:
         else:
             gen = self.fn(**kwargs)
             try:
-                while (value := await anyio.to_thread.run_sync(
-                        _next, gen, abandon_on_cancel=True)) is not _END:
+                n = 0
+                while True:
+                    if self.inline:
+                        n += 1
+                        if n % INLINE_YIELD_EVERY == 0:
+                            await anyio.lowlevel.checkpoint()
+                        value = self._timed(_next, gen)
+                    else:
+                        value = await anyio.to_thread.run_sync(
+                            self._timed, _next, gen, abandon_on_cancel=True)
+                    if value is _END:
+                        break
                     emitted[0] = self._yielded(anc, emitted[0], value, emit)
             finally:
                 _close(gen)

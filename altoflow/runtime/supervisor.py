@@ -2,7 +2,9 @@
 
 The supervisor makes a private socket directory (mode 0700: over a UNIX socket, the
 directory's permissions are the authentication), starts the router in this process and every
-replica as a child process, restarts a replica that dies, and on SIGINT/SIGTERM stops accepting
+replica as a child process (or, for an ``inline`` stage, as a ``Worker`` in this process, joined
+to the router in memory: ``runtime.pipe``), restarts a replica process that dies, and on
+SIGINT/SIGTERM stops accepting
 requests, tells replicas to shut down, and waits for them, so that no process is left behind.
 ``altoflow.server.served.ServedIngress`` puts the HTTP API in front of it (``altoflow serve``).
 """
@@ -76,8 +78,10 @@ class Supervisor:
                  secret: bytes = b"", remote: frozenset[str] = frozenset(),
                  tls: ssl.SSLContext | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000,
-                 heartbeat: float = 1.0) -> None:
+                 heartbeat: float = 1.0, inline: frozenset[str] = frozenset()) -> None:
         self.barrier = barrier
+        # Inline stages run their replicas in this process: their items never touch a socket.
+        self.inline = inline
         # TCP for replicas on other machines: `remote` stages get no local process; their
         # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret,
         # over TLS when `tls` (altoflow.runtime.tls.server_context) is given.
@@ -102,6 +106,7 @@ class Supervisor:
                              heartbeat=heartbeat, on_silent=self._silent)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
+        self._inline_tasks: set[asyncio.Task] = set()  # inline replicas' Worker.serve
         self._stopping = False
 
     async def __aenter__(self) -> "Supervisor":
@@ -115,8 +120,20 @@ class Supervisor:
         unknown = sorted(self.remote - set(self.compiled.plan.names))
         if unknown:
             raise ValueError(f"--remote names no stage: {', '.join(unknown)}")
+        unknown = sorted(self.inline - set(self.compiled.plan.names))
+        if unknown:
+            raise ValueError(f"--inline names no stage: {', '.join(unknown)}; stages: "
+                             f"{', '.join(self.compiled.plan.names)}")
+        both = sorted(self.inline & self.remote)
+        if both:
+            raise ValueError(f"{', '.join(both)}: a stage runs --inline (in the router's process) "
+                             f"or --remote (on other machines), not both")
         for stage in self.compiled.plan.stages:
             if stage.name in self.remote:
+                continue
+            if stage.name in self.inline:
+                for slot in range(stage.replicas):
+                    self._start_inline(stage.name, slot)
                 continue
             for slot in range(stage.replicas):
                 child = _Child(stage.name, slot)
@@ -149,6 +166,27 @@ class Supervisor:
                 await asyncio.sleep(0.02)
 
         await asyncio.wait_for(poll(), timeout)
+
+    def _start_inline(self, stage: str, slot: int) -> None:
+        # Imported here: only a deployment with inline stages loads a replica into the router.
+        from altoflow.runtime.worker import Worker
+
+        try:
+            worker = Worker(self.target, stage, slot, Codec(allow_pickle=self.allow_pickle),
+                            barrier=self.barrier)
+        except Exception as exc:
+            raise RuntimeError(
+                f"inline replica {stage}#{slot} could not start: {type(exc).__name__}: {exc}. Fix "
+                f"the stage's imports or __init__ and start again") from exc
+        task = asyncio.get_running_loop().create_task(
+            worker.serve(f"inline:{stage}#{slot}", connect=self.router.connect_inline))
+        self._inline_tasks.add(task)
+        task.add_done_callback(self._inline_done)
+
+    def _inline_done(self, task: asyncio.Task) -> None:
+        self._inline_tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None and not self._stopping:
+            logger.error("an inline replica stopped: %s", task.exception())
 
     async def _spawn(self, child: _Child) -> None:
         args = [sys.executable, "-m", "altoflow", "worker", "--target", self.target,
@@ -228,4 +266,8 @@ class Supervisor:
             await asyncio.gather(*(p.wait() for p in procs))
         for task in list(self._tasks):
             task.cancel()
+        inline = list(self._inline_tasks)
+        for task in inline:
+            task.cancel()
+        await asyncio.gather(*inline, return_exceptions=True)
         shutil.rmtree(self.dir, ignore_errors=True)

@@ -22,7 +22,7 @@ import asyncio
 import os
 import ssl
 from collections import deque
-from typing import Any
+from typing import Any, Callable
 
 from altoflow.compiler import load_target
 from altoflow import wire as fr
@@ -233,11 +233,15 @@ class Worker:
                 self._send(fr.Kind.HEARTBEAT)
 
     async def serve(self, address: str, secret: bytes | None = None,
-                    tls: ssl.SSLContext | None = None, heartbeat: float = 1.0) -> None:
+                    tls: ssl.SSLContext | None = None, heartbeat: float = 1.0, *,
+                    connect: Callable[[Callable[[], asyncio.Protocol]], asyncio.BaseTransport] | None = None,
+                    ) -> None:
         """Serve frames from the router at ``address``: a UNIX socket path, or HOST:PORT (TCP,
         which needs the router's shared ``secret``, and ``tls``, from
         ``altoflow.runtime.tls.client_context``, when the router serves TLS); a HEARTBEAT goes
-        out every ``heartbeat`` seconds."""
+        out every ``heartbeat`` seconds. ``connect``, given a protocol factory, returns the
+        transport of a connection made some other way (``Router.connect_inline``: an inline
+        replica in the router's process); ``address`` then only names it."""
         loop = asyncio.get_running_loop()
         self.done = asyncio.Event()
         worker = self
@@ -258,7 +262,10 @@ class Worker:
         self.ready, self.error = False, None
         me = f"replica {self.stage.name}#{self.slot}"
         try:
-            if is_tcp(address):
+            if connect is not None:
+                self.transport = connect(Proto)
+                self._hello()
+            elif is_tcp(address):
                 if not secret:
                     raise WorkerStartError(f"{me}: a TCP router needs the shared secret "
                                            f"(--secret-file PATH or ALTOFLOW_SECRET)")

@@ -27,13 +27,14 @@ class ServedIngress:
                  secret: bytes = b"", remote: frozenset[str] = frozenset(),
                  tls: ssl.SSLContext | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000,
-                 heartbeat: float = 1.0, restart: bool = True) -> None:
+                 heartbeat: float = 1.0, restart: bool = True,
+                 inline: frozenset[str] = frozenset()) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
                                      remote=remote, tls=tls, handshake_timeout=handshake_timeout,
                                      replay_limit=replay_limit, heartbeat=heartbeat,
-                                     restart=restart)
+                                     restart=restart, inline=inline)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
