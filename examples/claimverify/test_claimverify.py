@@ -159,7 +159,7 @@ def test_colbert_reranks_when_installed(monkeypatch):
 
 
 def test_served_equals_in_process():
-    from altoflow.runtime.serve import ServedIngress
+    from altoflow.server.served import ServedIngress
     from altoflow.server import create_app, serve_in_thread
 
     expected = [af.run(APP, question=q) for q in QUESTIONS[:2]]
@@ -208,7 +208,7 @@ class ScriptedLM(LM):
 
 def test_claims_stream_on_before_the_lm_has_finished(monkeypatch):
     scripted = ScriptedLM()
-    monkeypatch.setattr(cv, "lm", lambda: scripted)
+    monkeypatch.setattr(cv, "lm", lambda pool: scripted)
     result = af.run(af.Pipeline.from_module(cv), question=QUESTIONS[0])
     report = result["report"]
     assert [r["claim"] for r in report] == [

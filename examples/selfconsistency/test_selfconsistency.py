@@ -13,7 +13,7 @@ import pytest
 
 import altoflow as af
 from altoflow.client import Client
-from altoflow.runtime.serve import ServedIngress
+from altoflow.server.served import ServedIngress
 from altoflow.server import create_app, serve_in_thread
 
 HERE = Path(__file__).resolve().parent
