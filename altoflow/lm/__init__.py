@@ -15,10 +15,9 @@ Engines:
 - :class:`SGLangLM`: SGLang in-process (``altoflow[sglang]``).
 
 :func:`lm_from_env` picks one of them from ``ALTOFLOW_LM*`` environment variables
-(:mod:`altoflow.lm.settings`), the one convention every example application follows.
+(:mod:`altoflow.lm.settings`), the one convention every example application follows;
+:func:`loop_lm` keeps one per event loop and LM stage (pool).
 
-Engine libraries are imported when an engine is created, never when this package is imported;
-``OpenAILM`` is loaded on first access, as it needs httpx.
 The in-process engines' libraries (the extras) are imported when an engine is created, never
 when this package is imported.
 """
@@ -41,7 +40,7 @@ from ._base import (
 from ._text import JsonListError, JsonListParser, LineSplitter
 from .llamacpp import LlamaCppLM
 from .openai import OpenAILM
-from .settings import LMSettings, LMSettingsError, lm_from_env
+from .settings import LMSettings, LMSettingsError, lm_from_env, loop_lm, use_loop_lm
 from .sglang import SGLangLM
 from .sim import (
     CLAIMS,
@@ -89,5 +88,7 @@ __all__ = [
     "TimingModel",
     "VllmLM",
     "lm_from_env",
+    "loop_lm",
+    "use_loop_lm",
 ]
 

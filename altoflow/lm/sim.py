@@ -537,12 +537,23 @@ UNBOUNDED = Profile(
 #: requests/s): 2 instances for the answer, 2 for claim extraction, 3 for query generation; 4
 #: BM25 replicas, 1 ColBERT query encoder, 4 rerankers. The counts are the paper's; the batch
 #: limit is the timing model's (ours: vLLM's default of 256 running sequences).
+#:
+#: The other pools are ours, so that every example application runs on ``paper`` with eight
+#: engines, as the paper's deployment has eight GPUs: the claim verifier's ``verdict`` 1 (the
+#: paper's pipeline stops at the queries); ragmapreduce's ``summary`` 6 and ``synthesis`` 2;
+#: selfconsistency's ``reasoning`` 8; judgefilter's ``generate`` 2 and ``judge`` 6.
 PAPER = Profile(
     "paper",
-    pools={"answer": Pool(2), "claims": Pool(2), "queries": Pool(3)},
+    pools={
+        "answer": Pool(2), "claims": Pool(2), "queries": Pool(3), "verdict": Pool(1),
+        "summary": Pool(6), "synthesis": Pool(2),
+        "reasoning": Pool(8),
+        "generate": Pool(2), "judge": Pool(6),
+    },
     default=None,
     replicas={"bm25": 4, "colbert": 1, "rerank": 4},
-    about="the ALTO paper's FacTool deployment: engines for answer 2, claims 2, queries 3",
+    about="the ALTO paper's FacTool deployment (answer 2, claims 2, queries 3 engines) and, "
+    "ours, verdict 1, summary 6, synthesis 2, reasoning 8, generate 2, judge 6",
 )
 
 #: The profiles ``altoflow sim-lm --profile`` knows, by name.

@@ -29,17 +29,15 @@ reranker: ``auto`` (the default: ColBERT when importable), ``colbert`` or ``bm25
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import re
-import weakref
 from collections.abc import AsyncIterator, Iterator
 
 import numpy as np
 
 from altoflow import ops, stage
-from altoflow.lm import LM, lm_from_env
+from altoflow.lm import LM, loop_lm
 from altoflow.retrieval import BM25Index, ColBERTReranker, MissingExtraError
 
 ANSWER_PROMPT = """\
@@ -168,22 +166,6 @@ def load_reranker() -> ColBERTReranker | None:
         return None
 
 
-_ENGINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LM] = weakref.WeakKeyDictionary()
-
-
-def lm() -> LM:
-    """The engine of this event loop, made from the ``ALTOFLOW_LM*`` variables on first use.
-
-    One per process and event loop, because an HTTP client belongs to the loop that made it
-    and ``altoflow.run`` starts a new loop for each request.
-    """
-    loop = asyncio.get_running_loop()
-    engine = _ENGINES.get(loop)
-    if engine is None:
-        engine = _ENGINES[loop] = lm_from_env()
-    return engine
-
-
 def clean_line(line: str) -> str:
     """A listed item without its bullet or number and without quotes around it."""
     return re.sub(r"^\s*(?:[-*•]|\d+[.)])\s*", "", line).strip().strip('"').strip()
@@ -192,17 +174,26 @@ def clean_line(line: str) -> str:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
+
+def lm(pool: str) -> LM:
+    """The engine of this event loop for the LM stage ``pool``, from the ``ALTOFLOW_LM*`` variables.
+
+    One per process, event loop and pool (``altoflow.lm.loop_lm``): an HTTP client belongs to
+    the loop that made it, and ``altoflow.run`` starts a new loop for each request.
+    """
+    return loop_lm(pool)
+
 @stage(output=True)
 async def answer(question: str) -> str:
     """The LM's answer to the question, one paragraph."""
-    return (await lm().complete(ANSWER_PROMPT.format(question=question), max_tokens=200, temperature=0)).strip()
+    return (await lm("answer").complete(ANSWER_PROMPT.format(question=question), max_tokens=200, temperature=0)).strip()
 
 
 @stage(fanout="claim")
 async def claims(answer: str) -> AsyncIterator[str]:
     """Each claim of the answer, passed on as soon as the LM has written its line."""
     prompt = CLAIMS_PROMPT.format(answer=answer)
-    async for line in lm().stream_lines(prompt, max_tokens=160, temperature=0):
+    async for line in lm("claims").stream_lines(prompt, max_tokens=160, temperature=0):
         claim = clean_line(line)
         if claim:
             yield claim
@@ -212,7 +203,7 @@ async def claims(answer: str) -> AsyncIterator[str]:
 async def queries(claims: str) -> AsyncIterator[str]:
     """Search queries for one claim, each passed on as soon as its line is written."""
     prompt = QUERIES_PROMPT.format(claim=claims)
-    async for line in lm().stream_lines(prompt, max_tokens=60, temperature=0):
+    async for line in lm("queries").stream_lines(prompt, max_tokens=60, temperature=0):
         query = clean_line(line)
         if query:
             yield query
@@ -280,7 +271,7 @@ async def verdict(claims: str, evidence: list[dict]) -> dict:
     Those are the passages the LM cited by number or, when it cited none, all it was shown. A
     claim without evidence is not sent to the LM: there is nothing to judge it by.
     """
-    engine = lm()
+    engine = lm("verdict")
     shown = distinct(evidence)
     about = {"lm": engine.name, "simulated": engine.simulated}
     if not shown:

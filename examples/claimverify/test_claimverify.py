@@ -208,7 +208,7 @@ class ScriptedLM(LM):
 
 def test_claims_stream_on_before_the_lm_has_finished(monkeypatch):
     scripted = ScriptedLM()
-    monkeypatch.setattr(cv, "lm", lambda: scripted)
+    monkeypatch.setattr(cv, "lm", lambda pool: scripted)
     result = af.run(af.Pipeline.from_module(cv), question=QUESTIONS[0])
     report = result["report"]
     assert [r["claim"] for r in report] == [

@@ -17,15 +17,13 @@ candidate, so its grades spread and the filter has something to do.
 
 from __future__ import annotations
 
-import asyncio
 import re
-import weakref
 from typing import Annotated
 
 from pydantic import Field
 
 from altoflow import ops, stage
-from altoflow.lm import LM, lm_from_env
+from altoflow.lm import LM, loop_lm
 
 GENERATE_PROMPT = """\
 Write {n} different answers to the question below, each one sentence that makes a single \
@@ -76,27 +74,20 @@ def score(judgement: dict) -> int:
     return judgement["score"]
 
 
-_ENGINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LM] = weakref.WeakKeyDictionary()
 
+def lm(pool: str) -> LM:
+    """The engine of this event loop for the LM stage ``pool``, from the ``ALTOFLOW_LM*`` variables.
 
-def lm() -> LM:
-    """The engine of this event loop, made from the ``ALTOFLOW_LM*`` variables on first use.
-
-    One per process and event loop, because an HTTP client belongs to the loop that made it
-    and ``altoflow.run`` starts a new loop for each request.
+    One per process, event loop and pool (``altoflow.lm.loop_lm``): an HTTP client belongs to
+    the loop that made it, and ``altoflow.run`` starts a new loop for each request.
     """
-    loop = asyncio.get_running_loop()
-    engine = _ENGINES.get(loop)
-    if engine is None:
-        engine = _ENGINES[loop] = lm_from_env()
-    return engine
-
+    return loop_lm(pool)
 
 @stage(fanout="candidate")
 async def candidates(question: str, n: Annotated[int, Field(ge=1, le=64)] = 8):
     """Candidate answers, each passed on as soon as its line is written."""
     prompt = GENERATE_PROMPT.format(n=n, question=question)
-    async with lm().stream_lines(prompt, temperature=0.9, max_tokens=40 * n) as lines:
+    async with lm("generate").stream_lines(prompt, temperature=0.9, max_tokens=40 * n) as lines:
         async for line in lines:
             if candidate := clean_line(line):
                 yield candidate
@@ -107,7 +98,7 @@ async def judgement(
     candidates: str, question: str, min_score: Annotated[int, Field(ge=0, le=FULL_MARKS)] = 6
 ) -> dict:
     """The judge's problems with one candidate, its grade, and whether it passes."""
-    engine = lm()
+    engine = lm("judge")
     review = await engine.complete(
         JUDGE_PROMPT.format(question=question, candidate=candidates), temperature=0, max_tokens=160
     )

@@ -16,17 +16,15 @@ unless they say otherwise; see ``altoflow.lm.settings``).
 
 from __future__ import annotations
 
-import asyncio
 import functools
 import os
 import re
-import weakref
 from typing import Annotated
 
 from pydantic import Field
 
 from altoflow import ops, stage
-from altoflow.lm import LM, lm_from_env
+from altoflow.lm import LM, loop_lm
 from altoflow.retrieval import BM25Index
 
 SUMMARY_PROMPT = """\
@@ -103,21 +101,14 @@ def index() -> BM25Index:
     return BM25Index.build(texts, ids=ids)
 
 
-_ENGINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LM] = weakref.WeakKeyDictionary()
 
+def lm(pool: str) -> LM:
+    """The engine of this event loop for the LM stage ``pool``, from the ``ALTOFLOW_LM*`` variables.
 
-def lm() -> LM:
-    """The engine of this event loop, made from the ``ALTOFLOW_LM*`` variables on first use.
-
-    One per process and event loop, because an HTTP client belongs to the loop that made it
-    and ``altoflow.run`` starts a new loop for each request.
+    One per process, event loop and pool (``altoflow.lm.loop_lm``): an HTTP client belongs to
+    the loop that made it, and ``altoflow.run`` starts a new loop for each request.
     """
-    loop = asyncio.get_running_loop()
-    engine = _ENGINES.get(loop)
-    if engine is None:
-        engine = _ENGINES[loop] = lm_from_env()
-    return engine
-
+    return loop_lm(pool)
 
 @stage(fanout="passage")
 def passages(question: str, k: Annotated[int, Field(ge=1, le=50)] = 4):
@@ -130,7 +121,7 @@ def passages(question: str, k: Annotated[int, Field(ge=1, le=50)] = 4):
 async def summary(passages: dict, question: str) -> dict:
     """What one passage says about the question (map: every passage at once)."""
     prompt = SUMMARY_PROMPT.format(question=question, id=passages["id"], text=passages["text"])
-    text = await lm().complete(prompt, max_tokens=96, temperature=0)
+    text = await lm("summary").complete(prompt, max_tokens=96, temperature=0)
     return {"id": passages["id"], "summary": text.strip()}
 
 
@@ -143,7 +134,7 @@ def summaries(summary: dict) -> dict:
 @stage(output=True)
 async def answer(summaries: list[dict], question: str) -> dict:
     """The answer, written from every summary; ``sources[i]`` is the passage of note ``[i+1]``."""
-    engine = lm()
+    engine = lm("synthesis")
     if not summaries:
         return {"answer": "No passage of the corpus matches the question.",
                 "sources": [], "lm": engine.name}

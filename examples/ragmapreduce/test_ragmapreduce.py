@@ -106,7 +106,7 @@ def test_one_summary_per_retrieved_passage_and_the_answer_cites_them_all() -> No
 
 def test_the_answer_prompt_holds_every_summary_by_number(monkeypatch) -> None:
     recorder = RecordingLM("Use a with statement [1], which calls __exit__ [2].")
-    monkeypatch.setattr(app, "lm", lambda: recorder)
+    monkeypatch.setattr(app, "lm", lambda pool: recorder)
     summaries = [{"id": "with/0", "summary": "It calls __enter__."},
                  {"id": "with/1", "summary": "It calls __exit__ at the end."}]
     out = asyncio.run(app.answer(summaries=summaries, question="what does with do?"))

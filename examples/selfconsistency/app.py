@@ -22,16 +22,14 @@ from the prompt, options included, so its paths disagree and the vote is a real 
 
 from __future__ import annotations
 
-import asyncio
 import re
-import weakref
 from collections import Counter
 from typing import Annotated
 
 from pydantic import Field
 
 from altoflow import ops, stage
-from altoflow.lm import LM, lm_from_env
+from altoflow.lm import LM, loop_lm
 
 REASONING_PROMPT = """\
 Think about the question below step by step, then give your final answer on a last line of \
@@ -90,21 +88,14 @@ def tally(votes: dict[str, int], ballots: int, options: tuple[str, ...]) -> dict
     }
 
 
-_ENGINES: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, LM] = weakref.WeakKeyDictionary()
 
+def lm(pool: str) -> LM:
+    """The engine of this event loop for the LM stage ``pool``, from the ``ALTOFLOW_LM*`` variables.
 
-def lm() -> LM:
-    """The engine of this event loop, made from the ``ALTOFLOW_LM*`` variables on first use.
-
-    One per process and event loop, because an HTTP client belongs to the loop that made it
-    and ``altoflow.run`` starts a new loop for each request.
+    One per process, event loop and pool (``altoflow.lm.loop_lm``): an HTTP client belongs to
+    the loop that made it, and ``altoflow.run`` starts a new loop for each request.
     """
-    loop = asyncio.get_running_loop()
-    engine = _ENGINES.get(loop)
-    if engine is None:
-        engine = _ENGINES[loop] = lm_from_env()
-    return engine
-
+    return loop_lm(pool)
 
 @stage(fanout="path")
 def seeds(samples: Annotated[int, Field(ge=1, le=256)] = 8):
@@ -115,7 +106,7 @@ def seeds(samples: Annotated[int, Field(ge=1, le=256)] = 8):
 @stage(output=True)
 async def reasoning(seeds: int, question: str, options: tuple[str, ...] = ()) -> dict:
     """One sampled reasoning path (every path is its own LM call, all of them at once)."""
-    engine = lm()
+    engine = lm("reasoning")
     listed = OPTIONS_LINE.format(options=", ".join(options)) if options else ""
     text = await engine.complete(
         REASONING_PROMPT.format(question=question, options=listed),

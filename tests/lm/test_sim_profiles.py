@@ -123,7 +123,9 @@ def test_the_unbounded_profile_is_todays_single_engine(requests: list, max_batch
 def test_the_paper_profile_is_the_papers_deployment() -> None:
     assert get_profile("paper") is PAPER and set(PROFILES) == {"paper", "unbounded"}
     assert {name: pool.engines for name, pool in PAPER.pools.items()} == {
-        "answer": 2, "claims": 2, "queries": 3,
+        "answer": 2, "claims": 2, "queries": 3,  # the paper's
+        # ours, for the other LM stages of the example applications: eight engines an app
+        "verdict": 1, "summary": 6, "synthesis": 2, "reasoning": 8, "generate": 2, "judge": 6,
     }
     assert dict(PAPER.replicas) == {"bm25": 4, "colbert": 1, "rerank": 4}
     assert PAPER.default is None
@@ -132,7 +134,7 @@ def test_the_paper_profile_is_the_papers_deployment() -> None:
 
 def test_a_request_picks_its_pool_by_model_name() -> None:
     assert PAPER.pool_for("sim/claims") == "claims"
-    assert PAPER.models() == ["sim/answer", "sim/claims", "sim/queries"]
+    assert PAPER.models()[:4] == ["sim/answer", "sim/claims", "sim/queries", "sim/verdict"]
     with pytest.raises(UnknownPoolError, match=r"no pool 'claim' \(model 'sim/claim'\); its "
                                                r"models are 'sim/answer', 'sim/claims'"):
         PAPER.pool_for("sim/claim")
@@ -183,7 +185,7 @@ async def test_stages_share_the_deployment_through_for_pool() -> None:
     assert text == answer.plan("Where does the Thames flow?").text
     assert lines == claims.plan(CLAIMS_PROMPT).text.split("\n")
     per_pool = {name: s.finished for name, s in answer.pool_stats().items()}
-    assert per_pool == {"answer": 1, "claims": 1, "queries": 0}
+    assert per_pool == {name: 0 for name in PAPER.pools} | {"answer": 1, "claims": 1}
     assert answer.stats().finished == 2 and claims.pool_stats() == answer.pool_stats()
     assert "profile='paper', pool='claims'" in repr(claims)
 

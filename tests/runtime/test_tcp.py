@@ -348,11 +348,11 @@ def _cli(*args: str) -> subprocess.CompletedProcess:
 
 def test_tls_flags_that_cannot_work_are_refused_before_anything_starts(certs, tmp_path):
     cert, key = certs["router"]
-    half = _cli("serve", TARGET, "--listen", "127.0.0.1:0", "--tls-cert", cert)
+    half = _cli("serve", TARGET, "--listen", "127.0.0.1:7001", "--tls-cert", cert)
     assert half.returncode == 2 and "both --tls-cert PATH and --tls-key PATH" in half.stderr
     no_listen = _cli("serve", TARGET, "--tls-cert", cert, "--tls-key", key)
     assert no_listen.returncode == 2 and "add --listen HOST:PORT" in no_listen.stderr
-    swapped = _cli("serve", TARGET, "--listen", "127.0.0.1:0", "--tls-cert", cert,
+    swapped = _cli("serve", TARGET, "--listen", "127.0.0.1:7001", "--tls-cert", cert,
                    "--tls-key", certs["other"][1])
     assert swapped.returncode == 2 and f"cannot load --tls-cert {cert}" in swapped.stderr
     missing = _cli("worker", "--target", TARGET, "--stage", "slow", "--connect", "127.0.0.1:1",
