@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import inspect
 import json
-import sys
 from pathlib import Path
 
 import pytest
 
 import altoflow as af
+from _twins import load_twin
 from altoflow.compiler import load_target
 
 pytest.importorskip("langgraph")
@@ -22,20 +21,12 @@ EXAMPLE = json.loads((ROOT / "examples" / "ragmapreduce" / "input.json").read_te
 
 
 def _load_twin():
-    name = "langgraph_twin_ragmapreduce"
-    if name not in sys.modules:
-        spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / "langgraph" / "ragmapreduce.py")
-        module = importlib.util.module_from_spec(spec)
-        sys.modules[name] = module
-        spec.loader.exec_module(module)
-    return sys.modules[name]
+    return load_twin("ragmapreduce")
 
 
 @pytest.fixture(autouse=True)
-def fast_simulated_lm(monkeypatch: pytest.MonkeyPatch) -> None:
-    for name in ("ALTOFLOW_LM", "ALTOFLOW_LM_URL", "ALTOFLOW_LM_MODEL", "ALTOFLOW_LM_SEED"):
-        monkeypatch.delenv(name, raising=False)
-    monkeypatch.setenv("ALTOFLOW_LM_SPEED", "100")
+def _fast(fast_simulated_lm: None) -> None:
+    """Every test here runs on the fast simulated engine."""
 
 
 @pytest.mark.parametrize("fields", [EXAMPLE, {"question": "zzzqqq xxyyzz", "k": 3}], ids=["example", "edge"])
