@@ -204,8 +204,9 @@ def serve(
                                            help="A name the Host header may have besides the "
                                                 "address (repeatable; * for any)."),
     inline: list[str] = typer.Option([], "--inline",
-                                     help="A stage (or NAME,NAME) whose replicas run in the router's "
-                                          "process: light stages' items then never cross a socket."),
+                                     help="A stage (or NAME,NAME, or all) whose replicas run in the "
+                                          "router's process: light stages' items then never cross "
+                                          "a socket."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
     import uvicorn

@@ -6,8 +6,11 @@
 
 Systems, for each application (examples/<app>/app.py):
 
-  altoflow           ``altoflow serve`` (a subprocess, its replicas in their own processes),
-                     streaming: a stage's outputs go on as they are produced.
+  altoflow           ``altoflow serve`` (a subprocess), streaming: a stage's outputs go on as
+                     they are produced. ``--placement inline`` (the default) serves it with
+                     ``--inline all``: every replica in the router's process, one process
+                     like the twin's and the floor's (the LM engines are the simulator's);
+                     ``--placement processes`` gives each replica its own process.
   altoflow-barrier   the same with ``--barrier``: a stage's outputs go on when it ends.
   langgraph          the LangGraph twin (benchmarks/langgraph/<app>.py), served by
                      benchmarks/e2e_serve.py in a subprocess (uvicorn, NDJSON, as altoflow).
@@ -123,8 +126,9 @@ def cpu_between(before: dict[int, float], after: dict[int, float]) -> float:
 class Server:
     """One system's server and its simulator, as subprocesses."""
 
-    def __init__(self, app: str, system: str, profile: str, max_batch: int | None) -> None:
-        self.app, self.system, self.profile = app, system, profile
+    def __init__(self, app: str, system: str, profile: str, max_batch: int | None,
+                 placement: str = "inline") -> None:
+        self.app, self.system, self.profile, self.placement = app, system, profile, placement
         self.sim_port, self.port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
@@ -151,6 +155,8 @@ class Server:
         for name, stage in REPLICA_STAGES.get(self.app, {}).items():
             if name in get_profile(self.profile).replicas:
                 cmd += ["--replicas", f"{stage}={get_profile(self.profile).replicas[name]}"]
+        if self.placement == "inline":
+            cmd += ["--inline", "all"]
         if self.system == "altoflow-barrier":
             cmd.append("--barrier")
         return cmd
@@ -270,7 +276,8 @@ async def series(app: str, profile: str, args: argparse.Namespace, out: dict) ->
     inputs = inputs_of(app)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0), limits=limits) as client:
-        servers = {system: Server(app, system, profile, args.max_batch) for system in LIVE}
+        servers = {system: Server(app, system, profile, args.max_batch, args.placement)
+                   for system in LIVE}
         try:
             t0 = time.monotonic()
             for server in servers.values():
@@ -363,7 +370,7 @@ async def cpu_profile(args: argparse.Namespace) -> None:
     app, profile, rate, seconds = "claimverify", "paper", args.profile_rate, args.profile_seconds
     inputs = inputs_of(app)
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0)) as client:
-        server = Server(app, "altoflow", profile, args.max_batch)
+        server = Server(app, "altoflow", profile, args.max_batch, args.placement)
         try:
             await server.ready(client)
             before = tree_cpu(server.proc.pid)
@@ -371,12 +378,14 @@ async def cpu_profile(args: argparse.Namespace) -> None:
             after = tree_cpu(server.proc.pid)
             workers = {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()
                        if pid != server.proc.pid}
-            busiest = max(workers, key=workers.get)
-            with open(f"/proc/{busiest}/cmdline") as f:
-                worker_cmd = f.read().replace("\0", " ").strip()
             tmp = args.out.parent
-            spies = {name: (pid, tmp / f"e2e_profile_{name}.collapsed")
-                     for name, pid in (("router", server.proc.pid), ("worker", busiest))}
+            spies = {"router": (server.proc.pid, tmp / "e2e_profile_router.collapsed")}
+            worker_cmd = ""
+            if workers:  # none with --placement inline: every replica is in the router's process
+                busiest = max(workers, key=workers.get)
+                with open(f"/proc/{busiest}/cmdline") as f:
+                    worker_cmd = f.read().replace("\0", " ").strip()
+                spies["worker"] = (busiest, tmp / "e2e_profile_worker.collapsed")
             procs = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)),
                                        "-r", "100", "-f", "raw", "-o", str(path)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
@@ -389,7 +398,8 @@ async def cpu_profile(args: argparse.Namespace) -> None:
             server.stop()
     summary = run.summary()
     lines = [f"py-spy record -r 100 on altoflow serve examples/{app}/app.py (profile {profile}, "
-             f"reranker bm25), Poisson {rate} req/s for {seconds} s: {summary['completed']} "
+             f"placement {args.placement}, reranker bm25), Poisson {rate} req/s for {seconds} s: "
+             f"{summary['completed']} "
              f"requests, p50 {summary['latency_s']['p50']:.3f} s; "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", ""]
     for name, (pid, path) in spies.items():
@@ -415,6 +425,9 @@ def main(argv: list[str] | None = None) -> None:
                         "profile with every app, e.g. paper/claimverify unbounded/claimverify")
     parser.add_argument("--max-batch", type=int, default=None,
                         help="every simulated engine's batch limit (default: the timing model's)")
+    parser.add_argument("--placement", choices=("inline", "processes"), default="inline",
+                        help="altoflow's replicas: all in the router's process (--inline all), or "
+                        "each in its own process")
     parser.add_argument("--quick", action="store_true",
                         help="tiny: the claim verifier, paper profile, 1 req/s for 3 s, 1 rep")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "e2e.json")
@@ -454,6 +467,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "settings": {"apps": args.apps, "profiles": args.profiles, "rates": args.rates,
                      "reps": args.reps, "duration_s": args.duration, "max_batch": args.max_batch,
+                     "placement": args.placement,
                      "reranker": "bm25", "systems": list(SYSTEMS)},
         "simulator": simulator(),
         "series": [f"{p}/{a}" for p, a in pairs],

@@ -1,11 +1,20 @@
-"""Two asyncio protocols joined in memory: an inline replica's connection to its router.
+"""An inline replica's connection to its router: frames handed over as objects, in memory.
 
 An inline replica (``altoflow serve --inline STAGE``) is a ``Worker`` that runs in the router's
 own process and event loop. It speaks the same frames as a replica process, so the router and
-its core see a replica like any other (HELLO, credits, keyed routing, progress), but its bytes
-are handed over by a call on the next loop turn instead of crossing a socket: no system call, no
-process wake-up. Delivery is always deferred to the loop (``call_soon``), never reentrant, so
-neither side runs inside the other's write.
+its core see a replica like any other (HELLO, credits, keyed routing, progress), but nothing is
+encoded: each side queues ``Frame`` objects (``FrameList``, in place of a ``FrameWriter``), and
+a flush hands the list to the other side's protocol on the next loop turn, which reads it with
+``FrameList.feed`` (in place of a ``FrameReader``). Delivery is always deferred to the loop
+(``call_soon``), never reentrant, so neither side runs inside the other's write, exactly as
+over a socket.
+
+Values skip the codec too where they can (operator chaining): an inline replica whose every
+consumer is inline as well sends its outputs as ``Local(value)``, the Python object itself, and
+the replica that takes it, or the request's consumer for an output stage, reads ``.value``
+instead of decoding bytes. As in the reference executor (``altoflow.run``), which passes
+values the same way, a stage that mutates its input changes what its other consumers see. An
+output that goes on to a replica process or a remote one is encoded as always.
 """
 
 from __future__ import annotations
@@ -13,9 +22,62 @@ from __future__ import annotations
 import asyncio
 from typing import Any, Callable
 
+from altoflow.wire import Frame, Kind
+
+
+class Local:
+    """A value passed by reference between inline stages, in place of its encoded bytes."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: Any) -> None:
+        self.value = value
+
+    def __repr__(self) -> str:
+        return f"Local({self.value!r})"
+
+
+class _Inputs(Frame):
+    """A DATA frame to an inline replica: ``payload`` is the tuple of its parts, one per
+    parameter, each bytes or ``Local``."""
+
+    __slots__ = ()
+
+    def parts(self) -> tuple[Any, ...]:
+        return self.payload  # type: ignore[return-value]
+
+
+class FrameList:
+    """Both ends of the in-memory link: queues frames as objects (``FrameWriter``'s methods)
+    and reads a delivered list back (``FrameReader.feed``)."""
+
+    __slots__ = ("_frames",)
+
+    def __init__(self) -> None:
+        self._frames: list[Frame] = []
+
+    def send_nowait(self, kind: Kind, **fields: Any) -> None:
+        self._frames.append(Frame(kind, **fields))
+
+    def item(self, kind: Kind, stage: int, request_id: int, ancestry: tuple[int, ...] = (),
+             payload: Any = b"", **fields: Any) -> None:
+        self._frames.append(Frame(kind, stage, request_id, tuple(ancestry), payload, **fields))
+
+    def inputs(self, stage: int, request_id: int, ancestry: tuple[int, ...], parts: list[Any]) -> None:
+        self._frames.append(_Inputs(Kind.DATA, stage, request_id, tuple(ancestry), tuple(parts)))
+
+    def flush(self) -> list[Frame]:
+        frames, self._frames = self._frames, []
+        return frames
+
+    @staticmethod
+    def feed(frames: list[Frame]) -> list[Frame]:
+        return frames
+
 
 class MemoryTransport(asyncio.Transport):
-    """One end of a pipe: ``write`` delivers to the peer's protocol on the next loop turn."""
+    """One end of a pipe: ``write`` delivers a list of frames to the peer's protocol on the
+    next loop turn."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -24,14 +86,14 @@ class MemoryTransport(asyncio.Transport):
         self.peer: MemoryTransport | None = None
         self.protocol: asyncio.Protocol | None = None
 
-    def write(self, data: bytes | bytearray | memoryview) -> None:
-        if self._closing or self.peer is None or self.peer._closing:
+    def write(self, frames: Any) -> None:
+        if self._closing or self.peer is None or self.peer._closing or not frames:
             return
-        self._loop.call_soon(self.peer._deliver, bytes(data))
+        self._loop.call_soon(self.peer._deliver, frames)
 
-    def _deliver(self, data: bytes) -> None:
+    def _deliver(self, frames: list[Frame]) -> None:
         if not self._closing and self.protocol is not None:
-            self.protocol.data_received(data)
+            self.protocol.data_received(frames)  # type: ignore[arg-type]
 
     def is_closing(self) -> bool:
         return self._closing

@@ -238,8 +238,15 @@ class Router:
 
     def connect_inline(self, protocol: Any) -> asyncio.BaseTransport:
         """Join a replica protocol (made by the factory ``protocol``) to this router in memory;
-        returns the replica's transport (``Worker.serve(connect=...)``; see ``runtime.pipe``)."""
-        _, replica_end = pipe.connect_pair(lambda: _Protocol(self), protocol)
+        returns the replica's transport (``Worker.serve(connect=...)``; see ``runtime.pipe``).
+        Frames cross as objects, never encoded, so both ends read and write ``FrameList``s."""
+
+        def router_end() -> _Protocol:
+            proto = _Protocol(self)
+            proto.conn.reader = proto.conn.writer = pipe.FrameList()  # type: ignore[assignment]
+            return proto
+
+        _, replica_end = pipe.connect_pair(router_end, protocol)
         return replica_end
 
     async def listen_tcp(self, host: str, port: int, secret: bytes, *,
@@ -334,6 +341,9 @@ class Router:
 
     def _decode_output(self, event: Event) -> Event:
         """Run by the request's consumer as it reads ``event``: its payload bytes become its value."""
+        if type(event.value) is pipe.Local:  # from an inline replica: the value itself
+            event.__dict__["value"] = event.value.value
+            return event
         try:
             value = self.output_codec.decode(event.value, self._output_hints[event.stage])
         except DecodeError as exc:
@@ -451,16 +461,13 @@ class Router:
             t = type(ins)
             if t is Invoke:
                 self._started[(ins.replica, ins.ancestry)] = time.perf_counter()
-                stage = self.core.stages[ins.stage]
+                conn = self.conns.get(ins.replica)
+                if conn is None:
+                    continue  # it died; the core has been told (ReplicaDown) and re-routes
                 anc = ins.ancestry
-                if len(stage.params) == 1:
-                    frame = fr.encode_item(_DATA, self.stage_index[ins.stage], anc[0], anc[1:],
-                                           ins.args[stage.params[0]])
-                else:
-                    parts = [ins.args[p] for p in stage.params]
-                    frame = fr.encode_item(_DATA, self.stage_index[ins.stage], anc[0], anc[1:],
-                                           b"".join(parts), part_sizes=[len(p) for p in parts])
-                self._write(ins.replica, frame)
+                conn.writer.inputs(self.stage_index[ins.stage], anc[0], anc[1:],
+                                   [ins.args[p] for p in self.core.stages[ins.stage].params])
+                self._dirty.add(ins.replica)
             elif t is Emit:
                 channel = self.requests.get(ins.request)
                 if channel is not None:  # the payload stays bytes: the consumer decodes it
@@ -479,22 +486,20 @@ class Router:
                     self._finished(ins.request, "error")
                 channel.end()
             elif t is Open:
-                self._write(ins.replica, fr.encode_item(fr.Kind.OPEN, self.stage_index[ins.stage],
-                                                        ins.prefix[0], ins.prefix[1:]))
+                self._item(ins.replica, fr.Kind.OPEN, self.stage_index[ins.stage], ins.prefix)
             elif t is Flush:
-                self._write(ins.replica, fr.encode_item(fr.Kind.FLUSH, self.stage_index[ins.stage],
-                                                        ins.prefix[0], ins.prefix[1:],
-                                                        opened=ins.opened))
+                self._item(ins.replica, fr.Kind.FLUSH, self.stage_index[ins.stage], ins.prefix,
+                           opened=ins.opened)
             elif t is Abort:
-                self._write(ins.replica, fr.encode_item(fr.Kind.CANCEL, 0, ins.request))
+                self._item(ins.replica, fr.Kind.CANCEL, 0, (ins.request,))
             else:
                 raise TypeError(f"unknown instruction {ins!r}")
 
-    def _write(self, rid: int, frame: bytes) -> None:
+    def _item(self, rid: int, kind: fr.Kind, stage: int, anc: tuple, **fields: Any) -> None:
         conn = self.conns.get(rid)
         if conn is None:
             return  # it died; the core has been told (ReplicaDown) and re-routes
-        conn.writer.write_nowait(frame)
+        conn.writer.item(kind, stage, anc[0], anc[1:], **fields)
         self._dirty.add(rid)
 
     def _flush_soon(self) -> None:

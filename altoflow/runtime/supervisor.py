@@ -39,6 +39,9 @@ MAX_RESTART_DELAY = 10.0
 STABLE_AFTER = 30.0
 CRASH_LOOP = 3
 
+# `--inline all`: every stage but the remote ones runs in the router's process.
+ALL_INLINE = "all"
+
 
 @dataclass
 class _Child:
@@ -81,6 +84,7 @@ class Supervisor:
                  heartbeat: float = 1.0, inline: frozenset[str] = frozenset()) -> None:
         self.barrier = barrier
         # Inline stages run their replicas in this process: their items never touch a socket.
+        # "all" names every stage that is not remote: the whole pipeline in one process.
         self.inline = inline
         # TCP for replicas on other machines: `remote` stages get no local process; their
         # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret,
@@ -120,10 +124,12 @@ class Supervisor:
         unknown = sorted(self.remote - set(self.compiled.plan.names))
         if unknown:
             raise ValueError(f"--remote names no stage: {', '.join(unknown)}")
+        if ALL_INLINE in self.inline:
+            self.inline = (self.inline - {ALL_INLINE}) | (set(self.compiled.plan.names) - self.remote)
         unknown = sorted(self.inline - set(self.compiled.plan.names))
         if unknown:
             raise ValueError(f"--inline names no stage: {', '.join(unknown)}; stages: "
-                             f"{', '.join(self.compiled.plan.names)}")
+                             f"{', '.join(self.compiled.plan.names)} (or {ALL_INLINE} for every one)")
         both = sorted(self.inline & self.remote)
         if both:
             raise ValueError(f"{', '.join(both)}: a stage runs --inline (in the router's process) "
@@ -172,8 +178,10 @@ class Supervisor:
         from altoflow.runtime.worker import Worker
 
         try:
+            # Its outputs stay Python objects when every stage that takes them is inline too.
+            local_out = all(c in self.inline for c in self.compiled.plan.stage(stage).consumers)
             worker = Worker(self.target, stage, slot, Codec(allow_pickle=self.allow_pickle),
-                            barrier=self.barrier)
+                            barrier=self.barrier, local_out=local_out)
         except Exception as exc:
             raise RuntimeError(
                 f"inline replica {stage}#{slot} could not start: {type(exc).__name__}: {exc}. Fix "

@@ -28,6 +28,7 @@ from altoflow.compiler import load_target
 from altoflow import wire as fr
 from altoflow.wire import Codec, EncodeError
 from altoflow.runtime.core import ErrorInfo, Status
+from altoflow.runtime.pipe import FrameList, Local
 from altoflow.runtime.runner import StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
 
@@ -43,7 +44,11 @@ class WorkerStartError(WorkerError):
 
 
 class Worker:
-    def __init__(self, target: str, stage: str, slot: int, codec: Codec, barrier: bool = False) -> None:
+    """One replica of one stage. ``local_out`` (an inline replica whose consumers are all inline
+    too) sends its outputs as ``Local`` objects instead of encoding them (see ``runtime.pipe``)."""
+
+    def __init__(self, target: str, stage: str, slot: int, codec: Codec, barrier: bool = False,
+                 local_out: bool = False) -> None:
         self.compiled = load_target(target).compiled
         self.plan = self.compiled.plan
         if stage not in self.compiled.specs:
@@ -57,8 +62,9 @@ class Worker:
         self.annotations = {p.name: p.annotation for p in self.spec.params}
         fn = self.spec.obj().__call__ if self.spec.is_class else self.spec.obj
         self.runner = StageRunner(self.spec, self.stage, fn, self._emit, barrier=barrier)
-        self.writer = fr.FrameWriter()
-        self.reader = fr.FrameReader()
+        self.writer: fr.FrameWriter | FrameList = fr.FrameWriter()
+        self.reader: fr.FrameReader | FrameList = fr.FrameReader()
+        self.local_out = local_out
         self.tasks: dict[int, set[asyncio.Task]] = {}  # request id -> its running invocations
         self.running: dict[asyncio.Task, tuple[int, ...]] = {}  # invocation -> its ancestry
         # Inputs beyond `concurrency`, from a router that does not keep to its credits.
@@ -68,10 +74,10 @@ class Worker:
     # -- output ---------------------------------------------------------------------------
 
     def _send(self, kind: fr.Kind, **fields: Any) -> None:
-        self._write(fr.encode_frame(kind, stage=self.stage_index, **fields))
+        self.writer.send_nowait(kind, stage=self.stage_index, **fields)
+        self._queued()
 
-    def _write(self, frame: bytes) -> None:
-        self.writer.write_nowait(frame)
+    def _queued(self) -> None:
         if not self._flush_scheduled:
             self._flush_scheduled = True
             asyncio.get_running_loop().call_soon(self._flush)
@@ -83,24 +89,22 @@ class Worker:
             self.transport.write(data)
 
     def _emit(self, anc: tuple[int, ...], value: Any) -> None:
-        self._write(fr.encode_item(fr.Kind.DATA, self.stage_index, anc[0], anc[1:], self.codec.encode(value)))
+        payload = Local(value) if self.local_out else self.codec.encode(value)
+        self.writer.item(_DATA, self.stage_index, anc[0], anc[1:], payload)
+        self._queued()
 
     def _status(self, kind: fr.Kind, anc: tuple[int, ...], status: Status, error: ErrorInfo | None) -> None:
         """ACK or FLUSH_DONE with the status; a failure carries what is known of the error."""
         if error is None:
-            self._write(fr.encode_item(kind, self.stage_index, anc[0], anc[1:], status=fr.STATUS_CODES[status]))
+            self.writer.item(kind, self.stage_index, anc[0], anc[1:], status=fr.STATUS_CODES[status])
+            self._queued()
             return
-        body = fr.ErrorBody(error.detail, error.exc_type or "")
-        try:
-            frame = fr.encode_frame(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
-                                    status=fr.STATUS_CODES[status], body=body)
-        except fr.LocalProtocolError:
-            # Text that is not UTF-8 (a lone surrogate in an exception's message): send it
-            # escaped, or the router would never hear of this item and its credit.
-            frame = fr.encode_frame(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
-                                    status=fr.STATUS_CODES[status],
-                                    body=fr.ErrorBody(_escaped(body.message), _escaped(body.exc_type)))
-        self._write(frame)
+        # Text that is not UTF-8 (a lone surrogate in an exception's message) goes escaped, or
+        # the frame could not be encoded and the router would never hear of this item's credit.
+        self.writer.send_nowait(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
+                                status=fr.STATUS_CODES[status],
+                                body=fr.ErrorBody(_escaped(error.detail), _escaped(error.exc_type or "")))
+        self._queued()
 
     # -- input ----------------------------------------------------------------------------
 
@@ -189,7 +193,9 @@ class Worker:
         try:
             kwargs = {}
             for name, part in zip(self.stage.params, parts):
-                kwargs[name] = self.codec.decode(part, self.annotations.get(name))
+                # A Local is an inline stage's output itself (runtime.pipe): nothing to decode.
+                kwargs[name] = part.value if type(part) is Local else \
+                    self.codec.decode(part, self.annotations.get(name))
             name = None
             decoded = True
             status, error = await self.runner.invoke(anc, kwargs)
@@ -263,6 +269,8 @@ class Worker:
         me = f"replica {self.stage.name}#{self.slot}"
         try:
             if connect is not None:
+                # In memory, in the router's process: frames cross as objects (runtime.pipe).
+                self.writer = self.reader = FrameList()
                 self.transport = connect(Proto)
                 self._hello()
             elif is_tcp(address):

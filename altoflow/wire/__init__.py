@@ -26,7 +26,6 @@ from altoflow.wire.frame import (
     Ready,
     RemoteProtocolError,
     encode_frame,
-    encode_item,
 )
 from altoflow.wire.handshake import (
     HANDSHAKE_TIMEOUT,
@@ -62,7 +61,6 @@ __all__ = [
     "Ready",
     "RemoteProtocolError",
     "encode_frame",
-    "encode_item",
     "replica_proof",
     "router_proof",
     "verify_proof",

@@ -8,7 +8,7 @@ must be closed.
 
 from __future__ import annotations
 
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from anyio import WouldBlock
 
@@ -28,6 +28,7 @@ from altoflow.wire.frame import (
     _header_problem,
     _tuple_new,
     encode_frame,
+    encode_item,
 )
 
 __all__ = ["FrameReader", "FrameWriter", "ReaderStatistics", "WriterStatistics"]
@@ -191,6 +192,20 @@ class FrameWriter:
         self._chunks.extend(chunks)
         self._pending_bytes += size
         self._pending_frames += 1
+
+    def item(self, kind: Kind | int, stage: int, request_id: int, ancestry: tuple[int, ...] = (),
+             payload: bytes = b"", **fields: Any) -> None:
+        """Queue a per-item frame (the arguments of `encode_item`)."""
+        self.write_nowait(encode_item(kind, stage, request_id, ancestry, payload, **fields))
+
+    def inputs(self, stage: int, request_id: int, ancestry: tuple[int, ...],
+               parts: list[bytes]) -> None:
+        """Queue the DATA frame of one invocation's inputs, one payload part per parameter."""
+        if len(parts) == 1:
+            self.write_nowait(encode_item(Kind.DATA, stage, request_id, ancestry, parts[0]))
+        else:
+            self.write_nowait(encode_item(Kind.DATA, stage, request_id, ancestry, b"".join(parts),
+                                          part_sizes=[len(p) for p in parts]))
 
     def flush(self) -> bytes:
         """Everything queued since the last flush, as one buffer (b"" when nothing is)."""

@@ -107,6 +107,58 @@ def test_inline_replicas_are_in_the_router_process():
     asyncio.run(main())
 
 
+def test_inline_all_runs_every_stage_in_the_router_process():
+    target = str(TESTS / "pipelines" / "factool.py")
+    compiled = load_target(target).compiled
+
+    async def main():
+        async with Supervisor(compiled, target, inline=frozenset({"all"})) as sup:
+            await sup.wait_ready()
+            assert sup.children == []
+            return await _collect(sup.router.submit({"question": "q"}))
+
+    (outputs, events) = asyncio.run(main())
+    expected, _ = _expected(target, question="q")
+    assert events[-1].type == "done" and outputs == expected
+
+
+_BOXES = """
+    from altoflow import stage
+
+    class Box:  # a plain object: the codec has no format for it
+        def __init__(self, n):
+            self.n = n
+
+    @stage
+    def make(x: int):
+        return Box(x)
+
+    @stage(output=True)
+    def use(make) -> int:
+        return make.n * 10
+"""
+
+
+def test_inline_stages_hand_values_over_as_objects(tmp_path):
+    # Between inline stages a value is never encoded (as in altoflow.run), so even one the
+    # codec cannot carry goes through; sent on to a replica process, it is encoded as always.
+    app = tmp_path / "app.py"
+    app.write_text(textwrap.dedent(_BOXES))
+    target = str(app)
+
+    async def main(inline):
+        async with Supervisor(load_target(target).compiled, target, inline=frozenset(inline)) as sup:
+            await sup.wait_ready()
+            return [e async for e in sup.router.submit({"x": 4})]
+
+    assert af.run(target, x=4)["use"] == 40
+    together = asyncio.run(main({"make", "use"}))
+    assert [(e.type, e.value) for e in together] == [("output", 40), ("done", None)]
+    apart = asyncio.run(main({"make"}))
+    assert apart[-1].type == "error" and apart[-1].stage == "make"
+    assert "cannot be sent on" in apart[-1].error and "Box" in apart[-1].error
+
+
 def test_inline_names_a_stage():
     target = str(TESTS / "pipelines" / "factool.py")
     compiled = load_target(target).compiled

@@ -81,7 +81,7 @@ def test_a_replica_with_the_wrong_secret_is_turned_away():
 
 def _header_claiming(length: int) -> bytes:
     """A valid DATA header that announces a frame of ``length`` bytes."""
-    frame = bytearray(fr.encode_item(fr.Kind.DATA, 0, 1, (), b"x"))
+    frame = bytearray(fr.encode_frame(fr.Kind.DATA, stage=0, request_id=1, payload=b"x"))
     frame[:4] = length.to_bytes(4, "little")
     return bytes(frame[:HEADER_SIZE])
 
