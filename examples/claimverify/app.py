@@ -95,6 +95,10 @@ EVIDENCE = 3
 PROMPT_WORDS, EXCERPT_CHARS = 80, 160
 #: A passage is a run of whole paragraphs of one help topic, at least this many words long.
 PASSAGE_WORDS = 60
+#: Invocations at a time per replica of the light sync stages. They are pure (the index and the
+#: reranker are only read), so several may run at once; with the default of 1 for a sync stage
+#: each call would wait for the previous one's acknowledgement to reach the router.
+LIGHT = 16
 
 
 # -- the corpus, the engines --------------------------------------------------------------------
@@ -209,19 +213,19 @@ async def queries(claims: str) -> AsyncIterator[str]:
             yield query
 
 
-@stage(fanout="token")
+@stage(fanout="token", concurrency=LIGHT)
 def query_tokens(queries: str) -> Iterator[str]:
     """The query's BM25 tokens, one item each."""
     yield from index().tokenize(queries)
 
 
-@stage(aggregate=ops.sum, replicas=2)
+@stage(aggregate=ops.sum, replicas=2, concurrency=LIGHT)
 def bm25(query_tokens: str) -> np.ndarray:
     """One token's BM25 score for every passage; summed per (request, claim, query)."""
     return index().token_scores(query_tokens)
 
 
-@stage(fanout="candidate")
+@stage(fanout="candidate", concurrency=LIGHT)
 class candidates:
     """The query's best passages: BM25's top ``CANDIDATES``, reranked, ``PER_QUERY`` kept."""
 
@@ -242,7 +246,7 @@ def score(passage: dict) -> float:
     return passage["score"]
 
 
-@stage(aggregate=ops.topk(EVIDENCE, key=score), over="query")
+@stage(aggregate=ops.topk(EVIDENCE, key=score), over="query", concurrency=LIGHT)
 def evidence(candidates: dict) -> dict:
     """The best ``EVIDENCE`` passages over every query of one claim, best first."""
     return candidates
@@ -288,7 +292,7 @@ async def verdict(claims: str, evidence: list[dict]) -> dict:
     return {"label": label, "cited": ids, **about}
 
 
-@stage
+@stage(concurrency=LIGHT)
 def report(claims: str, evidence: list[dict], verdict: dict) -> dict:
     """One claim's line of the report: the claim, its verdict, and the evidence behind it."""
     return {
