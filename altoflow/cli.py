@@ -194,6 +194,15 @@ def serve(
     tls_key: Optional[str] = typer.Option(None, "--tls-key", help="The PEM private key of --tls-cert."),
     handshake_timeout: float = typer.Option(5.0, "--handshake-timeout",
                                             help="Seconds a TCP replica has to get in (TLS, then HELLO)."),
+    max_pending: int = typer.Option(64, "--max-pending",
+                                    help="TCP connections not yet let in (handshaking) at once; "
+                                         "more are closed at once."),
+    max_connections: int = typer.Option(1024, "--max-connections",
+                                        help="TCP connections in all, let in or not; more are "
+                                             "closed at once."),
+    grace: float = typer.Option(30.0, "--grace",
+                                help="Seconds requests in flight have to finish after SIGTERM or "
+                                     "SIGINT before they are cancelled (a second signal: at once)."),
     replay_limit: int = typer.Option(
         100_000, "--replay-limit",
         help="Inputs of open aggregate groups kept, all together, to replay a group whose replica "
@@ -209,11 +218,10 @@ def serve(
                                           "a socket."),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
-    import uvicorn
-
     from altoflow.runtime.supervisor import with_replicas
     from altoflow.server.http import create_app
     from altoflow.server.served import ServedIngress
+    from altoflow.server.shutdown import serve_with_grace
 
     if max_inflight < 1:
         _fail(f"--max-inflight takes N >= 1 (the requests in flight before 503), not {max_inflight}", 2)
@@ -255,12 +263,19 @@ def serve(
             _fail(str(exc), 2)
     if not handshake_timeout > 0:
         _fail(f"--handshake-timeout takes seconds above 0, not {handshake_timeout}", 2)
+    if max_pending < 1:
+        _fail(f"--max-pending takes N >= 1 (TCP connections handshaking at once), not {max_pending}", 2)
+    if max_connections < max_pending:
+        _fail(f"--max-connections takes N >= --max-pending ({max_pending}), not {max_connections}", 2)
+    if not grace >= 0:  # NaN too
+        _fail(f"--grace takes seconds, 0 or more (0: cancel requests in flight at once), not {grace}", 2)
     _check_free(host, port)  # before any replica starts
     try:
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
                                 remote=frozenset(remote), tls=tls,
-                                handshake_timeout=handshake_timeout, replay_limit=replay_limit,
+                                handshake_timeout=handshake_timeout, max_pending=max_pending,
+                                max_connections=max_connections, replay_limit=replay_limit,
                                 inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()))
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
@@ -273,7 +288,8 @@ def serve(
     # The --host name is one the Host header may carry (an address is taken anyway).
     names = [host, *allowed_host] if host not in ("0.0.0.0", "::", "") else list(allowed_host)
     app = create_app(ingress, max_body=max_body, allowed_hosts=names)
-    uvicorn.run(app, host=host, port=port, loop=loop, log_level="info")
+    if not serve_with_grace(app, ingress, host=host, port=port, loop=loop, grace=grace):
+        raise typer.Exit(3)  # the startup failed (its message is above), as uvicorn exits
 
 
 def _check_port(option: str, port: int) -> None:

@@ -401,10 +401,9 @@ def test_console_script_finds_a_module_target_in_the_current_directory():
 
 
 def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(monkeypatch):
-    # Nothing is started: the ingress and uvicorn are replaced by recorders.
-    import uvicorn
-
+    # Nothing is started: the ingress and the HTTP server are replaced by recorders.
     import altoflow.server.served as served_mod
+    import altoflow.server.shutdown as shutdown_mod
 
     seen: dict = {}
 
@@ -415,13 +414,47 @@ def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(mo
     monkeypatch.setattr(served_mod, "ServedIngress", Ingress)
     monkeypatch.setattr("altoflow.server.http.create_app",
                         lambda ingress, **kw: seen.update(app=kw) or ingress)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: seen.update(http=kw))
+    monkeypatch.setattr(shutdown_mod, "serve_with_grace",
+                        lambda app, ingress, **kw: seen.update(http=kw) or True)
     monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
     result = cli("serve", WORDCOUNT, "--host", "127.0.0.2", "--port", "8123", "--listen", "0.0.0.0:7000")
     assert result.exit_code == 0, result.output
     assert (seen["http"]["host"], seen["http"]["port"]) == ("127.0.0.2", 8123)
+    assert seen["http"]["grace"] == 30.0
     assert seen["ingress"]["listen"] == ("0.0.0.0", 7000)
+    assert (seen["ingress"]["handshake_timeout"], seen["ingress"]["max_pending"],
+            seen["ingress"]["max_connections"]) == (5.0, 64, 1024)
     assert seen["app"] == {"max_body": 1024 * 1024, "allowed_hosts": ["127.0.0.2"]}
+
+
+def test_serve_passes_grace_and_the_tcp_caps_on(monkeypatch):
+    import altoflow.server.served as served_mod
+    import altoflow.server.shutdown as shutdown_mod
+
+    seen: dict = {}
+    monkeypatch.setattr(served_mod, "ServedIngress", lambda target, **kw: seen.update(ingress=kw))
+    monkeypatch.setattr("altoflow.server.http.create_app", lambda ingress, **kw: ingress)
+    monkeypatch.setattr(shutdown_mod, "serve_with_grace",
+                        lambda app, ingress, **kw: seen.update(http=kw) or True)
+    monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
+    result = cli("serve", WORDCOUNT, "--port", "8125", "--listen", "127.0.0.1:7002", "--grace", "2.5",
+                 "--handshake-timeout", "1.5", "--max-pending", "8", "--max-connections", "8")
+    assert result.exit_code == 0, result.output
+    assert seen["http"]["grace"] == 2.5
+    assert (seen["ingress"]["handshake_timeout"], seen["ingress"]["max_pending"],
+            seen["ingress"]["max_connections"]) == (1.5, 8, 8)
+
+
+def test_serve_exits_3_when_its_startup_fails(monkeypatch):
+    # As uvicorn does: the lifespan's error (a replica that did not start) is logged above.
+    import altoflow.server.served as served_mod
+    import altoflow.server.shutdown as shutdown_mod
+
+    monkeypatch.setattr(served_mod, "ServedIngress", lambda target, **kw: object())
+    monkeypatch.setattr("altoflow.server.http.create_app", lambda ingress, **kw: ingress)
+    monkeypatch.setattr(shutdown_mod, "serve_with_grace", lambda app, ingress, **kw: False)
+    result = cli("serve", WORDCOUNT, "--port", "8126")
+    assert result.exit_code == 3, result.output
 
 
 def test_serve_allow_pickle_with_listen_is_refused_with_a_message(monkeypatch):
@@ -542,16 +575,15 @@ def test_a_directory_target_exits_2_naming_a_file_to_give(tmp_path):
 
 @pytest.fixture
 def no_start(monkeypatch):
-    """``altoflow serve`` with nothing started: starting replicas or uvicorn fails the test."""
-    import uvicorn
-
+    """``altoflow serve`` with nothing started: starting replicas or the HTTP server fails the test."""
     import altoflow.server.served as served_mod
+    import altoflow.server.shutdown as shutdown_mod
 
     def refuse(*args, **kw):
         raise AssertionError("serve started something it should have refused first")
 
     monkeypatch.setattr(served_mod, "ServedIngress", refuse)
-    monkeypatch.setattr(uvicorn, "run", refuse)
+    monkeypatch.setattr(shutdown_mod, "serve_with_grace", refuse)
 
 
 @pytest.mark.parametrize(("args", "words"), [
@@ -560,6 +592,13 @@ def no_start(monkeypatch):
     (["--port", "-1"], ["--port takes a port from 1 to 65535, not -1"]),
     (["--listen", "0.0.0.0:99999"], ["--listen takes a port from 1 to 65535, not 99999"]),
     (["--max-body", "0"], ["--max-body takes a number of bytes >= 1"]),
+    (["--replay-limit", "-1"], ["--replay-limit takes 0 (no replay) or more inputs, not -1"]),
+    (["--grace", "-1"], ["--grace takes seconds, 0 or more", "not -1.0"]),
+    (["--grace", "nan"], ["--grace takes seconds, 0 or more", "not nan"]),
+    (["--handshake-timeout", "0"], ["--handshake-timeout takes seconds above 0, not 0.0"]),
+    (["--max-pending", "0"], ["--max-pending takes N >= 1", "not 0"]),
+    (["--max-pending", "8", "--max-connections", "4"],
+     ["--max-connections takes N >= --max-pending (8), not 4"]),
 ])
 def test_serve_refuses_bad_options_in_one_line(no_start, monkeypatch, args, words):
     monkeypatch.setenv("ALTOFLOW_SECRET", "s3cret")
@@ -584,15 +623,14 @@ def test_serve_on_a_port_in_use_exits_2_before_starting_replicas(no_start):
 
 
 def test_serve_passes_max_body_and_allowed_hosts_to_the_app(monkeypatch):
-    import uvicorn
-
     import altoflow.server.served as served_mod
+    import altoflow.server.shutdown as shutdown_mod
 
     seen: dict = {}
     monkeypatch.setattr(served_mod, "ServedIngress", lambda target, **kw: object())
     monkeypatch.setattr("altoflow.server.http.create_app",
                         lambda ingress, **kw: seen.update(app=kw) or ingress)
-    monkeypatch.setattr(uvicorn, "run", lambda app, **kw: None)
+    monkeypatch.setattr(shutdown_mod, "serve_with_grace", lambda app, ingress, **kw: True)
     result = cli("serve", WORDCOUNT, "--host", "0.0.0.0", "--port", "8124", "--max-body", "4096",
                  "--allowed-host", "api.example.com", "--allowed-host", "proxy")
     assert result.exit_code == 0, result.output

@@ -16,6 +16,7 @@ items, so a long one lets other tasks run.
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -77,11 +78,25 @@ class StageRunner:
         # calls run inline. Threads update it too: a lost update only delays the switch.
         self.fast_calls = 0
         self._may_inline = not spec.is_async and plan.timeout is None
+        # Sync calls running in threads now, counted by the threads themselves: a cancel (or a
+        # timeout) abandons a thread's call but cannot stop it.
+        self.threads_busy = 0
+        self._threads_lock = threading.Lock()
 
     @property
     def inline(self) -> bool:
         """Whether the stage's next sync call runs on the event loop's thread."""
         return self._may_inline and self.fast_calls >= INLINE_AFTER
+
+    def _in_thread(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        """``_timed(fn, ...)``, run in a worker thread."""
+        with self._threads_lock:
+            self.threads_busy += 1
+        try:
+            return self._timed(fn, *args, **kwargs)
+        finally:
+            with self._threads_lock:
+                self.threads_busy -= 1
 
     def _timed(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         start = time.perf_counter()
@@ -145,7 +160,7 @@ class StageRunner:
         if self.inline:
             return self._timed(self.fn, **kwargs)
         return await anyio.to_thread.run_sync(
-            functools.partial(self._timed, self.fn, **kwargs), abandon_on_cancel=True
+            functools.partial(self._in_thread, self.fn, **kwargs), abandon_on_cancel=True
         )
 
     async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback) -> None:
@@ -185,7 +200,7 @@ class StageRunner:
                         value = self._timed(_next, gen)
                     else:
                         value = await anyio.to_thread.run_sync(
-                            self._timed, _next, gen, abandon_on_cancel=True)
+                            self._in_thread, _next, gen, abandon_on_cancel=True)
                     if value is _END:
                         break
                     emitted[0] = self._yielded(anc, emitted[0], value, emit)

@@ -3,9 +3,14 @@
 The supervisor makes a private socket directory (mode 0700: over a UNIX socket, the
 directory's permissions are the authentication), starts the router in this process and every
 replica as a child process (or, for an ``inline`` stage, as a ``Worker`` in this process, joined
-to the router in memory: ``runtime.pipe``), restarts a replica process that dies, and on
-SIGINT/SIGTERM stops accepting
-requests, tells replicas to shut down, and waits for them, so that no process is left behind.
+to the router in memory: ``runtime.pipe``), and restarts a replica process that dies. ``stop``
+tells replicas to shut down and waits for them (killing those that do not exit), so that no
+process is left behind; ``kill_now`` kills them at once.
+
+If the supervisor's own process is killed (kill -9), nothing of it runs to clean up: each
+replica exits when its socket to the router closes, and the socket directory, named
+``altoflow-*`` under the temp dir and holding an ``owner`` file with the supervisor's pid, is
+removed by the next supervisor to start (``remove_stale_socket_dirs``).
 ``altoflow.server.served.ServedIngress`` puts the HTTP API in front of it (``altoflow serve``).
 """
 
@@ -41,6 +46,60 @@ CRASH_LOOP = 3
 
 # `--inline all`: every stage but the remote ones runs in the router's process.
 ALL_INLINE = "all"
+
+SOCKET_DIR_PREFIX = "altoflow-"
+OWNER_FILE = "owner"  # in a socket directory: the pid of the process that made it
+
+
+def make_socket_dir() -> str:
+    """A new private socket directory under the temp dir that names its owner (this process)."""
+    path = tempfile.mkdtemp(prefix=SOCKET_DIR_PREFIX)
+    os.chmod(path, 0o700)
+    with open(os.path.join(path, OWNER_FILE), "w") as f:
+        f.write(f"{os.getpid()}\n")
+    return path
+
+
+def remove_stale_socket_dirs(parent: str | None = None) -> list[str]:
+    """Remove the socket directories whose owner is dead; returns their paths.
+
+    Only directories of ``make_socket_dir`` are candidates: named ``altoflow-*`` under
+    ``parent`` (the temp dir), this user's, holding an ``owner`` file whose pid is no live
+    process. One with no readable owner (made by an older altoflow, or being made right now)
+    is left alone.
+    """
+    parent = parent or tempfile.gettempdir()
+    removed = []
+    try:
+        entries = list(os.scandir(parent))
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(SOCKET_DIR_PREFIX):
+            continue
+        try:
+            if not entry.is_dir(follow_symlinks=False) or entry.stat().st_uid != os.getuid():
+                continue
+            with open(os.path.join(entry.path, OWNER_FILE)) as f:
+                owner = int(f.read().strip())
+        except (OSError, ValueError):
+            continue
+        if owner != os.getpid() and not _alive(owner):
+            shutil.rmtree(entry.path, ignore_errors=True)
+            removed.append(entry.path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    if pid <= 0:
+        return True  # not a process: keep the directory rather than guess
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True  # another user's process
+    return True
 
 
 @dataclass
@@ -80,7 +139,8 @@ class Supervisor:
                  barrier: bool = False, listen: tuple[str, int] | None = None,
                  secret: bytes = b"", remote: frozenset[str] = frozenset(),
                  tls: ssl.SSLContext | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
+                 max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, inline: frozenset[str] = frozenset()) -> None:
         self.barrier = barrier
         # Inline stages run their replicas in this process: their items never touch a socket.
@@ -94,6 +154,8 @@ class Supervisor:
         self.remote = remote
         self.tls = tls
         self.handshake_timeout = handshake_timeout
+        self.max_pending = max_pending
+        self.max_connections = max_connections
         if tls is not None and listen is None:
             raise ValueError("--tls-cert and --tls-key are for the --listen port: add --listen HOST:PORT")
         if listen is not None and allow_pickle:
@@ -114,13 +176,15 @@ class Supervisor:
         self._stopping = False
 
     async def __aenter__(self) -> "Supervisor":
-        self.dir = tempfile.mkdtemp(prefix="altoflow-")
-        os.chmod(self.dir, 0o700)
+        for path in remove_stale_socket_dirs():
+            logger.info("removed %s: its server had died without removing it", path)
+        self.dir = make_socket_dir()
         self.path = os.path.join(self.dir, "router.sock")
         await self.router.start(self.path)
         if self.listen is not None:
             self.tcp_port = await self.router.listen_tcp(
-                *self.listen, self.secret, tls=self.tls, handshake_timeout=self.handshake_timeout)
+                *self.listen, self.secret, tls=self.tls, handshake_timeout=self.handshake_timeout,
+                max_pending=self.max_pending, max_connections=self.max_connections)
         unknown = sorted(self.remote - set(self.compiled.plan.names))
         if unknown:
             raise ValueError(f"--remote names no stage: {', '.join(unknown)}")
@@ -258,6 +322,25 @@ class Supervisor:
                 child.process.send_signal(signal.SIGKILL)
                 return child.process.pid
         raise KeyError(f"{stage}#{slot}")
+
+    def kill_now(self) -> None:
+        """Kill every replica process (and what it started: SIGKILL to its process group) and
+        remove the socket directory, without waiting; for ``altoflow serve``'s second signal.
+        Synchronous, so that a signal handler can call it."""
+        self._stopping = True
+        for child in self.children:
+            process = child.process
+            if process is None or process.returncode is not None:
+                continue
+            try:
+                os.killpg(process.pid, signal.SIGKILL)  # its own session: the group is its own
+            except ProcessLookupError:  # not its own group yet (just started), or gone
+                try:
+                    os.kill(process.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass  # it has exited already
+        if hasattr(self, "dir"):
+            shutil.rmtree(self.dir, ignore_errors=True)
 
     async def stop(self, grace: float = 5) -> None:
         if self._stopping:

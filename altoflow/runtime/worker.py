@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import os
 import ssl
+import sys
 from collections import deque
 from typing import Any, Callable
 
@@ -344,6 +345,9 @@ def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: 
     HOST:PORT over TCP with the router's shared ``secret``) says SHUTDOWN or goes away. With
     ``tls_ca`` the connection is TLS, and the router's certificate must chain to that CA file.
 
+    When the router goes while calls of a sync stage still run in their threads, which
+    nothing can interrupt, the process exits at once (``os._exit(0)``) rather than wait for them.
+
     Raises ``CompileError`` if the target does not load, ``WorkerStartError`` if the replica
     cannot start or is not let in, and ``WorkerError`` if the connection breaks on a protocol
     error later.
@@ -361,4 +365,10 @@ def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: 
         asyncio.run(worker.serve(connect, secret, tls, heartbeat))
     else:
         uvloop.run(worker.serve(connect, secret, tls, heartbeat))
+    if worker.runner.threads_busy:
+        # Python waits for every thread at exit, and a sync stage's call may never end (or not
+        # for an hour): a replica whose router has gone, or said SHUTDOWN, must not live on.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 

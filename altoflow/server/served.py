@@ -6,6 +6,7 @@ from __future__ import annotations
 import ssl
 from typing import Any
 
+from altoflow._errors import Overloaded
 from altoflow.compiler import load_target
 from altoflow.runtime.stream import RequestStream
 from altoflow.runtime.supervisor import Supervisor
@@ -19,6 +20,11 @@ class ServedIngress:
     cannot start, say because the target does not import, fails the start with its message).
     Output values are decoded as the consumer reads each request's stream, not in the router;
     with ``allow_pickle`` that is also where pickled values are loaded.
+
+    Shutting down (``altoflow serve``, ``altoflow.server.shutdown``): ``drain`` refuses new
+    requests (``Overloaded``: 503) while those in flight go on, ``cancel_all`` ends those still
+    running (each stream ends there, and the HTTP API sends the ``Cancelled`` error event),
+    leaving the block stops the replicas, and ``kill_now`` kills them without waiting.
     """
 
     def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
@@ -26,18 +32,21 @@ class ServedIngress:
                  ready_timeout: float = 120, listen: tuple[str, int] | None = None,
                  secret: bytes = b"", remote: frozenset[str] = frozenset(),
                  tls: ssl.SSLContext | None = None,
-                 handshake_timeout: float = HANDSHAKE_TIMEOUT, replay_limit: int = 100_000,
+                 handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
+                 max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, restart: bool = True,
                  inline: frozenset[str] = frozenset()) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
                                      remote=remote, tls=tls, handshake_timeout=handshake_timeout,
+                                     max_pending=max_pending, max_connections=max_connections,
                                      replay_limit=replay_limit, heartbeat=heartbeat,
                                      restart=restart, inline=inline)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
+        self.draining = False
 
     async def __aenter__(self) -> ServedIngress:
         await self.supervisor.__aenter__()
@@ -49,11 +58,28 @@ class ServedIngress:
         return self
 
     async def __aexit__(self, *exc: Any) -> None:
-        for request in list(self.router.requests):
-            self.router._cancel(request)
+        self.cancel_all()
         await self.supervisor.stop()
 
+    def drain(self) -> None:
+        """Take no new request (``submit`` raises ``Overloaded``); those in flight go on."""
+        self.draining = True
+
+    def cancel_all(self) -> int:
+        """Cancel every request in flight; returns how many there were."""
+        requests = list(self.router.requests)
+        for request in requests:
+            self.router._cancel(request)
+        return len(requests)
+
+    def kill_now(self) -> None:
+        """Kill every replica process and remove the socket directory, without waiting."""
+        self.supervisor.kill_now()
+
     def submit(self, fields: dict[str, Any]) -> RequestStream:
+        if self.draining:
+            raise Overloaded("the server is shutting down and takes no new requests; send this "
+                             "one to another server, or retry once it is back")
         return self.router.submit(fields)
 
     def health(self) -> dict[str, Any]:
@@ -61,7 +87,7 @@ class ServedIngress:
         desired = {s.name: s.replicas for s in self.compiled.plan.stages}
         crash_loop = self.supervisor.crash_looping()
         silent = sorted(f"{stage}#{slot}" for stage, slot in self.router.silent)
-        status = "stopping" if self.supervisor._stopping else (
+        status = "stopping" if self.draining or self.supervisor._stopping else (
             "ok" if live == desired and not crash_loop and not silent else "degraded")
         return {
             "status": status,

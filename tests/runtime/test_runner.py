@@ -155,3 +155,37 @@ def test_an_inline_sync_generator_lets_other_tasks_run(monkeypatch):
     asyncio.run(main())
     assert len(emitted) == 4 * runner_module.INLINE_YIELD_EVERY
     assert emitted[-1] > emitted[0]  # the ticker ran while the generator did
+
+
+# -- a sync call that a cancel abandons ------------------------------------------------------
+
+
+def test_threads_busy_counts_an_abandoned_sync_call_until_it_ends():
+    # A replica whose router goes exits without waiting for such a call (run_worker).
+    release = threading.Event()
+
+    @stage
+    def held(text: str) -> str:
+        release.wait(30)
+        return text
+
+    compiled = Pipeline([held]).compiled
+    runner = StageRunner(compiled.specs["held"], compiled.plan.stage("held"), held,
+                         lambda anc, v: None)
+
+    async def main():
+        task = asyncio.ensure_future(runner.invoke((0,), {"text": "a"}))
+        while runner.threads_busy == 0:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)  # abandoned: it returns at once
+        busy = runner.threads_busy
+        release.set()
+        for _ in range(500):
+            if runner.threads_busy == 0:
+                break
+            await asyncio.sleep(0.01)
+        return busy
+
+    assert asyncio.run(main()) == 1
+    assert runner.threads_busy == 0
