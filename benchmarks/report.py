@@ -48,6 +48,22 @@ def executor(d: dict) -> list[str]:
     return lines + [""]
 
 
+def placement(d: dict) -> list[str]:
+    st = d["settings"]
+    lines = _head(f"Placement: what an item costs in-process, inline and in processes "
+                  f"({st['requests']} requests of {st['items']} items)", d)
+    lines += ["`benchmarks/placement_app.py` (a fan-out of short strings, a sync map, an `ops.sum`, "
+              "a formatter); CPU of the router, the replicas and the consumer together, per item "
+              "the source made; how it measures: the docstring of `benchmarks/placement.py`.", "",
+              "| variant | CPU us/item median | min-max | wall us/item median |",
+              "| --- | --- | --- | --- |"]
+    for name, row in d["summary"].items():
+        c, w = row["cpu_us_per_item"], row["wall_us_per_item"]
+        lines.append(f"| {name} | {_fmt(c['median'])} | {_fmt(c['min'])}-{_fmt(c['max'])} | "
+                     f"{_fmt(w['median'])} |")
+    return lines + [""]
+
+
 def frames(d: dict) -> list[str]:
     lines = _head("Wire frames and payload codec", d)
     lines += ["| operation | median | min-max | unit |", "| --- | --- | --- | --- |"]
@@ -297,9 +313,13 @@ def _e2e_discussion(d: dict) -> list[str]:
         f"{', '.join(saturated) if saturated else 'no system'}. On this shared 2-core machine "
         "what ends a system's capacity is CPU, so CPU per request decides the capacity goal.",
         f"- Errors over all runs: {errors}; arrivals dropped: {dropped}.",
-        "- altoflow's server is several processes (a router and a process per replica), the "
-        "twin and the floor one process each; all share the same two cores, and the other jobs on "
-        "the machine make single runs noisy: compare systems within a rate and repetition.",
+        ("- altoflow's server is one process here (`altoflow serve --inline all`: every replica "
+         "in the router's process), as the twin and the floor are; "
+         if d["settings"].get("placement", "processes") == "inline" else
+         "- altoflow's server is several processes (a router and a process per replica), the "
+         "twin and the floor one process each; ")
+        + "all share the same two cores with the simulator, and the other jobs on the machine "
+        "make single runs noisy: compare systems within a rate and repetition.",
     ]
     return lines
 
@@ -329,7 +349,8 @@ def _e2e_profile() -> list[str]:
             "code, polling and callbacks); the whole output is benchmarks/results/e2e_profile.txt.", *keep, ""]
 
 
-SECTIONS = [("e2e", e2e), ("router", router), ("executor", executor), ("frames", frames), ("retrieval", retrieval)]
+SECTIONS = [("e2e", e2e), ("placement", placement), ("router", router), ("executor", executor),
+            ("frames", frames), ("retrieval", retrieval)]
 
 
 def main() -> None:

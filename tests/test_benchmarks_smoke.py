@@ -27,6 +27,21 @@ def test_executor_benchmark_quick(tmp_path):
         assert name in proc.stdout  # one row of the table per variant
 
 
+def test_placement_benchmark_quick(tmp_path):
+    out = tmp_path / "placement.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "placement.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "placement" and record["settings"]["repeat"] == 1
+    assert set(record["runs"]) == {"executor", "inline", "processes"}
+    for name, runs in record["runs"].items():
+        assert len(runs) == 1 and runs[0]["cpu_us_per_item"] > 0, name
+        assert name in proc.stdout
+
+
 def test_router_benchmark_quick(tmp_path):
     out = tmp_path / "router.json"
     proc = subprocess.run(
