@@ -142,6 +142,41 @@ class StageRunner:
             for a, v in held or ():
                 self.emit(a, v)
 
+    @property
+    def runs_now(self) -> bool:
+        """Whether the next invocation can run to its end at once on the loop's thread
+        (``invoke_now``): a sync function, not a generator, whose calls run inline."""
+        return self._may_inline and self.fast_calls >= INLINE_AFTER and not self.spec.is_generator
+
+    def invoke_now(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
+        """``invoke`` with no task and no await, for when ``runs_now``: what it does is what
+        ``invoke`` does then (its calls would run inline), a task's creation and steps saved."""
+        held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
+        emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
+        try:
+            value = self._attempts_now(anc, kwargs)
+            if value is DROP:
+                return "dropped", None
+            if self.op is not None:
+                self._fold(anc, value)
+            else:
+                emit(anc, value)
+            return "ok", None
+        except _Failed as failed:
+            return failed.status, failed.error
+        finally:
+            for a, v in held or ():
+                self.emit(a, v)
+
+    def _attempts_now(self, anc: Ancestry, kwargs: dict[str, Any]) -> Any:
+        error: Exception | None = None
+        for _ in range(self.plan.retries + 1):
+            try:
+                return self._timed(self.fn, **kwargs)
+            except Exception as exc:
+                error = exc
+        raise self._failure(self.plan.levels_in, anc, error)
+
     async def _attempts(self, anc: Ancestry, kwargs: dict[str, Any]) -> Any:
         error: Exception | None = None
         for _ in range(self.plan.retries + 1):

@@ -36,6 +36,11 @@ from altoflow.runtime.tls import TlsConfigError, client_context
 _DATA = fr.Kind.DATA
 
 
+class _Undecodable(Exception):
+    def __init__(self, name: str, cause: Exception) -> None:
+        self.name, self.cause = name, cause
+
+
 class WorkerError(Exception):
     """A replica's connection to its router broke on a protocol error; the message says which."""
 
@@ -164,6 +169,14 @@ class Worker:
                 f"cannot send the group's result: {exc}", type(exc).__name__)
 
     def _start(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
+        if self.runner.runs_now:
+            # A short sync call: run it here and now, with no task (StageRunner.invoke_now).
+            try:
+                status, error = self.runner.invoke_now(anc, self._kwargs(parts))
+            except Exception as exc:
+                status, error = "failed", self._unsent(anc, exc)
+            self._status(fr.Kind.ACK, anc, status, error)
+            return
         task = asyncio.get_running_loop().create_task(self._invoke(anc, parts))
         self.running[task] = anc
         tasks = self.tasks.get(anc[0])
@@ -187,38 +200,44 @@ class Worker:
             self._start(*self.backlog.popleft())
 
     async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
-        status: Status = "dropped"
-        error = None
-        name = None
-        decoded = False
         try:
-            kwargs = {}
-            for name, part in zip(self.stage.params, parts):
-                # A Local is an inline stage's output itself (runtime.pipe): nothing to decode.
-                kwargs[name] = part.value if type(part) is Local else \
-                    self.codec.decode(part, self.annotations.get(name))
-            name = None
-            decoded = True
-            status, error = await self.runner.invoke(anc, kwargs)
+            status, error = await self.runner.invoke(anc, self._kwargs(parts))
         except asyncio.CancelledError:
             status, error = "dropped", None  # the request was cancelled: acknowledge, quietly
-        except EncodeError as exc:  # the stage ran and returned what the codec cannot carry
-            status, error = "failed", ErrorInfo(
-                self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
-                f"stage '{self.stage.name}' returned a value that cannot be sent on: {exc}",
-                type(exc).__name__)
-        except Exception as exc:  # undecodable input (the stage never ran), or unsendable output
-            status, error = "failed", ErrorInfo(
-                self.stage.name, dict(zip(self.stage.levels_in, anc[1:])),
-                f"cannot send the stage's output: {exc}" if decoded else
-                f"cannot decode parameter {name!r} as {self.annotations.get(name)!r}: {exc}; the stage "
-                f"that produces '{name}' must return what this annotation says" if name is not None
-                else f"cannot decode the input: {exc}", type(exc).__name__)
+        except Exception as exc:
+            status, error = "failed", self._unsent(anc, exc)
         self._status(fr.Kind.ACK, anc, status, error)
         if len(self.running) == 1:
             # No other invocation is running, so none can join this write: send it now rather
             # than in the next loop turn (a turn of latency on every lone request).
             self._flush()
+
+    def _kwargs(self, parts: tuple[Any, ...]) -> dict[str, Any]:
+        kwargs = {}
+        for name, part in zip(self.stage.params, parts):
+            # A Local is an inline stage's output itself (runtime.pipe): nothing to decode.
+            if type(part) is Local:
+                kwargs[name] = part.value
+                continue
+            try:
+                kwargs[name] = self.codec.decode(part, self.annotations.get(name))
+            except Exception as exc:
+                raise _Undecodable(name, exc) from exc
+        return kwargs
+
+    def _unsent(self, anc: tuple[int, ...], exc: Exception) -> ErrorInfo:
+        """The error of an invocation whose input could not be decoded (the stage never ran)
+        or whose output could not be sent on."""
+        if isinstance(exc, _Undecodable):
+            name, exc = exc.name, exc.cause
+            detail = (f"cannot decode parameter {name!r} as {self.annotations.get(name)!r}: {exc}; "
+                      f"the stage that produces '{name}' must return what this annotation says")
+        elif isinstance(exc, EncodeError):  # the stage ran and returned what the codec cannot carry
+            detail = f"stage '{self.stage.name}' returned a value that cannot be sent on: {exc}"
+        else:
+            detail = f"cannot send the stage's output: {exc}"
+        return ErrorInfo(self.stage.name, dict(zip(self.stage.levels_in, anc[1:])), detail,
+                         type(exc).__name__)
 
     # -- connection -----------------------------------------------------------------------
 
