@@ -19,11 +19,13 @@ that wrote them was the only one running (nothing could join the write).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 from collections import deque
 from typing import Any, Callable
 
+from altoflow._errors import user_traceback
 from altoflow.compiler import load_target
 from altoflow import wire as fr
 from altoflow.wire import Codec, EncodeError
@@ -32,6 +34,8 @@ from altoflow.runtime.runner import StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
 
 _DATA = fr.Kind.DATA
+
+logger = logging.getLogger("altoflow.worker")
 
 
 class WorkerError(Exception):
@@ -90,7 +94,10 @@ class Worker:
         if error is None:
             self._write(fr.encode_item(kind, self.stage_index, anc[0], anc[1:], status=fr.STATUS_CODES[status]))
             return
-        body = fr.ErrorBody(error.detail, error.exc_type or "")
+        # The user's traceback travels to the router, which logs it with the request's id
+        # (only the router knows that) and puts it in the request's error event.
+        traceback = user_traceback(error.exception) if error.exception is not None else ""
+        body = fr.ErrorBody(error.detail, error.exc_type or "", traceback)
         try:
             frame = fr.encode_frame(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
                                     status=fr.STATUS_CODES[status], body=body)
@@ -99,7 +106,8 @@ class Worker:
             # escaped, or the router would never hear of this item and its credit.
             frame = fr.encode_frame(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
                                     status=fr.STATUS_CODES[status],
-                                    body=fr.ErrorBody(_escaped(body.message), _escaped(body.exc_type)))
+                                    body=fr.ErrorBody(_escaped(body.message), _escaped(body.exc_type),
+                                                      _escaped(body.traceback)))
         self._write(frame)
 
     # -- input ----------------------------------------------------------------------------
@@ -140,6 +148,8 @@ class Worker:
                 fr.verify_proof(fr.router_proof(self.secret, self.challenge, self.hello), ready.proof,
                                 peer="the router")
             self.ready = True
+            logger.info("replica %s#%d is in: serving stage '%s'", self.stage.name, self.slot,
+                        self.stage.name)
         elif frame.kind == fr.Kind.CHALLENGE and self.secret is not None and self.hello is None:
             self.challenge = frame.body.nonce  # type: ignore[union-attr]
             self._hello(nonce=os.urandom(fr.NONCE_SIZE))

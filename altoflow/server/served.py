@@ -53,8 +53,8 @@ class ServedIngress:
             self.router._cancel(request)
         await self.supervisor.stop()
 
-    def submit(self, fields: dict[str, Any]) -> RequestStream:
-        return self.router.submit(fields)
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
+        return self.router.submit(fields, request_id=request_id)
 
     def health(self) -> dict[str, Any]:
         live = self.router.ready()

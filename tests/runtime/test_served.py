@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import textwrap
 from pathlib import Path
@@ -166,6 +167,32 @@ def test_a_failing_inline_stage_fails_its_request_only(tmp_path):
     error, even = asyncio.run(main())
     assert error.type == "error" and error.stage == "half" and "3 is odd" in error.error
     assert [(e.type, e.value) for e in even] == [("output", 2), ("done", None)]
+
+
+CHATTY = str(TESTS / "pipelines" / "chatty.py")
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["process", "inline"])
+def test_a_failing_stage_is_logged_by_the_router_with_the_request_and_users_traceback(
+        caplog, inline):
+    async def main():
+        async with Supervisor(load_target(CHATTY).compiled, CHATTY,
+                              inline=frozenset({"checked"} if inline else ())) as sup:
+            await sup.wait_ready()
+            return [e async for e in sup.router.submit({"text": "fine bad"}, request_id="srv-1")]
+
+    with caplog.at_level(logging.ERROR, logger="altoflow.router"):
+        events = asyncio.run(main())
+    error = events[-1]
+    [record] = [r for r in caplog.records if r.name == "altoflow.router"]
+    assert (record.request_id, record.stage, record.ancestry) == ("srv-1", "checked", {"word": 1})
+    message = record.getMessage()
+    assert message.startswith("request srv-1: stage 'checked' failed on word=1 at "
+                              f"{CHATTY}:") and message.endswith("ValueError: cannot check 'bad'")
+    frames = [line for line in record.user_traceback.splitlines() if line.startswith("  File")]
+    assert frames[0].startswith(f'  File "{CHATTY}"') and frames[0].endswith("in checked")
+    assert frames[-1].endswith("in _check")
+    assert error.type == "error" and error.traceback == record.user_traceback
 
 
 def _write_random(tmp_path: Path, defs) -> str:
