@@ -326,3 +326,20 @@ def test_create_app_tracebacks_false_keeps_them_out_of_the_events(serve) -> None
     with serve_in_thread(create_app(LocalIngress(FAILING), tracebacks=False)) as url:
         error = json.loads(httpx.post(url + "/v1/run", json={"text": "bad"}).text.splitlines()[-1])
     assert error["type"] == "error" and "traceback" not in error and "request_id" in error
+
+
+def test_a_stages_own_log_records_under_local_ingress_have_the_request_id(serve) -> None:
+    import io
+
+    from altoflow import _logging
+
+    url = serve(str(PIPELINES / "chatty.py"))
+    out = io.StringIO()
+    handler = _logging.configure("warning", "json", stream=out)
+    try:
+        httpx.post(url + "/v1/run", json={"text": "a"}, headers={"X-Request-Id": "ctx-1"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    [record] = [json.loads(line) for line in out.getvalue().splitlines()
+                if json.loads(line)["logger"] == "chatty"]
+    assert record["message"] == "checking a" and record["request_id"] == "ctx-1"
