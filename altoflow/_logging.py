@@ -55,17 +55,22 @@ _FRAME = re.compile(r'^  File "(.*)", line (\d+), in (.*)$', re.M)
 
 
 def log_stage_failure(log: logging.Logger, request_id: str | None, stage: str | None,
-                      ancestry: Any, detail: str, traceback: str | None) -> None:
-    """One ERROR record for a stage's failure: the request id, stage and ancestry as fields and
-    in the message, the ``file:line`` of the user's code (the first frame of ``traceback``,
-    which starts at the user's frame: ``altoflow._errors.user_traceback``), then the
-    traceback itself (``user_traceback``, which both formatters print)."""
+                      ancestry: Any, detail: str, traceback: str | None, *,
+                      dropped: bool = False) -> None:
+    """One record for a stage's failure (ERROR; WARNING when ``dropped`` under
+    ``on_error="drop"``): the request id, stage and ancestry as fields and in the message, the
+    ``file:line`` of the user's code (the first frame of ``traceback``, which starts at the
+    user's frame: ``altoflow._errors.user_traceback``), then the traceback itself (the record's
+    ``user_traceback``, which both formatters print)."""
     frame = _FRAME.search(traceback or "")
     at = f" at {frame[1]}:{frame[2]} in {frame[3]}" if frame else ""
-    log.error("request %s: stage '%s' failed on %s%s: %s", request_id, stage,
-              format_ancestry(ancestry), at, detail,
-              extra={"request_id": request_id, "stage": stage, "ancestry": dict(ancestry or {}),
-                     "user_traceback": traceback or None})
+    request = f"request {request_id}: " if request_id is not None else ""
+    what = "raised on" if dropped else "failed on"
+    then = " (on_error='drop': the item is dropped)" if dropped else ""
+    log.log(logging.WARNING if dropped else logging.ERROR, "%sstage '%s' %s %s%s: %s%s",
+            request, stage, what, format_ancestry(ancestry), at, detail, then,
+            extra={"request_id": request_id, "stage": stage, "ancestry": dict(ancestry or {}),
+                   "user_traceback": traceback or None})
 
 
 class ContextFilter(logging.Filter):

@@ -403,10 +403,17 @@ class Router:
                 self.stats.errors[stage] += 1
                 error = self._error(stage, self.core.stages[stage].levels_in, anc, frame.body)
                 self._failed(anc[0], error, frame.body)
+            elif frame.body is not None:  # dropped under on_error="drop": only logged
+                self._dropped(stage, self.core.stages[stage].levels_in, anc, frame.body)
             self._apply(self.core.ack(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error))  # type: ignore[arg-type]
         elif kind is _FLUSH_DONE:
-            error = self._error(stage, self.core.stages[stage].route_key or [], anc, frame.body)
-            if error is not None:
+            levels = self.core.stages[stage].route_key or []
+            error = self._error(stage, levels, anc, frame.body)
+            if frame.status != 2:
+                if error is not None:  # dropped under on_error="drop": only logged
+                    self._dropped(stage, levels, anc, frame.body)
+                error = None
+            else:
                 self._failed(anc[0], error, frame.body)
             self._apply(self.core.handle(FlushDone(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error)))  # type: ignore[arg-type]
         elif kind is not _HEARTBEAT:
@@ -462,6 +469,12 @@ class Router:
                           error.ancestry, error.detail, traceback)
         if request in self.requests:
             self._failures[request] = (error, traceback)
+
+    def _dropped(self, stage: str, levels: list[str], anc: tuple, body: Any) -> None:
+        error = self._error(stage, levels, anc, body)
+        if error is not None:
+            log_stage_failure(logger, self._names.get(anc[0], str(anc[0])), stage, error.ancestry,
+                              error.detail, body.traceback, dropped=True)
 
     def _error(self, stage: str, levels: list[str], anc: tuple, body: Any) -> ErrorInfo | None:
         if not isinstance(body, fr.ErrorBody):
