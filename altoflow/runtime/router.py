@@ -462,9 +462,9 @@ class Router:
     def _failed(self, request: int, error: ErrorInfo | None, body: Any) -> None:
         """A replica reported a stage's failure: log it, with the user's traceback, and keep
         that traceback for the request's error event."""
-        traceback = body.traceback if isinstance(body, fr.ErrorBody) else ""
         if error is None:
             return
+        traceback = body.traceback if isinstance(body, fr.ErrorBody) else ""
         log_stage_failure(logger, self._names.get(request, str(request)), error.stage,
                           error.ancestry, error.detail, traceback)
         if request in self.requests:
