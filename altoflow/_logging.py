@@ -47,7 +47,7 @@ def valid_request_id(value: str | None) -> bool:
 
 def format_ancestry(ancestry: Any) -> str:
     if not ancestry:
-        return "request"
+        return "the request"
     return "/".join(f"{k}={v}" for k, v in dict(ancestry).items())
 
 
@@ -107,7 +107,7 @@ class TextFormatter(logging.Formatter):
             parts.append(f"request={record.request_id}")
         if getattr(record, "stage", None):
             parts.append(f"stage={record.stage}")
-        if getattr(record, "ancestry", None) is not None:
+        if getattr(record, "ancestry", None):
             parts.append(format_ancestry(record.ancestry))
         record.context = f" [{' '.join(parts)}]" if parts else ""
         text = super().format(record)
