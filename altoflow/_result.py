@@ -31,6 +31,10 @@ class Event:
     value: Any = None
     error: str | None = None
     exc_type: str | None = None
+    # Additive, and left out of == so that an event compares as it did before they existed:
+    # the served request's id (done and error events), and a stage failure's traceback.
+    request_id: str | None = field(default=None, compare=False)
+    traceback: str | None = field(default=None, compare=False, repr=False)
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.__dataclass_fields__:
@@ -45,10 +49,18 @@ class Event:
         if self.type == "output":
             return {"type": "output", "stage": self.stage, "ancestry": self.ancestry,
                     "value": self.value}
+        # request_id and traceback are added only when known: a request served over HTTP has
+        # an id, a stage failure a traceback (unless the server keeps tracebacks to itself).
         if self.type == "error":
-            return {"type": "error", "stage": self.stage, "ancestry": self.ancestry,
-                    "error": self.error, "exc_type": self.exc_type}
-        return {"type": "done"}
+            obj = {"type": "error", "stage": self.stage, "ancestry": self.ancestry,
+                   "error": self.error, "exc_type": self.exc_type}
+            if self.traceback is not None:
+                obj["traceback"] = self.traceback
+        else:
+            obj = {"type": "done"}
+        if self.request_id is not None:
+            obj["request_id"] = self.request_id
+        return obj
 
     @classmethod
     def from_json(cls, obj: Mapping[str, Any]) -> "Event":
@@ -59,6 +71,8 @@ class Event:
             value=obj.get("value"),
             error=obj.get("error"),
             exc_type=obj.get("exc_type"),
+            request_id=obj.get("request_id"),
+            traceback=obj.get("traceback"),
         )
 
 
@@ -70,14 +84,15 @@ def output_event(stage: str, ancestry: dict[str, int], value: Any) -> Event:
     ``__init__`` (1 us against 2.8 here; the router builds one per output item)."""
     event = _new(Event)
     event.__dict__.update(type="output", stage=stage, ancestry=ancestry, value=value, error=None,
-                          exc_type=None)
+                          exc_type=None, request_id=None, traceback=None)
     return event
 
 
 def done_event() -> Event:
     """``Event("done")``, built as ``output_event`` builds its event."""
     event = _new(Event)
-    event.__dict__.update(type="done", stage=None, ancestry={}, value=None, error=None, exc_type=None)
+    event.__dict__.update(type="done", stage=None, ancestry={}, value=None, error=None, exc_type=None,
+                          request_id=None, traceback=None)
     return event
 
 
@@ -139,10 +154,13 @@ class Result(Mapping[str, Any]):
 # -- the JSON form of events -------------------------------------------------------------------
 
 
-def encode_event(event: Event) -> tuple[bytes, bool]:
+def encode_event(event: Event, *, request_id: str | None = None,
+                 tracebacks: bool = True) -> tuple[bytes, bool]:
     """One NDJSON line for ``event``, and whether it ends the request.
 
-    An output value that cannot be made JSON gives an ``error`` line instead.
+    An output value that cannot be made JSON gives an ``error`` line instead. ``request_id``
+    goes into the line that ends the request (``done`` or ``error``); ``tracebacks=False``
+    leaves an error's traceback out.
     """
     obj = event.to_json()
     if event.type == "output":
@@ -150,14 +168,18 @@ def encode_event(event: Event) -> tuple[bytes, bool]:
             obj["value"] = jsonable(event.value)
             return _line(obj), False
         except (TypeError, ValueError, RecursionError) as exc:
-            return _line(Event(
+            obj = Event(
                 "error", event.stage, event.ancestry, exc_type=type(exc).__name__,
                 error=f"stage '{event.stage}' produced a value that cannot be sent as JSON: "
                       f"{exc}. Return JSON-like values (str, int, float, bool, None, lists, "
                       f"dicts with str keys), numpy arrays, pydantic models, dataclasses or "
                       f"bytes, or convert it in a stage.",
-            ).to_json()), True
-    return _line(obj), event.type in ("done", "error")
+            ).to_json()
+    if not tracebacks:
+        obj.pop("traceback", None)
+    if request_id is not None:
+        obj["request_id"] = request_id
+    return _line(obj), True if obj["type"] == "error" else event.type == "done"
 
 
 def _line(obj: dict[str, Any]) -> bytes:

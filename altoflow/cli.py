@@ -19,11 +19,56 @@ from altoflow._result import Event
 
 app = typer.Typer(
     name="altoflow",
-    help="Compile, run and serve compound AI pipelines written as @stage functions.",
+    help="Compile, run and serve compound AI pipelines written as @stage functions.\n\n"
+         "A TARGET is app.py, app.py:name or package.module:name. Try:\n\n"
+         "altoflow compile app.py  ·  altoflow run app.py --input '{\"q\": \"...\"}'  ·  "
+         "altoflow serve app.py --port 8000\n\n"
+         "Docs: docs/cli.md and docs/serving.md in the altoflow repository.",
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
 )
+
+
+def _version(value: bool) -> None:
+    if value:
+        from altoflow import __version__
+
+        typer.echo(f"altoflow {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(
+    version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                 help="Print altoflow's version and exit."),
+) -> None:
+    pass
+
+
+class LogLevel(str, Enum):
+    debug = "debug"
+    info = "info"
+    warning = "warning"
+    error = "error"
+    critical = "critical"
+
+
+class LogFormat(str, Enum):
+    text = "text"
+    json = "json"
+
+
+def _log_level(default: LogLevel) -> Any:
+    return typer.Option(default, "--log-level", envvar="ALTOFLOW_LOG_LEVEL", case_sensitive=False,
+                        help="The least severe log records shown (on stderr).")
+
+
+def _log_format() -> Any:
+    return typer.Option(LogFormat.text, "--log-format", envvar="ALTOFLOW_LOG_FORMAT",
+                        case_sensitive=False,
+                        help="text: one line per record; json: one JSON object per line (time, "
+                             "level, logger, message, request_id, stage, ancestry, replica).")
 
 
 class GraphFormat(str, Enum):
@@ -102,7 +147,14 @@ def compile(
     show_graph: bool = typer.Option(False, "--show-graph", help="Print the graph (the default)."),
     format: GraphFormat = typer.Option(GraphFormat.text, "--format", "-f", help="Output format."),
 ) -> None:
-    """Check a pipeline and print what altoflow infers: stages, level stacks, keys, replicas."""
+    """Check a pipeline and print what altoflow infers: stages, level stacks, keys, replicas.
+
+    altoflow compile app.py
+
+    altoflow compile app.py --format json
+
+    altoflow compile app.py --format dot | dot -Tpng > graph.png
+    """
     from altoflow.compiler.render import FORMATS
 
     if show_graph and format is not GraphFormat.text:
@@ -116,10 +168,22 @@ def run(
     target: str = typer.Argument(..., help="app.py, app.py:name or package.module:name"),
     input: str = typer.Option("{}", "--input", "-i", help="The request fields as a JSON object."),
     events: bool = typer.Option(False, "--events", help="Print every event as it happens (NDJSON)."),
+    show_traceback: bool = typer.Option(False, "--traceback",
+                                        help="When a stage fails, print its traceback (on stderr)."),
+    log_level: LogLevel = _log_level(LogLevel.warning),
+    log_format: LogFormat = _log_format(),
 ) -> None:
-    """Run one request in this process (the reference executor) and print its result as JSON."""
+    """Run one request in this process (the reference executor) and print its result as JSON.
+
+    altoflow run app.py --input '{"question": "the with statement"}'
+
+    altoflow run app.py --events --traceback --input '{"question": "lambda"}'
+    """
+    from altoflow import _logging
     from altoflow.runtime.local import execute
     from altoflow._result import encode_event, jsonable
+
+    _logging.configure(log_level.value, log_format.value)
 
     try:
         fields = json.loads(input)
@@ -149,6 +213,10 @@ def run(
     except StageError as exc:
         if not events:  # with --events the error event was printed already
             typer.echo(f"error: {exc}", err=True)
+        if show_traceback and exc.traceback:
+            typer.echo(exc.traceback.rstrip("\n"), err=True)
+        elif not events:
+            typer.echo("  (--traceback shows the stage's traceback)", err=True)
         raise typer.Exit(1)
     if unsendable:
         raise typer.Exit(1)
@@ -216,8 +284,18 @@ def serve(
                                      help="A stage (or NAME,NAME, or all) whose replicas run in the "
                                           "router's process: light stages' items then never cross "
                                           "a socket."),
+    log_level: LogLevel = _log_level(LogLevel.info),
+    log_format: LogFormat = _log_format(),
 ) -> None:
-    """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run)."""
+    """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run).
+
+    altoflow serve app.py --port 8000 --replicas verify=4
+
+    curl -N http://127.0.0.1:8000/v1/run -H 'Content-Type: application/json' -d '{"question": "..."}'
+
+    The HTTP API: docs/serving.md; every flag: docs/cli.md.
+    """
+    from altoflow import _logging
     from altoflow.runtime.supervisor import with_replicas
     from altoflow.server.http import create_app
     from altoflow.server.served import ServedIngress
@@ -270,6 +348,10 @@ def serve(
     if not grace >= 0:  # NaN too
         _fail(f"--grace takes seconds, 0 or more (0: cancel requests in flight at once), not {grace}", 2)
     _check_free(host, port)  # before any replica starts
+    _logging.configure(log_level.value, log_format.value)
+    # The replicas (`python -m altoflow worker`) inherit the environment: the same logs.
+    os.environ["ALTOFLOW_LOG_LEVEL"], os.environ["ALTOFLOW_LOG_FORMAT"] = (
+        log_level.value, log_format.value)
     try:
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
@@ -288,8 +370,63 @@ def serve(
     # The --host name is one the Host header may carry (an address is taken anyway).
     names = [host, *allowed_host] if host not in ("0.0.0.0", "::", "") else list(allowed_host)
     app = create_app(ingress, max_body=max_body, allowed_hosts=names)
-    if not serve_with_grace(app, ingress, host=host, port=port, loop=loop, grace=grace):
+    app = _Banner(app, _banner(with_replicas(compiled, counts).plan, host, port, remote, inline),
+                  as_record=log_format is LogFormat.json)
+    if not serve_with_grace(app, ingress, host=host, port=port, loop=loop, grace=grace,
+                            log_level=log_level.value):
         raise typer.Exit(3)  # the startup failed (its message is above), as uvicorn exits
+
+
+def _banner(plan: Any, host: str, port: int, remote: list[str], inline: list[str]) -> str:
+    """What serve prints on stderr once it takes requests."""
+    from altoflow import __version__
+
+    where = {n.strip(): " remote" for v in remote for n in v.split(",")}
+    inlined = {n.strip() for v in inline for n in v.split(",")}
+    if "all" in inlined:
+        inlined = {s.name for s in plan.stages} - set(where)
+    where.update({n: " inline" for n in inlined})
+    shown = f"[{host}]" if ":" in host else host
+    url = f"http://{shown}:{port}"
+    stages = ", ".join(f"{s.name} x{s.replicas}{where.get(s.name, '')}" for s in plan.stages)
+    fields = sorted({f for s in plan.stages for f in s.fields})
+    body = "{" + ", ".join(f'"{f}": "..."' for f in fields) + "}"
+    return "\n".join([
+        f"altoflow {__version__} serves {plan.name} on {url}",
+        f"  stages: {stages}",
+        f"  run:    curl -N {url}/v1/run -H 'Content-Type: application/json' -d '{body}'",
+        f"  also:   GET {url}/v1/graph, /healthz, /metrics",
+        "  docs:   docs/serving.md and docs/cli.md in the altoflow repository; altoflow serve --help",
+        "  stop:   Ctrl-C",
+    ])
+
+
+class _Banner:
+    """ASGI wrapper: prints ``banner`` on stderr once the app has started (every replica is
+    in), just before uvicorn listens; ``as_record``: as a log record instead (JSON logs stay
+    one object per line)."""
+
+    def __init__(self, app: Any, banner: str, as_record: bool = False) -> None:
+        self.app = app
+        self.banner = banner
+        self.as_record = as_record
+
+    async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
+        if scope["type"] != "lifespan":
+            await self.app(scope, receive, send)
+            return
+
+        async def send_and_tell(message: Any) -> None:
+            await send(message)
+            if message["type"] == "lifespan.startup.complete":
+                if self.as_record:
+                    import logging
+
+                    logging.getLogger("altoflow.serve").info(self.banner)
+                else:
+                    typer.echo(self.banner, err=True)
+
+        await self.app(scope, receive, send_and_tell)
 
 
 def _check_port(option: str, port: int) -> None:
@@ -338,10 +475,19 @@ def worker(
     heartbeat: float = typer.Option(1.0, "--heartbeat", min=0.01,
                                     help="Seconds between heartbeats; the router marks a replica "
                                          "silent for 5 of them as down."),
+    log_level: LogLevel = _log_level(LogLevel.info),
+    log_format: LogFormat = _log_format(),
 ) -> None:
-    """Run one replica of a stage, connected to a router (`serve` starts local ones for you)."""
+    """Run one replica of a stage, connected to a router (`serve` starts local ones for you).
+
+    altoflow worker --target app.py --stage verify --slot 1 --connect router-host:7000 --secret-file secret
+
+    The router: altoflow serve app.py --listen 0.0.0.0:7000 --secret-file secret --remote verify
+    """
+    from altoflow import _logging
     from altoflow.runtime.worker import WorkerError, run_worker
 
+    _logging.configure(log_level.value, log_format.value, replica=f"{stage}#{slot}")
     secret = _secret(secret_file)
     _cwd_on_path()
     try:

@@ -4,11 +4,15 @@
 ``altoflow.run``; ``stream`` yields each event the moment its NDJSON line arrives. ``arun`` and
 ``astream`` are the async twins. The server's ``/v1/graph`` is fetched once, for the output
 stages' levels that ``Result[stage]`` needs.
+
+A ``503`` (every request slot of the server is taken) is retried after its ``Retry-After``, at
+most ``busy_retries`` times and ``busy_wait`` seconds in all; then ``ServerBusy`` is raised.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import weakref
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
@@ -46,6 +50,11 @@ class Client:
     ``httpx.ASGITransport``, serves only ``arun``/``astream``). The sync methods share one
     connection pool (``close()`` it, or use ``with Client(...) as client``); the async ones open
     a pool per call unless used inside ``async with client:``.
+
+    ``base_url`` without a scheme (``"127.0.0.1:8000"``) means ``http://``. A busy server's
+    ``503`` is retried after the ``Retry-After`` it gives (1 s if it gives none), at most
+    ``busy_retries`` times and ``busy_wait`` seconds of waiting in all; a ``Retry-After`` that
+    would go past ``busy_wait`` raises ``ServerBusy`` at once. ``busy_retries=0`` never retries.
     """
 
     def __init__(
@@ -54,9 +63,18 @@ class Client:
         *,
         timeout: float | None = 300.0,
         transport: httpx.BaseTransport | httpx.AsyncBaseTransport | None = None,
+        busy_retries: int = 3,
+        busy_wait: float = 30.0,
     ) -> None:
+        if busy_retries < 0 or not busy_wait >= 0:
+            raise ValueError(f"busy_retries and busy_wait take 0 or more, not {busy_retries} and "
+                             f"{busy_wait}")
+        if "://" not in base_url:
+            base_url = f"http://{base_url}"
         self.base_url = base_url.rstrip("/")
         self.timeout = timeout
+        self.busy_retries = busy_retries
+        self.busy_wait = busy_wait
         self._transport = transport
         self._http: httpx.Client | None = None
         self._ahttp: httpx.AsyncClient | None = None
@@ -80,18 +98,32 @@ class Client:
         ``StageError`` after the events before it. Leaving the loop early cancels the request."""
         body = _encode_fields(fields)
         parser = _EventParser(self._url("/v1/run"))
+        retry = _BusyRetry(self.busy_retries, self.busy_wait)
         with self._errors("/v1/run"):
-            with self._sync_http().stream("POST", "/v1/run", content=body,
-                                          headers={"content-type": "application/json"}) as resp:
-                if resp.status_code != 200:
+            while True:
+                resp = self._sync_http().send(
+                    self._sync_http().build_request("POST", "/v1/run", content=body,
+                                                    headers={"content-type": "application/json"}),
+                    stream=True)
+                if resp.status_code == 200:
+                    break
+                try:
                     resp.read()
-                    self._raise_for_status(resp, "/v1/run")
+                finally:
+                    resp.close()
+                wait = retry.wait(resp)
+                if wait is None:
+                    self._raise_for_status(resp, "/v1/run", retried=retry.tried)
+                time.sleep(wait)  # type: ignore[arg-type]
+            try:
                 for line in resp.iter_lines():
                     event = parser.feed(line)
                     if event is not None:
                         yield event
                     if parser.ended:
                         return
+            finally:
+                resp.close()
         parser.eof()
 
     def close(self) -> None:
@@ -167,22 +199,38 @@ class Client:
             self._ahttp = None
 
     async def _astream(self, http: httpx.AsyncClient, fields: dict[str, Any]) -> AsyncIterator[Event]:
+        import anyio
+
         body = _encode_fields(fields)
         parser = _EventParser(self._url("/v1/run"))
+        retry = _BusyRetry(self.busy_retries, self.busy_wait)
         with self._errors("/v1/run"):
-            async with http.stream("POST", "/v1/run", content=body,
-                                   headers={"content-type": "application/json"}) as resp:
+            while True:
+                resp = await http.send(
+                    http.build_request("POST", "/v1/run", content=body,
+                                       headers={"content-type": "application/json"}),
+                    stream=True)
+                if resp.status_code == 200:
+                    break
+                try:
+                    await resp.aread()
+                finally:
+                    await resp.aclose()
+                wait = retry.wait(resp)
+                if wait is None:
+                    self._raise_for_status(resp, "/v1/run", retried=retry.tried)
+                await anyio.sleep(wait)  # type: ignore[arg-type]
+            try:
                 if http is self._ahttp:
                     self._astreams.add(resp)
-                if resp.status_code != 200:
-                    await resp.aread()
-                    self._raise_for_status(resp, "/v1/run")
                 async for line in resp.aiter_lines():
                     event = parser.feed(line)
                     if event is not None:
                         yield event
                     if parser.ended:
                         return
+            finally:
+                await resp.aclose()
         parser.eof()
 
     async def _aoutput_levels(self, http: httpx.AsyncClient) -> dict[str, list[str]]:
@@ -236,18 +284,16 @@ class Client:
                 f"it running (altoflow serve app.py --port ...) and is the URL right?"
             ) from exc
 
-    def _raise_for_status(self, resp: httpx.Response, path: str) -> None:
+    def _raise_for_status(self, resp: httpx.Response, path: str, retried: int = 0) -> None:
         url = self._url(path)
         detail = _detail(resp)
         if resp.status_code == 422:
             raise InputError(detail)
         if resp.status_code == 503:
-            retry = resp.headers.get("retry-after")
-            try:
-                retry_after = float(retry) if retry is not None else None
-            except ValueError:
-                retry_after = None
-            raise ServerBusy(f"the altoflow server at {url} is busy (503): {detail}", retry_after)
+            retry_after = _retry_after(resp)
+            again = f" (after {retried} retries)" if retried else ""
+            raise ServerBusy(f"the altoflow server at {url} is busy (503){again}: {detail}",
+                             retry_after)
         raise ServerError(f"the altoflow server at {url} answered {resp.status_code}: {detail}")
 
     def _parse_graph(self, resp: httpx.Response) -> dict[str, list[str]]:
@@ -262,6 +308,41 @@ class Client:
                 f"{self._url('/v1/graph')} did not return an altoflow graph "
                 f"({type(exc).__name__}: {exc}); is this URL an altoflow server?"
             ) from exc
+
+
+def _retry_after(resp: httpx.Response) -> float | None:
+    """``Retry-After`` in seconds, when it is a number (an HTTP date is taken as absent)."""
+    value = resp.headers.get("retry-after")
+    try:
+        seconds = float(value) if value is not None else None
+    except ValueError:
+        return None
+    return seconds if seconds is not None and seconds >= 0 else None
+
+
+class _BusyRetry:
+    """Whether, and after how long, a request answered ``503`` is sent again: at most
+    ``retries`` times, ``budget`` seconds of waiting in all."""
+
+    DEFAULT_WAIT = 1.0  # when the 503 says no Retry-After
+
+    def __init__(self, retries: int, budget: float) -> None:
+        self.left = retries
+        self.budget = budget
+        self.tried = 0
+
+    def wait(self, resp: httpx.Response) -> float | None:
+        """Seconds to wait before sending again, or ``None``: raise for this answer."""
+        if resp.status_code != 503:
+            return None
+        after = _retry_after(resp)
+        wait = self.DEFAULT_WAIT if after is None else after
+        if self.left <= 0 or wait > self.budget:
+            return None
+        self.left -= 1
+        self.tried += 1
+        self.budget -= wait
+        return wait
 
 
 class _EventParser:
@@ -288,7 +369,8 @@ class _EventParser:
             self.ended = True
             if event.stage is None:
                 raise ServerError(f"the request at {self.url} failed: {event.error}")
-            raise StageError(event.stage, event.ancestry, event.error or "", event.exc_type)
+            raise StageError(event.stage, event.ancestry, event.error or "", event.exc_type,
+                             traceback=event.traceback, request_id=event.request_id)
         raise ServerError(f"{self.url} sent an event of unknown type {event.type!r}: {line[:200]!r}")
 
     def eof(self) -> None:

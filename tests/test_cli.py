@@ -497,7 +497,7 @@ def test_worker_with_the_wrong_secret_exits_1_with_one_line_naming_the_fix(tcp_r
     assert result.exit_code == 1
     assert result.stdout == ""
     # The router runs in this process here, so its own log line is in the same stderr.
-    ours = [line for line in result.stderr.splitlines() if not line.startswith("altoflow router:")]
+    ours = [line for line in result.stderr.splitlines() if " altoflow.router " not in line]
     assert len(ours) == 1, result.stderr
     assert ours[0].startswith(f"error: replica slow#0: the router at 127.0.0.1:{port} hung up")
     assert "share the secret" in ours[0]
@@ -635,3 +635,96 @@ def test_serve_passes_max_body_and_allowed_hosts_to_the_app(monkeypatch):
                  "--allowed-host", "api.example.com", "--allowed-host", "proxy")
     assert result.exit_code == 0, result.output
     assert seen["app"] == {"max_body": 4096, "allowed_hosts": ["api.example.com", "proxy"]}
+
+
+# -- version, tracebacks, logs ---------------------------------------------------------------
+
+CHATTY = str(PIPES / "chatty.py")
+
+
+def test_version_prints_the_version():
+    from altoflow import __version__
+
+    result = cli("--version")
+    assert result.exit_code == 0
+    assert result.stdout == f"altoflow {__version__}\n"
+
+
+def test_run_traceback_prints_the_stages_traceback_from_the_users_frame():
+    result = cli("run", CHATTY, "--traceback", "--input", '{"text": "ok bad"}')
+    assert result.exit_code == 1
+    lines = result.stderr.splitlines()
+    at = lines.index("Traceback (most recent call last):")
+    assert lines[at - 1].startswith("error: stage 'checked' failed on word=1")
+    assert lines[at + 1].startswith(f'  File "{CHATTY}", line ') and lines[at + 1].endswith("in checked")
+    assert lines[-1] == "ValueError: cannot check 'bad'"
+    assert "altoflow/runtime" not in result.stderr
+
+
+def test_run_without_traceback_says_how_to_see_it():
+    result = cli("run", CHATTY, "--input", '{"text": "bad"}')
+    assert result.exit_code == 1
+    assert "Traceback" not in result.stderr and "--traceback" in result.stderr
+
+
+def test_run_log_format_json_writes_one_object_per_line():
+    result = cli("run", CHATTY, "--log-format", "json", "--input", '{"text": "a b"}')
+    assert result.exit_code == 0, result.stderr
+    records = [json.loads(line) for line in result.stderr.splitlines()]
+    assert sorted(r["message"] for r in records) == ["checking a", "checking b"]
+    assert {(r["level"], r["logger"]) for r in records} == {("WARNING", "chatty")}
+
+
+def test_run_log_level_error_hides_the_warnings():
+    result = cli("run", CHATTY, "--log-level", "error", "--input", '{"text": "a b"}')
+    assert result.exit_code == 0 and result.stderr == ""
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_serve_logs_json_with_request_ids_and_replica_names_and_a_banner(tmp_path):
+    import signal
+    import time
+
+    import httpx
+
+    port = _free_port()
+    err = tmp_path / "stderr"
+    with open(err, "w") as stderr:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "altoflow", "serve", CHATTY, "--port", str(port),
+             "--log-format", "json", "--replicas", "checked=2"],
+            stdout=subprocess.DEVNULL, stderr=stderr, cwd=ROOT)
+    try:
+        deadline = time.monotonic() + 60
+        while "altoflow.serve" not in err.read_text():  # the banner's record: it is ready
+            assert proc.poll() is None and time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+        resp = httpx.post(f"http://127.0.0.1:{port}/v1/run", json={"text": "ok bad"},
+                          headers={"X-Request-Id": "e2e-1"}, timeout=30)
+        assert resp.headers["x-request-id"] == "e2e-1"
+        assert json.loads(resp.text.splitlines()[-1])["request_id"] == "e2e-1"
+        while '"altoflow.router"' not in err.read_text():
+            assert time.monotonic() < deadline, err.read_text()
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.wait(30)
+    records = [json.loads(line) for line in err.read_text().splitlines()]  # every line is JSON
+    assert all({"time", "level", "logger", "message"} <= set(r) for r in records)
+    [banner] = [r for r in records if r["logger"] == "altoflow.serve"]
+    assert banner["message"].startswith(f"altoflow ") and f"http://127.0.0.1:{port}" in banner["message"]
+    assert "checked x2" in banner["message"] and "docs/serving.md" in banner["message"]
+    replicas = {r.get("replica") for r in records if r["logger"] in ("altoflow.worker", "chatty")}
+    assert {"words#0", "checked#0", "checked#1"} <= replicas
+    [failure] = [r for r in records if r["logger"] == "altoflow.router" and r["level"] == "ERROR"]
+    assert (failure["request_id"], failure["stage"], failure["ancestry"]) == ("e2e-1", "checked", {"word": 1})
+    assert failure["traceback"].splitlines()[1].startswith(f'  File "{CHATTY}", line ')
+    access = [r for r in records if r["logger"] == "uvicorn.access"]
+    assert [r["request_id"] for r in access] == ["e2e-1"]

@@ -100,10 +100,9 @@ def test_readme_setup_commands() -> None:
         if data.startswith("@"):  # curl's -d @file sends the file
             data = (ROOT / data[1:]).read_text()
         headers = dict(argv[i + 1].split(": ", 1) for i, a in enumerate(argv) if a == "-H")
-        lines = httpx.post(f"{url}/v1/run", content=data, headers=headers,
-                           timeout=60).text.splitlines()
-        events = [json.loads(line) for line in lines]
-        assert events[-1] == {"type": "done"}
+        resp = httpx.post(f"{url}/v1/run", content=data, headers=headers, timeout=60)
+        events = [json.loads(line) for line in resp.text.splitlines()]
+        assert events[-1] == {"type": "done", "request_id": resp.headers["x-request-id"]}
         assert any(e["type"] == "output" and e["stage"] == "report" for e in events)
     finally:
         server.send_signal(signal.SIGINT)  # Ctrl-C: a clean shutdown, replicas included

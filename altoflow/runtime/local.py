@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
 import sys
 import time
 from collections import deque
@@ -38,7 +39,8 @@ from typing import TYPE_CHECKING, Any, Callable
 import anyio
 import anyio.to_thread
 
-from altoflow._errors import StageError, format_exception
+from altoflow._errors import StageError, format_exception, user_traceback
+from altoflow._logging import REQUEST_ID, log_stage_failure
 from altoflow._result import Event, Result
 from altoflow.compiler import CompiledPipeline, load_target
 from altoflow.runtime.core import (
@@ -132,10 +134,14 @@ class _Execution:
             self._record(Event("output", ins.stage, ins.ancestry, ins.payload))
         elif isinstance(ins, Open):
             status, error = self.runners[ins.replica].open(ins.prefix)
+            if status == "dropped" and error is not None:
+                _log_drop(error)
             if status == "failed":
                 self._queue.append(FlushDone(ins.replica, ins.stage, ins.prefix, status, error))
         elif isinstance(ins, Flush):
             status, error = self.runners[ins.replica].flush(ins.prefix, ins.opened)
+            if status == "dropped" and error is not None:
+                _log_drop(error)
             self._queue.append(FlushDone(ins.replica, ins.stage, ins.prefix, status, error))
         elif isinstance(ins, Abort):
             self.runners[ins.replica].abort(ins.request)
@@ -154,6 +160,8 @@ class _Execution:
             while inbox:
                 ins, dispatched = inbox.popleft()
                 status, error = await runner.invoke(ins.ancestry, ins.args)
+                if status == "dropped" and error is not None:
+                    _log_drop(error)
                 if self.stats is not None:
                     self.stats.acknowledged(ins.stage, status == "failed",
                                             time.perf_counter() - dispatched)
@@ -245,3 +253,14 @@ def _in_event_loop() -> bool:
         except RuntimeError:
             pass
     return False
+
+
+logger = logging.getLogger("altoflow.local")
+
+
+def _log_drop(error: Any) -> None:
+    """A stage raised under ``on_error="drop"``: its item is dropped, and the failure logged
+    (with the request's id when a server runs the request: ``REQUEST_ID``)."""
+    log_stage_failure(logger, REQUEST_ID.get(), error.stage, error.ancestry, error.detail,
+                      user_traceback(error.exception) if error.exception is not None else None,
+                      dropped=True)

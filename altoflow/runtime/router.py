@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
 from altoflow._errors import Overloaded
+from altoflow._logging import log_stage_failure
 from altoflow._result import Event, done_event, output_event
 from altoflow.compiler import CompiledPipeline
 from altoflow import wire as fr
@@ -192,6 +193,10 @@ class Router:
         self.stats.cores.add(self.core)
         self._started: dict[tuple[int, tuple], float] = {}  # (replica, ancestry) -> dispatch time
         self._admitted: dict[int, float] = {}
+        # A request's id for the log (its X-Request-Id), and its latest failure from a replica
+        # with that failure's traceback, for the error event if the failure ends the request.
+        self._names: dict[int, str] = {}
+        self._failures: dict[int, tuple[ErrorInfo, str]] = {}
         self.server: asyncio.AbstractServer | None = None
         # Replicas send a HEARTBEAT every `heartbeat` seconds; one silent for SILENT_BEATS of
         # them is marked down (its connection closed, its stateless work redispatched) and
@@ -318,11 +323,12 @@ class Router:
 
     # -- requests -------------------------------------------------------------------------
 
-    def submit(self, fields: dict[str, Any]) -> RequestStream:
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
         """Start a request; its events (outputs, then done or error) come from the stream.
 
         Raises ``InputError`` for fields that do not fit the request schema, and ``Overloaded``
         when ``max_inflight`` requests are in flight. Closing the stream cancels the request.
+        ``request_id`` names it in the log (the router's own number for it otherwise).
         """
         values = self.compiled.validate_request(fields)
         if len(self.requests) >= self.max_inflight:
@@ -333,6 +339,8 @@ class Router:
         request = next(self._ids)
         channel = EventChannel()
         self.requests[request] = channel
+        if request_id is not None:
+            self._names[request] = request_id
         self._admitted[request] = time.perf_counter()
         self.stats.admitted += 1
         self._apply(self.core.handle(Submit(request, encoded)))
@@ -365,6 +373,8 @@ class Router:
         self._schedule_flush()
 
     def _finished(self, request: int, outcome: str) -> None:
+        self._names.pop(request, None)
+        self._failures.pop(request, None)
         started = self._admitted.pop(request)
         self.stats.finished(outcome, time.perf_counter() - started)  # type: ignore[arg-type]
 
@@ -402,9 +412,19 @@ class Router:
             if frame.status == 2:
                 self.stats.errors[stage] += 1
                 error = self._error(stage, self.core.stages[stage].levels_in, anc, frame.body)
+                self._failed(anc[0], error, frame.body)
+            elif frame.body is not None:  # dropped under on_error="drop": only logged
+                self._dropped(stage, self.core.stages[stage].levels_in, anc, frame.body)
             self._apply(self.core.ack(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error))  # type: ignore[arg-type]
         elif kind is _FLUSH_DONE:
-            error = self._error(stage, self.core.stages[stage].route_key or [], anc, frame.body)
+            levels = self.core.stages[stage].route_key or []
+            error = self._error(stage, levels, anc, frame.body)
+            if frame.status != 2:
+                if error is not None:  # dropped under on_error="drop": only logged
+                    self._dropped(stage, levels, anc, frame.body)
+                error = None
+            else:
+                self._failed(anc[0], error, frame.body)
             self._apply(self.core.handle(FlushDone(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error)))  # type: ignore[arg-type]
         elif kind is not _HEARTBEAT:
             raise fr.RemoteProtocolError(f"the router does not take {kind.name} frames from replicas")
@@ -449,6 +469,23 @@ class Router:
                            self.core.poisoned[conn.stage] - poisoned)  # type: ignore[index]
         self._schedule_flush()
 
+    def _failed(self, request: int, error: ErrorInfo | None, body: Any) -> None:
+        """A replica reported a stage's failure: log it, with the user's traceback, and keep
+        that traceback for the request's error event."""
+        if error is None:
+            return
+        traceback = body.traceback if isinstance(body, fr.ErrorBody) else ""
+        log_stage_failure(logger, self._names.get(request, str(request)), error.stage,
+                          error.ancestry, error.detail, traceback)
+        if request in self.requests:
+            self._failures[request] = (error, traceback)
+
+    def _dropped(self, stage: str, levels: list[str], anc: tuple, body: Any) -> None:
+        error = self._error(stage, levels, anc, body)
+        if error is not None:
+            log_stage_failure(logger, self._names.get(anc[0], str(anc[0])), stage, error.ancestry,
+                              error.detail, body.traceback, dropped=True)
+
     def _error(self, stage: str, levels: list[str], anc: tuple, body: Any) -> ErrorInfo | None:
         if not isinstance(body, fr.ErrorBody):
             return None
@@ -481,8 +518,15 @@ class Router:
                     self._finished(ins.request, "done")
                 else:
                     e = ins.error
+                    failure = self._failures.get(ins.request)
+                    traceback = None
+                    if failure is not None and failure[0] is e:
+                        traceback = failure[1] or None
+                    else:  # the core's own verdict (replicas died running the item, ...)
+                        log_stage_failure(logger, self._names.get(ins.request, str(ins.request)),
+                                          e.stage, e.ancestry, e.detail, None)
                     channel.send_nowait(Event("error", e.stage, e.ancestry, error=e.detail,
-                                              exc_type=e.exc_type))
+                                              exc_type=e.exc_type, traceback=traceback))
                     self._finished(ins.request, "error")
                 channel.end()
             elif t is Open:

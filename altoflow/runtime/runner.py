@@ -249,11 +249,11 @@ class StageRunner:
         return index + 1
 
     def _failure(self, levels: list[str], anc: Ancestry, exc: BaseException | None) -> _Failed:
-        if self.plan.on_error == "drop":
-            return _Failed("dropped", None)
-        return _Failed("failed", ErrorInfo(
-            self.plan.name, dict(zip(levels, anc[1:])),
-            format_exception(exc) if exc else "failed", type(exc).__name__, exc))
+        error = ErrorInfo(self.plan.name, dict(zip(levels, anc[1:])),
+                          format_exception(exc) if exc else "failed", type(exc).__name__, exc)
+        # Under on_error="drop" the item is dropped, and the error goes with the status only
+        # so that the failure is logged (the core ignores the error of a dropped item).
+        return _Failed("dropped" if self.plan.on_error == "drop" else "failed", error)
 
     # -- groups --------------------------------------------------------------------------------
 

@@ -19,12 +19,14 @@ that wrote them was the only one running (nothing could join the write).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import ssl
 import sys
 from collections import deque
 from typing import Any, Callable
 
+from altoflow._errors import user_traceback
 from altoflow.compiler import load_target
 from altoflow import wire as fr
 from altoflow.wire import Codec, EncodeError
@@ -34,6 +36,8 @@ from altoflow.runtime.runner import StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
 
 _DATA = fr.Kind.DATA
+
+logger = logging.getLogger("altoflow.worker")
 
 
 class _Undecodable(Exception):
@@ -105,11 +109,15 @@ class Worker:
             self.writer.item(kind, self.stage_index, anc[0], anc[1:], status=fr.STATUS_CODES[status])
             self._queued()
             return
-        # Text that is not UTF-8 (a lone surrogate in an exception's message) goes escaped, or
-        # the frame could not be encoded and the router would never hear of this item's credit.
+        # The user's traceback travels to the router, which logs it with the request's id
+        # (only the router knows that) and puts it in the request's error event. Text that is
+        # not UTF-8 (a lone surrogate in an exception's message) goes escaped, or the frame
+        # could not be encoded and the router would never hear of this item's credit.
+        traceback = user_traceback(error.exception) if error.exception is not None else ""
         self.writer.send_nowait(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
                                 status=fr.STATUS_CODES[status],
-                                body=fr.ErrorBody(_escaped(error.detail), _escaped(error.exc_type or "")))
+                                body=fr.ErrorBody(_escaped(error.detail), _escaped(error.exc_type or ""),
+                                                  _escaped(traceback)))
         self._queued()
 
     # -- input ----------------------------------------------------------------------------
@@ -150,6 +158,8 @@ class Worker:
                 fr.verify_proof(fr.router_proof(self.secret, self.challenge, self.hello), ready.proof,
                                 peer="the router")
             self.ready = True
+            logger.info("replica %s#%d is in: serving stage '%s'", self.stage.name, self.slot,
+                        self.stage.name)
         elif frame.kind == fr.Kind.CHALLENGE and self.secret is not None and self.hello is None:
             self.challenge = frame.body.nonce  # type: ignore[union-attr]
             self._hello(nonce=os.urandom(fr.NONCE_SIZE))

@@ -12,6 +12,11 @@
 - ``GET /healthz``: the ingress's health; 200 when its status is ``ok``, else 503.
 - ``GET /metrics``: Prometheus text exposition (the ingress's one registry).
 
+Every request has an id: the client's ``X-Request-Id`` when it is 1 to 128 printable ASCII
+characters without spaces, else a new one (32 hex digits). Every answer carries it back in
+``X-Request-Id``, the ``done`` or ``error`` line of ``POST /v1/run`` has it as ``request_id``,
+and every log record about the request has it (``altoflow._logging``).
+
 Every route answers 400 to a ``Host`` header that names neither the address the connection
 came in on, nor (on a loopback address) ``localhost``, nor one of ``allowed_hosts``: a web page
 whose own name was made to point at this server (DNS rebinding) cannot reach it. The JSON
@@ -19,7 +24,9 @@ content type keeps a page from starting runs with a cross-site form post, which 
 without asking.
 
 Output values are made JSON here (``altoflow._result.encode_event``); a value that cannot be ends
-the request with an ``error`` event that says where in the value the trouble is.
+the request with an ``error`` event that says where in the value the trouble is. A stage's
+``error`` event carries its ``traceback`` (from the user's frame on) unless the app was made
+with ``tracebacks=False``.
 """
 
 from __future__ import annotations
@@ -43,6 +50,7 @@ from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
 from altoflow._errors import InputError, Overloaded
+from altoflow._logging import REQUEST_ID, new_request_id, valid_request_id
 from altoflow._result import Event, encode_event
 from altoflow.compiler._request import MAX_DEPTH, MAX_ERRORS
 from altoflow.runtime.metrics import CONTENT_TYPE as PROMETHEUS
@@ -56,13 +64,14 @@ MAX_BODY = 1024 * 1024
 
 
 def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
-               allowed_hosts: Iterable[str] = ()) -> Starlette:
+               allowed_hosts: Iterable[str] = (), tracebacks: bool = True) -> Starlette:
     """The ASGI app serving ``ingress``; its lifespan enters and leaves the ingress.
 
     ``max_body``: the largest ``POST /v1/run`` body taken, in bytes (413 past it).
     ``allowed_hosts``: names the ``Host`` header may have besides the address the connection
     came in on (and ``localhost`` on a loopback address), e.g. the server's DNS name or a
-    proxy's; ``"*"`` takes any.
+    proxy's; ``"*"`` takes any. ``tracebacks=False`` keeps stages' tracebacks out of the
+    ``error`` events (they are still logged).
     """
     if max_body < 1:
         raise ValueError(f"max_body must be at least 1 byte, not {max_body}")
@@ -111,15 +120,16 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
         if not isinstance(fields, dict):
             return _unprocessable(f"the body is a JSON {_json_kind(fields)}; send the request "
                                   f"fields as a JSON object, like {example}")
+        request_id = request.scope["altoflow.request_id"]
         try:
-            stream = ingress.submit(fields)
+            stream = ingress.submit(fields, request_id=request_id)
         except InputError as exc:
             return _unprocessable(str(exc), _validation_errors(exc))
         except Overloaded as exc:
             retry_after = exc.retry_after
             return JSONResponse({"detail": str(exc)}, status_code=503,
                                 headers={"Retry-After": str(retry_after)})
-        return EventStreamResponse(stream)
+        return EventStreamResponse(stream, request_id, tracebacks=tracebacks)
 
     async def get_graph(request: Request) -> Response:
         return JSONResponse(graph)
@@ -143,9 +153,38 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
         ],
-        middleware=[Middleware(HostCheck, allowed=hosts)],
+        middleware=[Middleware(RequestId), Middleware(HostCheck, allowed=hosts)],
         lifespan=lifespan,
     )
+
+
+class RequestId:
+    """ASGI middleware: gives every HTTP request its id (see the module's docstring), as
+    ``scope["altoflow.request_id"]`` and ``REQUEST_ID`` for the request's task, and sends it
+    back in the ``X-Request-Id`` header of the answer."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        given = dict(scope["headers"]).get(b"x-request-id", b"").decode("latin-1")
+        request_id = given if valid_request_id(given) else new_request_id()
+        scope["altoflow.request_id"] = request_id
+        header = (b"x-request-id", request_id.encode())
+
+        async def send_with_id(message: Any) -> None:
+            if message["type"] == "http.response.start":
+                message = {**message, "headers": [*message.get("headers", ()), header]}
+            await send(message)
+
+        token = REQUEST_ID.set(request_id)
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            REQUEST_ID.reset(token)
 
 
 class HostCheck:
@@ -242,8 +281,11 @@ class EventStreamResponse:
     stage is waiting would never write again to find out.
     """
 
-    def __init__(self, stream: RequestStream) -> None:
+    def __init__(self, stream: RequestStream, request_id: str | None = None, *,
+                 tracebacks: bool = True) -> None:
         self.stream = stream
+        self.request_id = request_id
+        self.tracebacks = tracebacks
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
@@ -280,14 +322,15 @@ class EventStreamResponse:
         })
         ended = False
         async for event in self.stream:
-            line, ended = encode_event(event)
+            line, ended = encode_event(event, request_id=self.request_id,
+                                       tracebacks=self.tracebacks)
             await send({"type": "http.response.body", "body": line, "more_body": True})
             if ended:
                 break
         if not ended:  # the ingress stopped (server shutting down) before the request ended
             line, _ = encode_event(Event(
                 "error", None, {}, error="the request was cancelled before it ended (the server "
-                "is shutting down)", exc_type="Cancelled"))
+                "is shutting down)", exc_type="Cancelled"), request_id=self.request_id)
             await send({"type": "http.response.body", "body": line, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

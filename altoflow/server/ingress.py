@@ -26,6 +26,7 @@ import anyio.abc
 from anyio.streams.memory import MemoryObjectSendStream
 
 from altoflow._errors import Overloaded, StageError, format_exception
+from altoflow._logging import log_stage_failure, new_request_id
 from altoflow._result import Event
 from altoflow.compiler import CompiledPipeline, load_target
 from altoflow.runtime.local import ensure_instances, execute
@@ -45,9 +46,11 @@ class Ingress(Protocol):
 
     compiled: CompiledPipeline
 
-    def submit(self, fields: dict[str, Any]) -> RequestStream:
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
         """Start one request. Raises ``InputError`` for fields that do not fit the request
-        schema (``compiled.validate_request``) and ``Overloaded`` when no slot is free."""
+        schema (``compiled.validate_request``) and ``Overloaded`` when no slot is free.
+        ``request_id`` (the HTTP layer's, from ``X-Request-Id``) names the request in the log
+        records about it."""
         ...
 
     def health(self) -> dict[str, Any]:
@@ -94,6 +97,7 @@ class _Request:
     send: MemoryObjectSendStream[Event]
     scope: anyio.CancelScope
     started: float
+    name: str  # its request id (X-Request-Id), for the log
     state: SlotState = "running"
 
 
@@ -152,7 +156,7 @@ class LocalIngress:
     def in_flight(self) -> int:
         return len(self._requests)
 
-    def submit(self, fields: dict[str, Any]) -> RequestStream:
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
         if self._tg is None:
             raise RuntimeError(
                 f"LocalIngress is {self._state}: start it with `async with ingress:` (an app from "
@@ -170,7 +174,8 @@ class LocalIngress:
         # Unbounded buffer: the executor keeps every output of the request anyway (for its
         # Result), so a bound here would save nothing; max_inflight is what bounds memory.
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
-        req = _Request(rid, send, anyio.CancelScope(), anyio.current_time())
+        req = _Request(rid, send, anyio.CancelScope(), anyio.current_time(),
+                       request_id or new_request_id())
         self._requests[rid] = req
         self.stats.admitted += 1
         self._tg.start_soon(self._serve, req, values, name=f"altoflow request {rid}")
@@ -186,11 +191,15 @@ class LocalIngress:
                     outcome = "done"
                 except StageError as exc:
                     outcome = "error"
+                    traceback = exc.traceback
+                    log_stage_failure(logger, req.name, exc.stage, exc.ancestry, exc.detail,
+                                      traceback)
                     self._send(req, Event("error", exc.stage, exc.ancestry, error=exc.detail,
-                                          exc_type=exc.exc_type))
+                                          exc_type=exc.exc_type, traceback=traceback))
                 except Exception as exc:
                     # A fault of the runtime, not of a stage: end this request, keep serving.
-                    logger.exception("request %d failed in the runtime", req.id)
+                    logger.exception("request %s failed in the runtime", req.name,
+                                     extra={"request_id": req.name})
                     outcome = "error"
                     self._send(req, Event("error", None, {}, error=f"internal error: "
                                           f"{format_exception(exc)}", exc_type=type(exc).__name__))
@@ -242,3 +251,4 @@ class LocalIngress:
     def _replicas_live(self) -> dict[str, int]:
         ready = self._state == "ok"
         return {s.name: s.replicas if ready else 0 for s in self.compiled.plan.stages}
+

@@ -76,11 +76,11 @@ class ServedIngress:
         """Kill every replica process and remove the socket directory, without waiting."""
         self.supervisor.kill_now()
 
-    def submit(self, fields: dict[str, Any]) -> RequestStream:
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
         if self.draining:
             raise Overloaded("the server is shutting down and takes no new requests; send this "
                              "one to another server, or retry once it is back")
-        return self.router.submit(fields)
+        return self.router.submit(fields, request_id=request_id)
 
     def health(self) -> dict[str, Any]:
         live = self.router.ready()

@@ -115,7 +115,8 @@ def serve_with_grace(app: Any, ingress: Drainable, *, host: str, port: int, grac
                      loop: str = "auto", log_level: str = "info") -> bool:
     """Serve ``app`` on ``host:port`` until a signal, then shut down as the module's docstring
     says; returns whether the server had started (``False``: its startup failed)."""
-    config = uvicorn.Config(app, host=host, port=port, loop=loop, log_level=log_level)
+    # log_config=None: uvicorn's records go to the handler altoflow._logging.configure set.
+    config = uvicorn.Config(app, host=host, port=port, loop=loop, log_level=log_level, log_config=None)
     server = GracefulServer(config, ingress, grace)
     server.run()
     return server.started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import textwrap
 from pathlib import Path
@@ -218,6 +219,70 @@ def test_a_failing_inline_stage_fails_its_request_only(tmp_path):
     error, even = asyncio.run(main())
     assert error.type == "error" and error.stage == "half" and "3 is odd" in error.error
     assert [(e.type, e.value) for e in even] == [("output", 2), ("done", None)]
+
+
+CHATTY = str(TESTS / "pipelines" / "chatty.py")
+
+
+@pytest.mark.parametrize("inline", [False, True], ids=["process", "inline"])
+def test_a_failing_stage_is_logged_by_the_router_with_the_request_and_users_traceback(
+        caplog, inline):
+    async def main():
+        async with Supervisor(load_target(CHATTY).compiled, CHATTY,
+                              inline=frozenset({"checked"} if inline else ())) as sup:
+            await sup.wait_ready()
+            return [e async for e in sup.router.submit({"text": "fine bad"}, request_id="srv-1")]
+
+    with caplog.at_level(logging.ERROR, logger="altoflow.router"):
+        events = asyncio.run(main())
+    error = events[-1]
+    [record] = [r for r in caplog.records if r.name == "altoflow.router"]
+    assert (record.request_id, record.stage, record.ancestry) == ("srv-1", "checked", {"word": 1})
+    message = record.getMessage()
+    assert message.startswith("request srv-1: stage 'checked' failed on word=1 at "
+                              f"{CHATTY}:") and message.endswith("ValueError: cannot check 'bad'")
+    frames = [line for line in record.user_traceback.splitlines() if line.startswith("  File")]
+    assert frames[0].startswith(f'  File "{CHATTY}"') and frames[0].endswith("in checked")
+    assert frames[-1].endswith("in _check")
+    assert error.type == "error" and error.traceback == record.user_traceback
+
+
+DROPPING = """
+from altoflow import stage
+
+@stage(fanout="n")
+def numbers(count: int):
+    yield from range(count)
+
+@stage(on_error="drop")
+def half(numbers: int) -> int:
+    if numbers % 2:
+        raise ValueError(f"{numbers} is odd")
+    return numbers // 2
+"""
+
+
+def test_a_stage_raising_under_on_error_drop_is_logged_as_a_warning(tmp_path, caplog):
+    app = tmp_path / "dropping.py"
+    app.write_text(DROPPING)
+    target = str(app)
+
+    async def main():
+        async with Supervisor(load_target(target).compiled, target) as sup:
+            await sup.wait_ready()
+            return [e async for e in sup.router.submit({"count": 2}, request_id="drop-1")]
+
+    with caplog.at_level(logging.WARNING, logger="altoflow"):
+        events = asyncio.run(main())
+        assert af.run(target, count=2)["half"] == [0]  # in-process: logged too, without an id
+    assert [(e.type, e.value) for e in events] == [("output", 0), ("done", None)]
+    served, local = [r for r in caplog.records if r.name in ("altoflow.router", "altoflow.local")]
+    assert (served.levelno, served.request_id, served.stage, served.ancestry) == (
+        logging.WARNING, "drop-1", "half", {"n": 1})
+    assert "on_error='drop'" in served.getMessage() and "ValueError: 1 is odd" in served.getMessage()
+    assert served.user_traceback.splitlines()[1] == f'  File "{target}", line 11, in half'
+    assert (local.name, local.request_id, local.stage) == ("altoflow.local", None, "half")
+    assert local.user_traceback == served.user_traceback
 
 
 def _write_random(tmp_path: Path, defs) -> str:

@@ -6,12 +6,15 @@ import asyncio
 import json
 import logging
 import socket
+import threading
+import time
 from pathlib import Path
 
 import anyio
 import httpx
 import pytest
 import serving_apps
+from prometheus_client.parser import text_string_to_metric_families
 
 import altoflow as af
 from altoflow.client import Client, ServerBusy, ServerError, ServerUnavailable
@@ -181,7 +184,7 @@ def test_a_full_server_raises_server_busy(serve, gate) -> None:
     held = client.stream(topic="tea")
     assert next(held).type == "output"
     with pytest.raises(ServerBusy, match=f"{url}/v1/run is busy") as busy:
-        Client(url).run(topic="coffee")
+        Client(url, busy_retries=0).run(topic="coffee")
     assert busy.value.retry_after == 2 and isinstance(busy.value, ConnectionError)
     gate.release.set()
     assert [e.type for e in held] == ["output", "done"]
@@ -268,3 +271,104 @@ def test_fields_without_json_form_raise_type_error() -> None:
     with pytest.raises(TypeError, match="request field of type object"):
         scripted(b"").run(x=object())
 
+
+
+def test_a_served_stage_error_has_the_users_traceback_and_the_request_id(serve) -> None:
+    client = Client(serve(FAILING))
+    with pytest.raises(af.StageError) as info:
+        client.run(text="ok bad")
+    tb = info.value.traceback
+    assert tb.splitlines()[1] == f'  File "{FAILING}", line 14, in checked'
+    assert tb.rstrip().endswith("ValueError: cannot check 'bad'")
+    assert len(info.value.request_id) == 32
+
+
+def test_a_busy_server_is_retried_after_its_retry_after(serve, gate) -> None:
+    url = serve(serving_apps.gated, max_inflight=1, retry_after=1)
+    held = Client(url, timeout=10).stream(topic="tea")
+    assert next(held).type == "output"
+    got: list = []
+
+    def second() -> None:
+        got.append(Client(url, timeout=10, busy_retries=20, busy_wait=20).run(topic="coffee"))
+
+    thread = threading.Thread(target=second)
+    thread.start()
+    deadline = time.monotonic() + 10
+    while _rejected(url) < 1:  # the second request was turned away at least once
+        assert time.monotonic() < deadline, "the second request got no 503"
+        time.sleep(0.01)
+    gate.release.set()
+    assert [e.type for e in held] == ["output", "done"]
+    thread.join(timeout=30)
+    assert got and got[0]["checked"] == ["COFFEE IS FIRST", "COFFEE IS SECOND"]
+
+
+def _rejected(url: str) -> float:
+    for family in text_string_to_metric_families(httpx.get(url + "/metrics").text):
+        for sample in family.samples:
+            if sample.name == "altoflow_requests_rejected_total":
+                return sample.value
+    return 0
+
+
+def _busy_then(answers: list[httpx.Response], seen: list[httpx.Request]) -> Client:
+    def handler(request: httpx.Request) -> httpx.Response:
+        if request.url.path == "/v1/graph":
+            return httpx.Response(200, json=GRAPH)
+        seen.append(request)
+        return answers.pop(0) if answers else httpx.Response(
+            200, content=b'{"type": "output", "stage": "s", "ancestry": {}, "value": 1}\n'
+                         b'{"type": "done"}\n')
+
+    return Client("http://scripted", transport=httpx.MockTransport(handler), busy_retries=2,
+                  busy_wait=5)
+
+
+def busy(retry_after: str | None = "0") -> httpx.Response:
+    headers = {"Retry-After": retry_after} if retry_after is not None else {}
+    return httpx.Response(503, json={"detail": "full"}, headers=headers)
+
+
+def test_busy_retries_are_bounded_in_number() -> None:
+    seen: list = []
+    with pytest.raises(ServerBusy, match=r"busy \(503\) \(after 2 retries\): full"):
+        _busy_then([busy(), busy(), busy()], seen).run(x=1)
+    assert len(seen) == 3  # the first try and two retries
+    seen.clear()
+    assert _busy_then([busy(), busy()], seen).run(x=1)["s"] == 1
+    assert len(seen) == 3
+
+
+def test_a_retry_after_past_the_wait_budget_raises_at_once() -> None:
+    seen: list = []
+    with pytest.raises(ServerBusy) as info:
+        _busy_then([busy("60")], seen).run(x=1)
+    assert info.value.retry_after == 60 and len(seen) == 1
+
+
+def test_busy_retries_in_async_code_too() -> None:
+    seen: list = []
+    result = anyio.run(lambda: _busy_then([busy(), busy()], seen).arun(x=1))
+    assert result["s"] == 1 and len(seen) == 3
+
+
+def test_busy_retries_zero_never_retries() -> None:
+    seen: list = []
+    client = Client("http://scripted", busy_retries=0,
+                    transport=httpx.MockTransport(lambda r: httpx.Response(200, json=GRAPH)
+                                                  if r.url.path == "/v1/graph"
+                                                  else (seen.append(r), busy())[1]))
+    with pytest.raises(ServerBusy):
+        client.run(x=1)
+    assert len(seen) == 1
+    with pytest.raises(ValueError, match="busy_retries and busy_wait take 0 or more"):
+        Client("http://x", busy_retries=-1)
+
+
+def test_a_url_without_a_scheme_means_http(serve) -> None:
+    url = serve(FAILING)
+    bare = url.removeprefix("http://")
+    client = Client(bare)
+    assert client.base_url == url
+    assert client.run(text="ok")["checked"] == ["ok"]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import logging
+import re
 import select
 import shutil
 import subprocess
@@ -30,7 +32,13 @@ JSON = {"Content-Type": "application/json"}
 
 
 def lines_of(resp: httpx.Response) -> list[dict]:
-    return [json.loads(line) for line in resp.iter_lines() if line]
+    """The answer's events, the last one without its ``request_id`` (checked here: the answer's
+    ``X-Request-Id``) and ``traceback`` (additive keys that tests of other keys leave aside)."""
+    lines = [json.loads(line) for line in resp.iter_lines() if line]
+    if lines and lines[-1]["type"] in ("done", "error"):
+        assert lines[-1].pop("request_id") == resp.headers["x-request-id"]
+        lines[-1].pop("traceback", None)
+    return lines
 
 
 def wait_for(predicate, what: str, seconds: float = 10.0) -> None:
@@ -62,7 +70,7 @@ def test_run_streams_the_events_of_the_reference_executor(serve) -> None:
     assert resp.status_code == 200
     assert resp.headers["content-type"] == "application/x-ndjson"
     got = [json.loads(line) for line in resp.text.splitlines()]
-    assert got[-1] == {"type": "done"}
+    assert got[-1] == {"type": "done", "request_id": resp.headers["x-request-id"]}
     key = lambda e: (e["stage"], sorted(e["ancestry"].items()), e["value"])
     assert sorted(map(key, got[:-1])) == sorted(key(e.to_json()) for e in local if e.type == "output")
     assert all(e["type"] == "output" for e in got[:-1])
@@ -93,7 +101,7 @@ def test_lines_arrive_one_by_one_before_the_request_ends(serve, gate) -> None:
             gate.release.set()
             rest = [json.loads(line) for line in lines if line]
     assert rest == [{"type": "output", "stage": "checked", "ancestry": {"claim": 1},
-                     "value": "TEA IS SECOND"}, {"type": "done"}]
+                     "value": "TEA IS SECOND"}, {"type": "done", "request_id": resp.headers["x-request-id"]}]
     assert not gate.cancelled.is_set()
 
 
@@ -102,7 +110,7 @@ def test_curl_dash_n_shows_claims_one_by_one(serve, gate) -> None:
     url = serve(serving_apps.gated)
     proc = subprocess.Popen(
         ["curl", "-N", "-sS", "-X", "POST", url + "/v1/run", "-H", "Content-Type: application/json",
-         "-d", '{"topic": "tea"}'],
+         "-H", "X-Request-Id: curl-1", "-d", '{"topic": "tea"}'],
         stdout=subprocess.PIPE, text=True,
     )
     try:
@@ -117,7 +125,7 @@ def test_curl_dash_n_shows_claims_one_by_one(serve, gate) -> None:
         proc.wait()
     assert [json.loads(line) for line in out.splitlines()] == [
         {"type": "output", "stage": "checked", "ancestry": {"claim": 1}, "value": "TEA IS SECOND"},
-        {"type": "done"},
+        {"type": "done", "request_id": "curl-1"},
     ]
 
 
@@ -173,7 +181,7 @@ def test_503_with_retry_after_when_max_inflight_requests_run(serve, gate) -> Non
             assert [json.loads(x)["type"] for x in lines if x] == ["output", "done"]
         wait_for(lambda: metric(url, "altoflow_requests_in_flight") == 0, "the slot to be freed")
         again = http.post(url + "/v1/run", json={"topic": "coffee"})
-    assert again.status_code == 200 and again.text.splitlines()[-1] == '{"type": "done"}'
+    assert again.status_code == 200 and json.loads(again.text.splitlines()[-1])["type"] == "done"
     assert metric(url, "altoflow_requests_rejected_total") == 1
 
 
@@ -262,3 +270,76 @@ def test_metrics_count_stage_errors(serve) -> None:
     httpx.post(url + "/v1/run", json={"text": "bad"})
     assert metric(url, "altoflow_stage_errors_total", {"stage": "checked"}) == 1
     assert metric(url, "altoflow_requests_finished_total", {"outcome": "error"}) == 1
+
+
+def _done_request_id(resp: httpx.Response) -> str:
+    return json.loads(resp.text.splitlines()[-1])["request_id"]
+
+
+def test_a_given_x_request_id_comes_back_in_the_header_and_the_done_event(serve) -> None:
+    url = serve(WORDCOUNT)
+    resp = httpx.post(url + "/v1/run", json={"text": "a b"}, headers={"X-Request-Id": "trace-42"})
+    assert resp.headers["x-request-id"] == "trace-42"
+    assert _done_request_id(resp) == "trace-42"
+
+
+@pytest.mark.parametrize("given", [None, "x" * 129, "has space", "naïve"])
+def test_a_missing_or_unfit_x_request_id_is_replaced_by_a_new_one(serve, given) -> None:
+    url = serve(WORDCOUNT)
+    headers = {"X-Request-Id": given.encode()} if given is not None else {}
+    ids = set()
+    for _ in range(2):
+        resp = httpx.post(url + "/v1/run", json={"text": "a"}, headers=headers)
+        rid = resp.headers["x-request-id"]
+        assert re.fullmatch(r"[0-9a-f]{32}", rid) and _done_request_id(resp) == rid
+        ids.add(rid)
+    assert len(ids) == 2
+
+
+def test_every_answer_has_a_request_id(serve) -> None:
+    url = serve(WORDCOUNT)
+    assert httpx.get(url + "/healthz", headers={"X-Request-Id": "h-1"}).headers["x-request-id"] == "h-1"
+    bad = httpx.post(url + "/v1/run", json={"txt": "a"}, headers={"X-Request-Id": "v-1"})
+    assert bad.status_code == 422 and bad.headers["x-request-id"] == "v-1"
+
+
+def test_a_failing_stage_is_logged_with_the_request_id_stage_ancestry_and_users_frame(
+        serve, caplog) -> None:
+    url = serve(FAILING)
+    with caplog.at_level(logging.ERROR, logger="altoflow"):
+        resp = httpx.post(url + "/v1/run", json={"text": "fine bad"},
+                          headers={"X-Request-Id": "fail-1"})
+        wait_for(lambda: any(r.name.startswith("altoflow.") for r in caplog.records),
+                 "the failure's log record")
+    error = json.loads(resp.text.splitlines()[-1])
+    assert error["request_id"] == "fail-1"
+    assert error["traceback"].splitlines()[1] == f'  File "{FAILING}", line 14, in checked'
+    [record] = [r for r in caplog.records if r.name.startswith("altoflow.")]
+    assert (record.request_id, record.stage, record.ancestry) == ("fail-1", "checked", {"word": 1})
+    assert f"at {FAILING}:14 in checked" in record.getMessage()
+    assert record.user_traceback == error["traceback"]
+
+
+def test_create_app_tracebacks_false_keeps_them_out_of_the_events(serve) -> None:
+    from altoflow.server import LocalIngress, create_app, serve_in_thread
+
+    with serve_in_thread(create_app(LocalIngress(FAILING), tracebacks=False)) as url:
+        error = json.loads(httpx.post(url + "/v1/run", json={"text": "bad"}).text.splitlines()[-1])
+    assert error["type"] == "error" and "traceback" not in error and "request_id" in error
+
+
+def test_a_stages_own_log_records_under_local_ingress_have_the_request_id(serve) -> None:
+    import io
+
+    from altoflow import _logging
+
+    url = serve(str(PIPELINES / "chatty.py"))
+    out = io.StringIO()
+    handler = _logging.configure("warning", "json", stream=out)
+    try:
+        httpx.post(url + "/v1/run", json={"text": "a"}, headers={"X-Request-Id": "ctx-1"})
+    finally:
+        logging.getLogger().removeHandler(handler)
+    [record] = [json.loads(line) for line in out.getvalue().splitlines()
+                if json.loads(line)["logger"] == "chatty"]
+    assert record["message"] == "checking a" and record["request_id"] == "ctx-1"

@@ -73,7 +73,7 @@ def served(url: str, body: str) -> tuple[int, Any]:
     if resp.status_code != 200:
         return resp.status_code, resp.json()["detail"]
     lines = [json.loads(line) for line in resp.text.splitlines()]
-    assert lines[-1] == {"type": "done"}, lines
+    assert lines[-1] == {"type": "done", "request_id": resp.headers["x-request-id"]}, lines
     return 200, lines[0]["value"]
 
 
@@ -130,7 +130,8 @@ def test_hostile_json_gets_422_and_the_connection_serves_on(url, body, words) ->
             assert w in resp.json()["detail"]
         assert resp.headers.get("connection") != "close"
         after = post(url, '{"blob": [1]}', http)
-        assert after.status_code == 200 and after.text.splitlines()[-1] == '{"type": "done"}'
+        assert after.status_code == 200 and json.loads(after.text.splitlines()[-1]) == {
+            "type": "done", "request_id": after.headers["x-request-id"]}
 
 
 def test_200k_unknown_keys_get_a_short_answer() -> None:
