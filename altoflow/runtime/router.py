@@ -80,28 +80,57 @@ class TcpStatistics(NamedTuple):
 
 
 class _Protocol(asyncio.Protocol):
-    def __init__(self, router: "Router", tcp: bool = False) -> None:
+    def __init__(self, router: "Router", tcp: bool = False, tls: ssl.SSLContext | None = None) -> None:
         self.conn = _Conn(router)
         self.tcp = tcp
+        self.tls = tls  # TCP: the TLS the connection is upgraded to before anything else
         self.counted = False  # TCP: counted in the router's connection caps
         self.deadline: asyncio.TimerHandle | None = None
+        self.upgrade: asyncio.Task | None = None  # its TLS handshake, while it runs
 
     def connection_made(self, transport: Any) -> None:
         self.conn.transport = transport
         if self.tcp:
             # A TCP peer is a stranger until its HELLO is verified: it gets small frames, a
-            # deadline, and no connection at all past the caps (asyncio calls this after the
-            # TLS handshake, which has a deadline of its own).
+            # deadline, and no connection at all past the caps. It is counted from its first
+            # byte: a TLS handshake that never ends holds a pending place too (until its own
+            # deadline), so a flood of them is turned away like any other.
             router = self.conn.router
             if not router._tcp_admit(self):
                 transport.abort()
                 return
             self.conn.reader = fr.FrameReader(max_frame_size=fr.PRE_AUTH_MAX_FRAME_SIZE)
-            self.deadline = asyncio.get_running_loop().call_later(
-                router.handshake_timeout, self._handshake_expired)
-            # Over TCP the replica must prove it knows the shared secret before anything else.
-            self.conn.challenge = os.urandom(fr.NONCE_SIZE)
-            transport.write(fr.encode_frame(fr.Kind.CHALLENGE, body=fr.Challenge(self.conn.challenge)))
+            if self.tls is None:
+                self._challenge()
+            else:
+                self.upgrade = asyncio.get_running_loop().create_task(self._start_tls(transport))
+
+    async def _start_tls(self, transport: Any) -> None:
+        router = self.conn.router
+        try:
+            upgraded = await asyncio.get_running_loop().start_tls(
+                transport, self, self.tls, server_side=True,  # type: ignore[arg-type]
+                ssl_handshake_timeout=router.handshake_timeout)
+        except Exception as exc:  # a handshake that failed, timed out or was cut
+            if isinstance(exc, TimeoutError):
+                router._tcp_timed_out += 1
+            transport.abort()
+            self.connection_lost(exc)  # asyncio does not tell the protocol of a failed upgrade
+            return
+        finally:
+            self.upgrade = None
+        if upgraded is None or upgraded.is_closing():
+            self.connection_lost(None)
+            return
+        self.conn.transport = upgraded
+        self._challenge()
+
+    def _challenge(self) -> None:
+        # Over TCP the replica must prove it knows the shared secret before anything else.
+        self.deadline = asyncio.get_running_loop().call_later(
+            self.conn.router.handshake_timeout, self._handshake_expired)
+        self.conn.challenge = os.urandom(fr.NONCE_SIZE)
+        self.conn.transport.write(fr.encode_frame(fr.Kind.CHALLENGE, body=fr.Challenge(self.conn.challenge)))
 
     def authenticated(self) -> None:
         """Its HELLO passed: the replica's frames may now be as big as any replica's."""
@@ -278,9 +307,9 @@ class Router:
         self.max_pending = max_pending
         self.max_connections = max_connections
         loop = asyncio.get_running_loop()
-        self.tcp_server = await loop.create_server(
-            lambda: _Protocol(self, tcp=True), host, port, ssl=tls,
-            ssl_handshake_timeout=handshake_timeout if tls is not None else None)
+        # TLS is started by each connection itself once it is admitted (_Protocol._start_tls),
+        # so that connections in mid-handshake count against the caps.
+        self.tcp_server = await loop.create_server(lambda: _Protocol(self, tcp=True, tls=tls), host, port)
         return self.tcp_server.sockets[0].getsockname()[1]
 
     def _tcp_admit(self, proto: _Protocol) -> bool:

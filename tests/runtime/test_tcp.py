@@ -287,6 +287,37 @@ def test_replicas_over_tls_serve_what_run_returns(certs):
     asyncio.run(main())
 
 
+def test_connections_stalled_in_the_tls_handshake_count_against_the_caps(certs):
+    # Peers that open the TLS port and never say a word hold a pending place each (until the
+    # handshake timeout), so a flood of them is turned away like one of plain connections.
+    async def main():
+        router = Router(load_target(TARGET).compiled)
+        port = await router.listen_tcp("127.0.0.1", 0, b"s3cret", tls=server_context(*certs["router"]),
+                                       handshake_timeout=30, max_pending=3, max_connections=16)
+        try:
+            held = [await asyncio.open_connection("127.0.0.1", port) for _ in range(3)]
+            for _ in range(300):
+                if router.tcp_statistics().pending == 3:
+                    break
+                await asyncio.sleep(0.01)
+            assert router.tcp_statistics().pending == 3
+            reader, writer = await asyncio.open_connection("127.0.0.1", port)
+            assert await _until_closed(reader) == b""
+            assert router.tcp_statistics().refused == 1
+            writer.close()
+            for _, w in held:
+                w.close()
+            for _ in range(300):
+                if router.tcp_statistics().pending == 0:
+                    break
+                await asyncio.sleep(0.01)
+            assert router.tcp_statistics().pending == 0
+        finally:
+            await router.close()
+
+    asyncio.run(main())
+
+
 def _exit_of(worker: subprocess.Popen) -> tuple[int, str]:
     _, err = worker.communicate(timeout=60)
     return worker.returncode, err
