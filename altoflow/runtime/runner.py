@@ -128,14 +128,7 @@ class StageRunner:
             if self.spec.is_generator:
                 await self._fan_out(anc, kwargs, emit)
                 return "ok", None
-            value = await self._attempts(anc, kwargs)
-            if value is DROP:
-                return "dropped", None
-            if self.op is not None:
-                self._fold(anc, value)
-            else:
-                emit(anc, value)
-            return "ok", None
+            return self._returned(anc, await self._attempts(anc, kwargs), emit), None
         except _Failed as failed:
             return failed.status, failed.error
         finally:
@@ -154,19 +147,22 @@ class StageRunner:
         held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
         emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
         try:
-            value = self._attempts_now(anc, kwargs)
-            if value is DROP:
-                return "dropped", None
-            if self.op is not None:
-                self._fold(anc, value)
-            else:
-                emit(anc, value)
-            return "ok", None
+            return self._returned(anc, self._attempts_now(anc, kwargs), emit), None
         except _Failed as failed:
             return failed.status, failed.error
         finally:
             for a, v in held or ():
                 self.emit(a, v)
+
+    def _returned(self, anc: Ancestry, value: Any, emit: OutputCallback) -> Status:
+        """What a map's (or an aggregate's) return value becomes: nothing, a fold, an output."""
+        if value is DROP:
+            return "dropped"
+        if self.op is not None:
+            self._fold(anc, value)
+        else:
+            emit(anc, value)
+        return "ok"
 
     def _attempts_now(self, anc: Ancestry, kwargs: dict[str, Any]) -> Any:
         error: Exception | None = None
