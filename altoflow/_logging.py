@@ -23,6 +23,8 @@ import sys
 from typing import Any, Literal
 
 LogFormat = Literal["text", "json"]
+CHATTY_LOGGERS = ("httpx", "httpcore")
+"""Libraries that log a line per HTTP call at INFO; ``configure`` shows them at DEBUG only."""
 LEVELS = ("debug", "info", "warning", "error", "critical")
 
 REQUEST_ID: contextvars.ContextVar[str | None] = contextvars.ContextVar(
@@ -177,4 +179,9 @@ def configure(level: str = "info", format: LogFormat = "text", *,
     numeric = getattr(logging, level.upper())
     root.setLevel(numeric)
     logging.getLogger("altoflow").setLevel(numeric)
+    # HTTP clients log every call at INFO (httpx: one line per LM request, a dozen per request
+    # of the claim verifier, over 2% of the server's CPU); only --log-level debug shows them.
+    for chatty in CHATTY_LOGGERS:
+        logging.getLogger(chatty).setLevel(numeric if numeric <= logging.DEBUG else
+                                           max(numeric, logging.WARNING))
     return handler

@@ -54,6 +54,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from datetime import datetime, timezone
@@ -140,9 +141,12 @@ class Server:
                "ALTOFLOW_LM_URL": f"{self.sim_url}/v1", "ALTOFLOW_LM_MODEL": "sim/{pool}",
                "ALTOFLOW_RERANKER": "bm25"}
         self.logs = open(os.devnull, "w")  # noqa: SIM115 - closed in stop()
+        # The server's stderr goes to a file, read if it exits: a pipe nobody reads fills up
+        # (64 KiB of log lines) and then blocks the server on its next line.
+        self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
         self.sim = subprocess.Popen(sim, env=env, stdout=self.logs, stderr=self.logs, cwd=ROOT)
         self.proc = subprocess.Popen(self.command(), env=env, stdout=self.logs,
-                                     stderr=subprocess.PIPE, cwd=ROOT)
+                                     stderr=self.errors, cwd=ROOT)
 
     def command(self) -> list[str]:
         if self.system in ("langgraph", "floor"):
@@ -167,8 +171,7 @@ class Server:
             while True:
                 for proc in (self.sim, self.proc):
                     if proc.poll() is not None:
-                        err = self.proc.stderr.read().decode(errors="replace")[-3000:] \
-                            if proc is self.proc else ""
+                        err = self.stderr_tail() if proc is self.proc else ""
                         raise SystemExit(f"e2e: {self.system} for {self.app} exited: {err}")
                 with contextlib.suppress(httpx.HTTPError):
                     if (await client.get(url)).status_code == 200:
@@ -176,6 +179,10 @@ class Server:
                 if time.monotonic() > deadline:
                     raise SystemExit(f"e2e: {self.system} for {self.app} not ready in {timeout} s")
                 await asyncio.sleep(0.2)
+
+    def stderr_tail(self, size: int = 3000) -> str:
+        self.errors.seek(0)
+        return self.errors.read().decode(errors="replace")[-size:]
 
     async def sim_stats(self, client: httpx.AsyncClient) -> dict[str, Any]:
         return (await client.get(f"{self.sim_url}/altoflow/stats")).json()
@@ -190,6 +197,7 @@ class Server:
                 proc.kill()
                 proc.wait()
         self.logs.close()
+        self.errors.close()
 
 
 # -- one run -----------------------------------------------------------------------------------
@@ -387,7 +395,7 @@ async def cpu_profile(args: argparse.Namespace) -> None:
                     worker_cmd = f.read().replace("\0", " ").strip()
                 spies["worker"] = (busiest, tmp / "e2e_profile_worker.collapsed")
             procs = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)),
-                                       "-r", "100", "-f", "raw", "-o", str(path)],
+                                       "-r", "100", "--gil", "-f", "raw", "-o", str(path)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for pid, path in spies.values()]
             run = await run_load(http_target(server.url, client), inputs, rate=rate,
@@ -397,8 +405,8 @@ async def cpu_profile(args: argparse.Namespace) -> None:
         finally:
             server.stop()
     summary = run.summary()
-    lines = [f"py-spy record -r 100 on altoflow serve examples/{app}/app.py (profile {profile}, "
-             f"placement {args.placement}, reranker bm25), Poisson {rate} req/s for {seconds} s: "
+    lines = [f"py-spy record -r 100 --gil (samples of the thread holding the GIL) on altoflow "
+             f"serve examples/{app}/app.py (profile {profile}, placement {args.placement}, reranker bm25), Poisson {rate} req/s for {seconds} s: "
              f"{summary['completed']} "
              f"requests, p50 {summary['latency_s']['p50']:.3f} s; "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", ""]

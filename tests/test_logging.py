@@ -90,6 +90,20 @@ def test_new_request_ids_are_valid_and_differ() -> None:
     assert a != b and _logging.valid_request_id(a) and len(a) == 32
 
 
+def test_http_clients_per_call_lines_show_only_at_debug() -> None:
+    stream = io.StringIO()
+    try:
+        _logging.configure("info", stream=stream)
+        logging.getLogger("httpx").info("HTTP Request: POST http://lm/v1/completions")
+        logging.getLogger("altoflow.server").info("kept")
+        assert "HTTP Request" not in stream.getvalue() and "kept" in stream.getvalue()
+        _logging.configure("debug", stream=stream)
+        logging.getLogger("httpx").info("HTTP Request: POST http://lm/v1/completions")
+        assert "HTTP Request" in stream.getvalue()
+    finally:
+        _logging.configure("info")
+
+
 def test_configure_refuses_an_unknown_level_or_format() -> None:
     with pytest.raises(ValueError, match="take one of debug"):
         _logging.configure("loud")
