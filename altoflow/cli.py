@@ -284,6 +284,9 @@ def serve(
                                      help="A stage (or NAME,NAME, or all) whose replicas run in the "
                                           "router's process: light stages' items then never cross "
                                           "a socket."),
+    fuse: bool = typer.Option(True, "--fuse/--no-fuse",
+                              help="An inline fan-out folds its items into the inline aggregate "
+                                   "that takes only them, skipping the router for each item."),
     log_level: LogLevel = _log_level(LogLevel.info),
     log_format: LogFormat = _log_format(),
 ) -> None:
@@ -358,7 +361,8 @@ def serve(
                                 remote=frozenset(remote), tls=tls,
                                 handshake_timeout=handshake_timeout, max_pending=max_pending,
                                 max_connections=max_connections, replay_limit=replay_limit,
-                                inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()))
+                                inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()),
+                                fuse=fuse)
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:

@@ -406,8 +406,8 @@ async def cpu_profile(args: argparse.Namespace) -> None:
             server.stop()
     summary = run.summary()
     lines = [f"py-spy record -r 100 --gil (samples of the thread holding the GIL) on altoflow "
-             f"serve examples/{app}/app.py (profile {profile}, placement {args.placement}, reranker bm25), Poisson {rate} req/s for {seconds} s: "
-             f"{summary['completed']} "
+             f"serve examples/{app}/app.py (profile {profile}, placement {args.placement}, "
+             f"reranker bm25), Poisson {rate} req/s for {seconds} s: {summary['completed']} "
              f"requests, p50 {summary['latency_s']['p50']:.3f} s; "
              f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", ""]
     for name, (pid, path) in spies.items():

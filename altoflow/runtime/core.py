@@ -61,6 +61,7 @@ decisions about it (parked, redispatched, given up, flushed, failed...), as ``St
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import random
 from collections import defaultdict, deque
@@ -133,6 +134,9 @@ class ReplicaUp:
     replica: int
     stage: str
     slot: int  # which of the stage's N replica slots (keys hash to slots)
+    # Whether its keyed groups' inputs are logged for a replay. A replica in the router's own
+    # process (inline, or the in-process executor's) cannot die without the router: no log.
+    replay: bool = True
 
 
 @dataclass(slots=True)
@@ -392,6 +396,15 @@ class CoreStatistics(NamedTuple):
     replay_buffered: int = 0  # inputs kept to replay keyed groups (all stages together)
 
 
+@functools.lru_cache(maxsize=4096)
+def _rendezvous(stage: str, prefix: Ancestry, replicas: int) -> int:
+    """Rendezvous hashing over ``replicas`` slots; cached, as every item of a group asks for
+    its slot (the claim verifier's ``bm25``: once a token)."""
+    key = repr((stage, prefix)).encode()
+    return max(range(replicas), key=lambda s: hashlib.blake2b(
+        key + s.to_bytes(4, "little"), digest_size=8).digest())
+
+
 class RouterCore:
     """All routing and progress decisions of one router, for any number of requests.
 
@@ -435,11 +448,26 @@ class RouterCore:
         # A keyed stage's group prefix length, for the stages whose groups are replayed.
         self._group_cut = ({s.name: 1 + len(s.route_key) for s in plan.stages if s.route_key is not None}
                            if replay_limit else {})
+        # Fan-outs whose replicas fold their items into the aggregate named here themselves
+        # (``runtime.fusion``): that aggregate's result comes from the fan-out's replica, and
+        # the core opens no group of it. Set by ``fuse`` before any replica is up.
+        self.fused: dict[str, str] = {}
         self._handlers = {
             Submit: self._on_Submit, Output: self._on_Output, Ack: self._on_Ack,
             FlushDone: self._on_FlushDone, Cancel: self._on_Cancel, ReplicaUp: self._on_ReplicaUp,
             ReplicaDown: self._on_ReplicaDown,
         }
+
+    def fuse(self, pairs: dict[str, str]) -> None:
+        """Fuse each fan-out of ``pairs`` into its aggregate (``runtime.fusion.fusable``)."""
+        if self.replicas:
+            raise CoreError("stages fuse before any replica is up")
+        for a, b in pairs.items():
+            if self.stages[a].consumers != [b] or self.stages[b].over != self.stages[a].fanout:
+                raise CoreError(f"stage {a} does not fuse into {b}")
+        self.fused = dict(pairs)
+        for b in pairs.values():
+            self._group_cut.pop(b, None)  # its groups live in one invocation: nothing to replay
 
     # -- the one entry point -------------------------------------------------------------------
 
@@ -515,7 +543,7 @@ class RouterCore:
         if not 0 <= ev.slot < stage.replicas:
             raise CoreError(f"stage {ev.stage} has {stage.replicas} replica slots, not {ev.slot + 1}")
         rep = _Replica(ev.replica, ev.stage, ev.slot, credits=stage.concurrency,
-                       replay=ev.stage in self._group_cut)
+                       replay=ev.replay and ev.stage in self._group_cut)
         self.replicas[ev.replica] = rep
         self.slots[ev.stage][ev.slot] = ev.replica
         self._story.append((None, ev.stage, None, "replica-up", rep.id, None))
@@ -763,7 +791,7 @@ class RouterCore:
             self._fail_request(anc[0], error)
             return
         if status == "ok" and stage.fanout is not None and stage.operator is None:
-            self._open_groups(stage.fanout, anc)
+            self._open_groups(stage.fanout, anc, self.fused.get(stage.name))
         self._release(self.topo.in_loc[stage.name], anc)
 
     def _emit(self, stage: StagePlan, anc: Ancestry, payload: Any) -> None:
@@ -829,8 +857,10 @@ class RouterCore:
                 del join.pending[anc]
                 self._release(self.topo.in_loc[c.name], anc)
 
-    def _open_groups(self, level: str, prefix: Ancestry) -> None:
+    def _open_groups(self, level: str, prefix: Ancestry, fused: str | None = None) -> None:
         for name in self.aggregates_over.get(level, ()):
+            if name == fused:
+                continue  # folded by the fan-out's replica: its result came from there
             req = self.requests.get(prefix[0])
             if req is None:
                 return
@@ -955,9 +985,9 @@ class RouterCore:
 
     def _slot(self, stage: StagePlan, prefix: Ancestry) -> int:
         """Rendezvous hashing: the slot with the highest hash of (stage, key, slot)."""
-        key = repr((stage.name, prefix)).encode()
-        return max(range(stage.replicas), key=lambda s: hashlib.blake2b(
-            key + s.to_bytes(4, "little"), digest_size=8).digest())
+        if stage.replicas == 1:
+            return 0
+        return _rendezvous(stage.name, prefix, stage.replicas)
 
     # -- progress ------------------------------------------------------------------------------
 

@@ -83,7 +83,7 @@ class _Execution:
             fn = compiled.instances[sp.name].__call__ if spec.is_class else spec.obj
             for slot in range(sp.replicas):
                 self.runners[rid] = StageRunner(spec, sp, fn, functools.partial(self._output, rid, sp.name))
-                self._queue.append(ReplicaUp(rid, sp.name, slot))
+                self._queue.append(ReplicaUp(rid, sp.name, slot, replay=False))
                 self.inbox[rid], self.active[rid], self.limit[rid] = deque(), 0, sp.concurrency
                 rid += 1
 

@@ -26,7 +26,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
-from altoflow._errors import Overloaded
+from altoflow._errors import Overloaded, user_traceback
 from altoflow._logging import log_stage_failure
 from altoflow._result import Event, done_event, output_event
 from altoflow.compiler import CompiledPipeline
@@ -37,6 +37,7 @@ from altoflow.runtime.core import (
     ReplicaDown, ReplicaUp, RouterCore, Submit,
 )
 from altoflow.runtime import pipe
+from altoflow.runtime.fusion import FusedErrorBody
 from altoflow.runtime.metrics import ServerMetrics
 from altoflow.runtime.stream import EventChannel, RequestStream
 
@@ -67,6 +68,8 @@ class _Conn:
     stage: str | None = None
     challenge: bytes | None = None  # TCP: the nonce this replica must prove the secret over
     heard: bool = True  # anything arrived since the last heartbeat check
+    inline: bool = False  # a replica in this process (``connect_inline``): it dies with the router
+    index: int = -1  # its stage's index in the plan (frames name stages by index)
     reader: fr.FrameReader = field(default_factory=fr.FrameReader)
     writer: fr.FrameWriter = field(default_factory=fr.FrameWriter)
 
@@ -207,6 +210,7 @@ class Router:
         self.compiled = compiled
         self.plan = compiled.plan
         self.core = RouterCore(self.plan, seed=seed, replay_limit=replay_limit)
+        self._fused: dict[int, int] = {}  # fan-out's stage index -> its fused aggregate's
         self.codec = codec
         self.output_codec = output_codec or Codec()
         self.max_inflight = max_inflight
@@ -278,6 +282,7 @@ class Router:
         def router_end() -> _Protocol:
             proto = _Protocol(self)
             proto.conn.reader = proto.conn.writer = pipe.FrameList()  # type: ignore[assignment]
+            proto.conn.inline = True
             return proto
 
         _, replica_end = pipe.connect_pair(router_end, protocol)
@@ -431,6 +436,8 @@ class Router:
         kind = frame.kind
         anc = (frame.request_id, *frame.ancestry)
         if kind is _DATA:
+            if frame.stage != conn.index:
+                stage = self._fused_output(conn, frame.stage)
             self.stats.items[stage] += 1
             self._apply(self.core.output(conn.rid, stage, anc, frame.payload))  # type: ignore[arg-type]
         elif kind is _ACK:
@@ -439,8 +446,8 @@ class Router:
                 self.stats.invocation[stage].observe(time.perf_counter() - started)
             error = None
             if frame.status == 2:
-                self.stats.errors[stage] += 1
                 error = self._error(stage, self.core.stages[stage].levels_in, anc, frame.body)
+                self.stats.errors[stage if error is None else error.stage] += 1
                 self._failed(anc[0], error, frame.body)
             elif frame.body is not None:  # dropped under on_error="drop": only logged
                 self._dropped(stage, self.core.stages[stage].levels_in, anc, frame.body)
@@ -479,11 +486,13 @@ class Router:
                             peer=f"replica {hello.stage}#{hello.slot}")
             proof = fr.router_proof(self.secret, conn.challenge, hello)
         conn.rid, conn.stage = next(self._rids), hello.stage
+        conn.index = self.stage_index[hello.stage]
         self.silent.pop((hello.stage, hello.slot), None)
         self.conns[conn.rid] = conn
         conn.writer.send_nowait(fr.Kind.READY, body=fr.Ready(self.stage_index[hello.stage], proof))
         self._dirty.add(conn.rid)
-        self._apply(self.core.handle(ReplicaUp(conn.rid, hello.stage, hello.slot)))
+        self._apply(self.core.handle(ReplicaUp(conn.rid, hello.stage, hello.slot,
+                                               replay=not conn.inline)))
 
     def _on_lost(self, conn: _Conn) -> None:
         if conn.rid is None or conn.rid not in self.conns:
@@ -509,6 +518,25 @@ class Router:
         if request in self.requests:
             self._failures[request] = (error, traceback)
 
+    def fuse(self, pairs: dict[str, str]) -> None:
+        """Fuse each fan-out of ``pairs`` into its aggregate (``runtime.fusion``): the fan-out's
+        inline replicas send that aggregate's results. Before any replica is up."""
+        self.core.fuse(pairs)
+        self._fused = {self.stage_index[a]: self.stage_index[b] for a, b in pairs.items()}
+
+    def _fused_output(self, conn: _Conn, index: int) -> str:
+        if not conn.inline or self._fused.get(conn.index) != index:
+            raise fr.RemoteProtocolError(
+                f"replica of {conn.stage} sent an output of stage #{index}, not its own")
+        return self.plan.names[index]
+
+    def fused_dropped(self, request: int, error: ErrorInfo) -> None:
+        """Log an item of ``request`` that a fused invocation dropped (``on_error="drop"``), as
+        ``_dropped`` logs an unfused one."""
+        traceback = user_traceback(error.exception) if error.exception is not None else ""
+        log_stage_failure(logger, self._names.get(request, str(request)), error.stage,
+                          error.ancestry, error.detail, traceback, dropped=True)
+
     def _dropped(self, stage: str, levels: list[str], anc: tuple, body: Any) -> None:
         error = self._error(stage, levels, anc, body)
         if error is not None:
@@ -518,6 +546,8 @@ class Router:
     def _error(self, stage: str, levels: list[str], anc: tuple, body: Any) -> ErrorInfo | None:
         if not isinstance(body, fr.ErrorBody):
             return None
+        if type(body) is FusedErrorBody:  # where in a fused invocation (runtime.fusion)
+            return ErrorInfo(body.stage, body.ancestry or {}, body.message, body.exc_type or None)
         return ErrorInfo(stage, dict(zip(levels, anc[1:])), body.message, body.exc_type or None)
 
     # -- instructions out -----------------------------------------------------------------

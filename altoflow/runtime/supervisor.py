@@ -31,6 +31,7 @@ from typing import Any
 
 from altoflow.compiler import CompiledPipeline
 from altoflow.wire import HANDSHAKE_TIMEOUT, Codec
+from altoflow.runtime.fusion import fusable
 from altoflow.runtime.router import Router
 
 logger = logging.getLogger("altoflow.supervisor")
@@ -141,11 +142,14 @@ class Supervisor:
                  tls: ssl.SSLContext | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
                  max_connections: int = 1024, replay_limit: int = 100_000,
-                 heartbeat: float = 1.0, inline: frozenset[str] = frozenset()) -> None:
+                 heartbeat: float = 1.0, inline: frozenset[str] = frozenset(),
+                 fuse: bool = True) -> None:
         self.barrier = barrier
         # Inline stages run their replicas in this process: their items never touch a socket.
         # "all" names every stage that is not remote: the whole pipeline in one process.
         self.inline = inline
+        self.fuse = fuse
+        self.fused: dict[str, str] = {}
         # TCP for replicas on other machines: `remote` stages get no local process; their
         # replicas connect with `altoflow worker --connect HOST:PORT` and the shared secret,
         # over TLS when `tls` (altoflow.runtime.tls.server_context) is given.
@@ -198,6 +202,9 @@ class Supervisor:
         if both:
             raise ValueError(f"{', '.join(both)}: a stage runs --inline (in the router's process) "
                              f"or --remote (on other machines), not both")
+        # Inline fan-outs that fold into their aggregate themselves (runtime.fusion).
+        self.fused = fusable(self.compiled.plan, self.inline) if self.fuse else {}
+        self.router.fuse(self.fused)
         for stage in self.compiled.plan.stages:
             if stage.name in self.remote:
                 continue
@@ -243,9 +250,13 @@ class Supervisor:
 
         try:
             # Its outputs stay Python objects when every stage that takes them is inline too.
-            local_out = all(c in self.inline for c in self.compiled.plan.stage(stage).consumers)
+            plan = self.compiled.plan
+            local_out = all(c in self.inline for c in plan.stage(stage).consumers)
+            fused = self.fused.get(stage)
+            fused_out = fused is not None and all(c in self.inline for c in plan.stage(fused).consumers)
             worker = Worker(self.target, stage, slot, Codec(allow_pickle=self.allow_pickle),
-                            barrier=self.barrier, local_out=local_out)
+                            barrier=self.barrier, local_out=local_out, fuse=fused,
+                            fused_local_out=fused_out, on_fused_drop=self.router.fused_dropped)
         except Exception as exc:
             raise RuntimeError(
                 f"inline replica {stage}#{slot} could not start: {type(exc).__name__}: {exc}. Fix "

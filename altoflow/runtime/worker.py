@@ -32,6 +32,7 @@ from altoflow import wire as fr
 from altoflow.wire import Codec, EncodeError
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.pipe import FrameList, Local
+from altoflow.runtime.fusion import FusedErrorBody, FusedRunner
 from altoflow.runtime.runner import StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
 
@@ -58,7 +59,8 @@ class Worker:
     too) sends its outputs as ``Local`` objects instead of encoding them (see ``runtime.pipe``)."""
 
     def __init__(self, target: str, stage: str, slot: int, codec: Codec, barrier: bool = False,
-                 local_out: bool = False) -> None:
+                 local_out: bool = False, fuse: str | None = None, fused_local_out: bool = False,
+                 on_fused_drop: Callable[[int, ErrorInfo], None] | None = None) -> None:
         self.compiled = load_target(target).compiled
         self.plan = self.compiled.plan
         if stage not in self.compiled.specs:
@@ -71,7 +73,22 @@ class Worker:
         self.codec = codec
         self.annotations = {p.name: p.annotation for p in self.spec.params}
         fn = self.spec.obj().__call__ if self.spec.is_class else self.spec.obj
-        self.runner = StageRunner(self.spec, self.stage, fn, self._emit, barrier=barrier)
+        self.runner: StageRunner | FusedRunner = StageRunner(self.spec, self.stage, fn, self._emit,
+                                                             barrier=barrier)
+        if fuse is not None:
+            # This fan-out folds its items into the aggregate `fuse` itself (runtime.fusion):
+            # what goes out is that stage's result, as its own replica would send it.
+            spec, plan = self.compiled.specs[fuse], self.plan.stage(fuse)
+            index = self.plan.names.index(fuse)
+
+            def emit_fused(anc: tuple[int, ...], value: Any) -> None:
+                payload = Local(value) if fused_local_out else self.codec.encode(value)
+                self.writer.item(_DATA, index, anc[0], anc[1:], payload)
+                self._queued()
+
+            fused = StageRunner(spec, plan, spec.obj().__call__ if spec.is_class else spec.obj,
+                                emit_fused, barrier=barrier)
+            self.runner = FusedRunner(self.runner, fused, on_fused_drop or (lambda request, error: None))
         self.writer: fr.FrameWriter | FrameList = fr.FrameWriter()
         self.reader: fr.FrameReader | FrameList = fr.FrameReader()
         self.local_out = local_out
@@ -114,10 +131,14 @@ class Worker:
         # not UTF-8 (a lone surrogate in an exception's message) goes escaped, or the frame
         # could not be encoded and the router would never hear of this item's credit.
         traceback = user_traceback(error.exception) if error.exception is not None else ""
+        message, exc_type = _escaped(error.detail), _escaped(error.exc_type or "")
+        if error.stage == self.stage.name:
+            body = fr.ErrorBody(message, exc_type, _escaped(traceback))
+        else:  # where a fused invocation failed: in the stage folded into this one
+            body = FusedErrorBody(message, exc_type, _escaped(traceback), error.stage,
+                                  dict(error.ancestry))
         self.writer.send_nowait(kind, stage=self.stage_index, request_id=anc[0], ancestry=anc[1:],
-                                status=fr.STATUS_CODES[status],
-                                body=fr.ErrorBody(_escaped(error.detail), _escaped(error.exc_type or ""),
-                                                  _escaped(traceback)))
+                                status=fr.STATUS_CODES[status], body=body)
         self._queued()
 
     # -- input ----------------------------------------------------------------------------

@@ -35,14 +35,14 @@ class ServedIngress:
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
                  max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, restart: bool = True,
-                 inline: frozenset[str] = frozenset()) -> None:
+                 inline: frozenset[str] = frozenset(), fuse: bool = True) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
                                      remote=remote, tls=tls, handshake_timeout=handshake_timeout,
                                      max_pending=max_pending, max_connections=max_connections,
                                      replay_limit=replay_limit, heartbeat=heartbeat,
-                                     restart=restart, inline=inline)
+                                     restart=restart, inline=inline, fuse=fuse)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout

@@ -154,6 +154,20 @@ def test_with_replay_off_a_dead_replica_s_group_fails_its_request():
     assert core.replay_buffered == 0
 
 
+def test_a_replica_that_cannot_die_alone_keeps_no_replay_log():
+    # An inline replica (in the router's process): its death is the router's.
+    core = RouterCore(SUM, seed=1)
+    core.handle(ReplicaUp(0, "items", 0))
+    core.handle(ReplicaUp(1, "total", 0, replay=False))
+    core.handle(Submit(R, {"n": 3}))
+    for i in range(3):
+        core.output(0, "items", (R, i), i)
+    assert core.statistics().replay_buffered == 0 and not core.requests[R].logs
+    out = [i for i in core.handle(ReplicaDown(1)) if type(i) is Finish]
+    assert len(out) == 1 and out[0].error.stage == "total"
+    assert core.requests == {} and core.replay_buffered == 0
+
+
 def test_a_dropped_input_is_not_replayed():
     core = _core(SUM, "total")
     core.handle(Submit(R, {"n": 2}))
