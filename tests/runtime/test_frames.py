@@ -118,14 +118,14 @@ def test_what_version_2_removed_stays_reserved_in_the_proto() -> None:
     assert set(envelope.reserved_name) == {"seq", "produced", "trace"}
     kind = next(e for e in proto.enum_type if e.name == "Kind")
     assert [(r.start, r.end) for r in kind.reserved_range] == [(7, 7)] and list(kind.reserved_name) == ["ERROR"]
-    assert 7 not in set(Kind) and PROTOCOL_VERSION == 2
+    assert 7 not in set(Kind) and PROTOCOL_VERSION == 3
 
 
 def test_header_bytes_follow_the_documented_layout() -> None:
     data = encode_frame(Kind.DATA, stage=3, request_id=0x1122334455667788, payload=b"xyz")
     assert data == (
         bytes.fromhex("1b000000")  # length 27 = 24 + 0 + 3
-        + bytes.fromhex("af 02 04 00")  # magic, version 2, kind DATA, flags (none defined)
+        + bytes.fromhex("af 03 04 00")  # magic, version 3, kind DATA, flags (none defined)
         + bytes.fromhex("03000000")  # stage
         + bytes.fromhex("00000000")  # envelope size
         + bytes.fromhex("8877665544332211")  # request id
