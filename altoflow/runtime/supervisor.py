@@ -30,8 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from altoflow.compiler import CompiledPipeline
-from altoflow.wire import HANDSHAKE_TIMEOUT, Codec
-from altoflow.wire.frame import FANOUT_WINDOW
+from altoflow.wire import FANOUT_WINDOW, HANDSHAKE_TIMEOUT, Codec
 from altoflow.runtime.router import MAX_BUFFERED, Router
 
 logger = logging.getLogger("altoflow.supervisor")

@@ -59,6 +59,8 @@ SLACK = FANOUT_WINDOW * (SIZE + EVENT_BYTES + 64)
 
 def test_a_client_that_reads_nothing_holds_a_bounded_answer_while_others_are_served():
     n = 3000  # 12 MB of answer
+    small_expected = _reference(READER, n=5, size=16)
+    expected = _reference(READER, n=n, size=SIZE)
 
     async def main():
         sup = await _started(READER, max_buffered=BOUND)
@@ -69,7 +71,7 @@ def test_a_client_that_reads_nothing_holds_a_bounded_answer_while_others_are_ser
             # Another request on the same replicas goes through meanwhile.
             other = await asyncio.wait_for(_events(router.submit({"n": 5, "size": 16})), 60)
             assert other[-1].type == "done", other[-1]
-            assert _outputs(other) == _reference(READER, n=5, size=16)
+            assert _outputs(other) == small_expected
             await asyncio.sleep(0.3)  # time enough for a request not held back to run on
             channel = router.streams[unread.request_id]
             stats = channel.statistics()
@@ -80,7 +82,7 @@ def test_a_client_that_reads_nothing_holds_a_bounded_answer_while_others_are_ser
             # Read now, it is all there, as altoflow.run has it.
             events = await asyncio.wait_for(_events(unread), 120)
             assert events[-1].type == "done", events[-1]
-            assert _outputs(events) == _reference(READER, n=n, size=SIZE)
+            assert _outputs(events) == expected
             assert channel.statistics().peak_bytes <= BOUND + SLACK
             assert router.streams == {} and router.core.paused == set()
         finally:
@@ -116,6 +118,7 @@ def test_a_paused_request_survives_the_death_of_its_aggregate_replica():
     # Paused with its group open on `length`, whose replica dies: the group is replayed on the
     # next replica once the client reads on, and the answer is the reference's.
     n = 400
+    expected = _reference(READER, n=n, size=2048)
 
     async def main():
         sup = await _started(READER, max_buffered=64 * 1024)
@@ -130,7 +133,7 @@ def test_a_paused_request_survives_the_death_of_its_aggregate_replica():
             await sup.wait_ready()
             events = await asyncio.wait_for(_events(unread), 120)
             assert events[-1].type == "done", events[-1]
-            assert _outputs(events) == _reference(READER, n=n, size=2048)
+            assert _outputs(events) == expected
             story = router.core.story(unread.request_id)
             assert [e.what for e in story if e.what in ("pause", "replay")][:2] == ["pause", "replay"]
             assert router.core.replay_buffered == 0
@@ -167,3 +170,43 @@ def test_a_huge_fan_out_into_an_aggregate_queues_little_and_starves_no_one():
             await sup.stop()
 
     asyncio.run(main())
+
+
+def test_over_http_a_client_that_never_reads_holds_its_slot_and_a_bounded_answer():
+    # The real thing: a client that sends its request and reads nothing. The router holds at
+    # most the bound of its answer (the rest is never made), a normal client is served beside
+    # it, and the slot it holds comes free when it hangs up.
+    import json
+    import socket
+    import time
+
+    from altoflow import Client
+    from altoflow.server import ServedIngress, create_app, serve_in_thread
+
+    n = 3000
+    ingress = ServedIngress(READER, max_buffered=BOUND, max_inflight=2)
+    with serve_in_thread(create_app(ingress)) as url:
+        router = ingress.router
+        host, port = url.removeprefix("http://").rsplit(":", 1)
+        body = json.dumps({"n": n, "size": SIZE}).encode()
+        sock = socket.create_connection((host, int(port)))
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        sock.sendall(b"POST /v1/run HTTP/1.1\r\nHost: %s\r\nContent-Type: application/json\r\n"
+                     b"Content-Length: %d\r\n\r\n%s" % (host.encode(), len(body), body))
+        deadline = time.monotonic() + 60
+        while router.core.statistics().paused != 1:
+            assert time.monotonic() < deadline, "the unread request is not paused"
+            time.sleep(0.02)
+        result = Client(url).run(n=4, size=16)
+        assert result["chunks"] == [f"{i:08d}" + "x" * 8 for i in range(4)]
+        unread = max(router.streams.values(), key=lambda c: c.statistics().peak_bytes)
+        stats = unread.statistics()
+        assert stats.full and stats.peak_bytes <= BOUND + SLACK, stats
+        assert router.stats.items["chunks"] < n
+        sock.close()  # the reader hangs up: its request is cancelled and its slot freed
+        deadline = time.monotonic() + 30
+        while router.streams:
+            assert time.monotonic() < deadline, "the slot of a client that left is not freed"
+            time.sleep(0.02)
+        assert router.core.statistics().paused == 0 and router.buffered_bytes() == 0
+        assert Client(url).run(n=1, size=16)["length"] == 16

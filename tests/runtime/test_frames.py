@@ -462,7 +462,7 @@ def test_envelope_garbage_in_a_valid_header_is_a_protocol_error(frame: Frame) ->
 
 
 def _header(**changes: int) -> bytes:
-    fields = {"length": 24, "magic": 0xAF, "version": 2, "kind": 4, "flags": 0}
+    fields = {"length": 24, "magic": 0xAF, "version": PROTOCOL_VERSION, "kind": 4, "flags": 0}
     fields |= {"stage": 0, "envelope": 0, "request": 0}
     fields.update(changes)
     return struct.pack("<IBBBBIIQ", *fields.values())
@@ -472,7 +472,7 @@ def _header(**changes: int) -> bytes:
     ("changes", "message"),
     [
         ({"magic": 0x47}, "bad magic byte 0x47 (expected 0xaf): the peer does not speak the altoflow wire protocol"),
-        ({"version": 1}, "peer speaks wire protocol version 1, this process speaks 2"),
+        ({"version": 1}, "peer speaks wire protocol version 1, this process speaks 3"),
         ({"length": 23}, "frame length 23 is shorter than the 24-byte header"),
         ({"length": 5000}, "frame of 5000 bytes exceeds the limit of 4096 bytes (raise FrameReader(max_frame_size=...)"),
         ({"kind": 0}, "unknown frame kind 0"),
