@@ -5,7 +5,8 @@ replica, ``benchmarks/flow_app.py``):
 
   fanout   one request whose fan-out yields N ints into an ``ops.sum`` aggregate with one
            replica, and, once it streams, a small request (50 items) whose group lands on the
-           same replica; both results are checked against plain Python
+           same replica; both results are checked against plain Python (items_made counts
+           both requests' items)
   reader   one request whose answer is M strings of 4 KiB, never read, for S seconds, while
            small requests run beside it
 
