@@ -60,7 +60,11 @@ paced with ``fanout_window`` (the served router's ``wire.FANOUT_WINDOW``): its r
 that many outputs before the first ``Grant``, and each ``Grant`` lets it send ``fanout_credit``
 more. The core grants credit as the work those outputs caused leaves its queues (it counts,
 per invocation, its outputs' work still queued), so a generator whose downstream is full is
-paused where it runs, and never more than a window of its items waits here. A request whose
+paused where it runs, and never more than a window of its items waits here. While it waits
+for credit (it has sent all it may) it lends its replica's credit to other work, so that a
+stalled fan-out does not hold up other requests' invocations of its stage; the credit is taken
+back with its next ``Grant`` (the replica counts an invocation that waits for credit as not
+running, see ``worker.py``). A request whose
 consumer does not keep up is paused (``Pause``, until ``Resume``; the router sends them as the
 request's unread answer grows past ``--max-buffered-mib`` and shrinks again): its queued work
 stays queued, its fan-outs get no credit, and what was already running finishes. Without a
@@ -299,6 +303,7 @@ class _Work:
     replica: int = -1
     granted: int = 0
     queued: int = 0
+    lent: bool = False  # it waits for credit, and its replica's credit is lent to other work
     # Queued work caused by a paced invocation's output: that invocation, until this leaves the
     # queue (then the invocation's ``queued`` goes down and it may get credit).
     source: "_Work | None" = None
@@ -679,6 +684,7 @@ class RouterCore:
         inflight, rep.inflight = rep.inflight, {}
         for work in inflight.values():
             work.replica = -1  # no longer running anywhere: it gets no credit
+            work.lent = False
         replays: deque[Parked] = deque()
         if rep.replay:
             replays = self._replay(rep, stage, inflight)
@@ -882,6 +888,8 @@ class RouterCore:
             finally:
                 self._source = None
             self._grant(work)
+            if work.outputs >= work.granted and not work.lent and work.replica >= 0:
+                self._lend(work)
             return
         self._emit(self.stages[name], anc, payload)
 
@@ -895,7 +903,10 @@ class RouterCore:
             self._transition(replica, Ack)
             return  # already settled (the request ended, or the replica acked it twice)
         work.replica = -1  # a paced invocation that ended gets no more credit
-        rep.credits += 1
+        if work.lent:
+            work.lent = False  # its credit is back already
+        else:
+            rep.credits += 1
         if anc[0] in self.requests:
             if status == "dropped" and rep.replay:
                 log = self.requests[anc[0]].logs.get((name, anc[: self._group_cut[name]]))
@@ -1114,7 +1125,20 @@ class RouterCore:
         assert window is not None
         while work.granted - work.outputs + work.queued <= window - credit:
             work.granted += credit
-            self._out.append(Grant(work.replica, self.replicas[work.replica].stage, work.ancestry))
+            rep = self.replicas[work.replica]
+            self._out.append(Grant(work.replica, rep.stage, work.ancestry))
+            if work.lent:  # it runs again: its credit comes back to it
+                work.lent = False
+                rep.credits -= 1
+
+    def _lend(self, work: _Work) -> None:
+        """The paced invocation ``work`` has sent all it may and waits for credit: its replica
+        may run other work in its place meanwhile."""
+        rep = self.replicas[work.replica]
+        work.lent = True
+        rep.credits += 1
+        if rep.queue or self.stage_queue[rep.stage]:
+            self._feed(rep)
 
     def _pick(self, stage: StagePlan) -> _Replica | None:
         slots = self.slots[stage.name]

@@ -13,7 +13,8 @@ then serves frames until the router goes away or says SHUTDOWN:
   its groups forgotten;
 - CREDIT: a fan-out invocation may send ``FANOUT_CREDIT`` more outputs. Each one starts with
   ``FANOUT_WINDOW`` and, with none left, pulls nothing more from its generator until a CREDIT
-  comes (the router grants it as the items' downstream work leaves its queues).
+  comes (the router grants it as the items' downstream work leaves its queues). While it waits
+  it does not count against ``concurrency``: the router lends its place to other work.
 
 Frames out are coalesced and written once per event-loop turn, or at once when the invocation
 that wrote them was the only one running (nothing could join the write).
@@ -144,7 +145,8 @@ class Worker:
     def handle(self, frame: fr.Frame) -> None:
         anc = (frame.request_id, *frame.ancestry)
         if frame.kind is _DATA:
-            if len(self.running) < self.stage.concurrency:
+            # An invocation that waits for credit does not count: the router lends its place.
+            if len(self.running) - len(self.waiting) < self.stage.concurrency:
                 self._start(anc, frame.parts())
             else:
                 # The router keeps to the credits it gave (concurrency), so this only happens
@@ -236,7 +238,7 @@ class Worker:
             # Cancelled before it started (a CANCEL in the same read as its DATA): _invoke never
             # ran, so acknowledge here, or the router would wait for this credit forever.
             self._status(fr.Kind.ACK, anc, "dropped", None)
-        while self.backlog and len(self.running) < self.stage.concurrency:
+        while self.backlog and len(self.running) - len(self.waiting) < self.stage.concurrency:
             self._start(*self.backlog.popleft())
 
     async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:

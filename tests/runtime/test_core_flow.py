@@ -162,3 +162,35 @@ def test_a_cancelled_paused_request_leaves_nothing_queued():
 def test_a_window_without_room_for_credit_is_refused(window, credit):
     with pytest.raises(ValueError, match="fanout_credit <= fanout_window"):
         RouterCore(KEYED, fanout_window=window, fanout_credit=credit)
+
+
+@stage(fanout="item", output=False)
+def listed(n: int):  # a sync generator: one invocation at a time (concurrency 1)
+    yield from range(n)
+
+
+@stage(output=True)
+async def echo(listed: int) -> int:
+    return listed
+
+
+LENDING = Pipeline([listed, echo], name="lending").compiled.plan
+
+
+def test_a_fan_out_that_waits_for_credit_lends_its_place_to_another_request():
+    core = _core(LENDING, window=4, credit=2)
+    assert LENDING.stage("listed").concurrency == 1
+    core.handle(Submit(A, {"n": 10}))
+    assert core.handle(Submit(B, {"n": 10})) == []  # the one place is taken
+    core.handle(Pause(A))  # A's client is behind
+    out = []
+    for i in range(4):
+        out += core.output(GEN, "listed", (A, i), i)
+    # A has sent its window and waits: B's fan-out runs in its place.
+    assert out == [Invoke(GEN, "listed", (B,), {"n": 10})]
+    out = core.handle(Resume(A))
+    assert _grants(out) == 2 and core.replicas[GEN].credits == -1  # A's place is taken back
+    assert core.ack(GEN, "listed", (B,), "ok") == [Finish(B)]  # it made nothing
+    assert core.replicas[GEN].credits == 0
+    core.ack(GEN, "listed", (A,), "ok")
+    assert core.replicas[GEN].credits == 1  # all its places back, none counted twice

@@ -210,3 +210,25 @@ def test_over_http_a_client_that_never_reads_holds_its_slot_and_a_bounded_answer
             time.sleep(0.02)
         assert router.core.statistics().paused == 0 and router.buffered_bytes() == 0
         assert Client(url).run(n=1, size=16)["length"] == 16
+
+
+def test_a_paused_fan_out_does_not_hold_its_stage_s_only_place():
+    # `lines` runs one invocation at a time; the unread request's waits for credit, and lends
+    # its place: another request's invocation of the same stage runs meanwhile.
+    target = f"{FLOOD}:listing"
+    assert load_target(target).compiled.plan.stage("lines").concurrency == 1
+
+    async def main():
+        sup = await _started(target, max_buffered=BOUND)
+        try:
+            router = sup.router
+            unread = router.submit({"n": 3000, "size": SIZE})
+            await _until(lambda: router.core.statistics().paused == 1, "the unread request is paused")
+            other = await asyncio.wait_for(_events(router.submit({"n": 3, "size": 16})), 60)
+            assert [e.value for e in other if e.type == "output"] == [f"{i:08d}" + "y" * 8 for i in range(3)]
+            events = await asyncio.wait_for(_events(unread), 120)
+            assert events[-1].type == "done" and len(events) == 3001
+        finally:
+            await sup.stop()
+
+    asyncio.run(main())
