@@ -275,6 +275,10 @@ def serve(
         100_000, "--replay-limit",
         help="Inputs of open aggregate groups kept, all together, to replay a group whose replica "
              "dies (0: none; such a death fails the group's request)."),
+    max_buffered_mib: float = typer.Option(
+        4.0, "--max-buffered-mib",
+        help="A request's answer the router holds unread, in MiB: past it the request is paused "
+             "until its client reads on."),
     max_body: int = typer.Option(1024 * 1024, "--max-body",
                                  help="Largest POST /v1/run body in bytes (413 past it)."),
     allowed_host: list[str] = typer.Option([], "--allowed-host",
@@ -308,6 +312,8 @@ def serve(
         _fail(f"--max-inflight takes N >= 1 (the requests in flight before 503), not {max_inflight}", 2)
     if max_body < 1:
         _fail(f"--max-body takes a number of bytes >= 1, not {max_body}", 2)
+    if not max_buffered_mib * 1024 * 1024 >= 1:  # NaN too
+        _fail(f"--max-buffered-mib takes MiB above 0 (e.g. 4 or 0.5), not {max_buffered_mib}", 2)
     _check_port("--port", port)
     compiled = _load(target)
     counts = _replica_counts(replicas)
@@ -361,6 +367,7 @@ def serve(
                                 remote=frozenset(remote), tls=tls,
                                 handshake_timeout=handshake_timeout, max_pending=max_pending,
                                 max_connections=max_connections, replay_limit=replay_limit,
+                                max_buffered=int(max_buffered_mib * 1024 * 1024),
                                 inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()),
                                 fuse=fuse)
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen

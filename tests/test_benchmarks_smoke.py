@@ -70,3 +70,21 @@ def test_router_benchmark_quick(tmp_path):
     assert proc.returncode == 0, proc.stderr
     text = md.read_text()
     assert "| router-1 |" in text and record["command"] in text
+
+
+def test_flow_benchmark_quick(tmp_path):
+    out = tmp_path / "flow.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "flow.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "flow"
+    fanout, reader = record["fanout"], record["reader"]
+    assert fanout["finished"] and fanout["items"] == 5000
+    assert fanout["items_made"] == 5000 + 50  # and the small request's
+    assert fanout["rss_peak_mib"] >= fanout["rss_before_mib"] > 0
+    assert reader["small_requests"] >= 1 and reader["buffered_mib"] is not None
+    for scenario in ("fanout", "reader"):
+        assert scenario in proc.stdout  # one row of the table per scenario

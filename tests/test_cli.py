@@ -592,6 +592,7 @@ def no_start(monkeypatch):
     (["--port", "-1"], ["--port takes a port from 1 to 65535, not -1"]),
     (["--listen", "0.0.0.0:99999"], ["--listen takes a port from 1 to 65535, not 99999"]),
     (["--max-body", "0"], ["--max-body takes a number of bytes >= 1"]),
+    (["--max-buffered-mib", "0"], ["--max-buffered-mib takes MiB above 0", "not 0.0"]),
     (["--replay-limit", "-1"], ["--replay-limit takes 0 (no replay) or more inputs, not -1"]),
     (["--grace", "-1"], ["--grace takes seconds, 0 or more", "not -1.0"]),
     (["--grace", "nan"], ["--grace takes seconds, 0 or more", "not nan"]),

@@ -52,6 +52,24 @@ kept (its inputs are freed) and, if its replica dies before its flush is done, f
 request with ``ReplicaDied`` as it did before replay existed; ``replay_limit=0`` turns replay
 off.
 
+Flow control: what the core queues is bounded, and shared fairly. Work waiting for a credit
+waits in a ``_FairQueue``: one FIFO per request, served round-robin, so that a request with a
+long backlog (a fan-out of a million items into one aggregate replica) holds another request's
+items up by one turn per item, not by its whole backlog. A fan-out (generator) invocation is
+paced with ``fanout_window`` (the served router's ``wire.FANOUT_WINDOW``): its replica may send
+that many outputs before the first ``Grant``, and each ``Grant`` lets it send ``fanout_credit``
+more. The core grants credit as the work those outputs caused leaves its queues (it counts,
+per invocation, its outputs' work still queued), so a generator whose downstream is full is
+paused where it runs, and never more than a window of its items waits here. While it waits
+for credit (it has sent all it may) it lends its replica's credit to other work, so that a
+stalled fan-out does not hold up other requests' invocations of its stage; the credit is taken
+back with its next ``Grant`` (the replica counts an invocation that waits for credit as not
+running, see ``worker.py``). A request whose
+consumer does not keep up is paused (``Pause``, until ``Resume``; the router sends them as the
+request's unread answer grows past ``--max-buffered-mib`` and shrinks again): its queued work
+stays queued, its fan-outs get no credit, and what was already running finishes. Without a
+window (the in-process executor) nothing is paced and no ``Grant`` is sent.
+
 Everything the core keeps is a named record: ``_Work`` (an invocation, queued, parked or in
 flight), ``_OpenGroup``/``_FlushGroup`` (a group message parked for its slot) and the watch
 actions ``_CloseGroup``/``_GiveUp`` (what to do when progress tracking reports a location
@@ -130,6 +148,20 @@ class Cancel:
 
 
 @dataclass(slots=True)
+class Pause:
+    """The request's consumer is behind: dispatch none of its work, grant its fan-outs nothing."""
+
+    request: int
+
+
+@dataclass(slots=True)
+class Resume:
+    """The request's consumer caught up: its queued work goes on, its fan-outs get credit."""
+
+    request: int
+
+
+@dataclass(slots=True)
 class ReplicaUp:
     replica: int
     stage: str
@@ -144,7 +176,7 @@ class ReplicaDown:
     replica: int
 
 
-Event = Union[Submit, Output, Ack, FlushDone, Cancel, ReplicaUp, ReplicaDown]
+Event = Union[Submit, Output, Ack, FlushDone, Cancel, Pause, Resume, ReplicaUp, ReplicaDown]
 
 
 @dataclass(frozen=True)
@@ -207,6 +239,15 @@ class Abort:
 
 
 @dataclass(slots=True)
+class Grant:
+    """The fan-out invocation of ``stage`` on ``ancestry`` may send ``fanout_credit`` more outputs."""
+
+    replica: int
+    stage: str
+    ancestry: Ancestry
+
+
+@dataclass(slots=True)
 class Emit:
     """An output item for the client."""
 
@@ -224,7 +265,7 @@ class Finish:
     error: ErrorInfo | None = None
 
 
-Instruction = Union[Invoke, Open, Flush, Abort, Emit, Finish]
+Instruction = Union[Invoke, Open, Flush, Abort, Emit, Finish, Grant]
 
 
 class CoreError(Exception):
@@ -261,6 +302,84 @@ class _Work:
     args: dict[str, Any]  # parameter -> payload (request fields included)
     outputs: int = 0
     deaths: int = 0  # replicas that died while running it (see POISON_DEATHS)
+    # Flow control (see the module's docstring). A paced fan-out invocation in flight: its
+    # replica (-1 otherwise), the outputs it may send in all, and its outputs' work still queued.
+    replica: int = -1
+    granted: int = 0
+    queued: int = 0
+    lent: bool = False  # it waits for credit, and its replica's credit is lent to other work
+    # Queued work caused by a paced invocation's output: that invocation, until this leaves the
+    # queue (then the invocation's ``queued`` goes down and it may get credit).
+    source: "_Work | None" = None
+
+
+class _FairQueue:
+    """Work waiting for a credit: one FIFO per request, taken round-robin (``pop``), skipping
+    paused requests. ``tally`` is the core's count of queued work, and its peak."""
+
+    __slots__ = ("_fifos", "_len", "_tally", "_turns")
+
+    def __init__(self, tally: list[int]) -> None:
+        self._fifos: dict[int, deque[_Work]] = {}
+        self._turns: deque[int] = deque()  # requests with queued work, the next one first
+        self._len = 0
+        self._tally = tally  # [queued now, the most queued at once], shared by the core's queues
+
+    def __len__(self) -> int:
+        return self._len
+
+    def __bool__(self) -> bool:
+        return self._len > 0
+
+    def __iter__(self):  # type: ignore[no-untyped-def]
+        for request in self._turns:
+            yield from self._fifos[request]
+
+    def append(self, work: _Work) -> None:
+        request = work.ancestry[0]
+        fifo = self._fifos.get(request)
+        if fifo is None:
+            fifo = self._fifos[request] = deque()
+            self._turns.append(request)
+        fifo.append(work)
+        self._len += 1
+        tally = self._tally
+        tally[0] += 1
+        if tally[0] > tally[1]:
+            tally[1] = tally[0]
+
+    def pop(self, paused: set[int]) -> _Work | None:
+        """The next request's oldest work, or None if all that waits is of paused requests."""
+        turns = self._turns
+        for _ in range(len(turns)):
+            request = turns.popleft()
+            if request in paused:
+                turns.append(request)
+                continue
+            fifo = self._fifos[request]
+            work = fifo.popleft()
+            if fifo:
+                turns.append(request)
+            else:
+                del self._fifos[request]
+            self._len -= 1
+            self._tally[0] -= 1
+            return work
+        return None
+
+    def discard(self, request: int) -> None:
+        """Forget the work of ``request`` (it ended)."""
+        fifo = self._fifos.pop(request, None)
+        if fifo is not None:
+            self._turns.remove(request)
+            self._len -= len(fifo)
+            self._tally[0] -= len(fifo)
+
+    def clear(self) -> None:
+        self._tally[0] -= self._len
+        self._fifos.clear()
+        self._turns.clear()
+        self._len = 0
 
 
 @dataclass(slots=True)
@@ -320,8 +439,8 @@ class _Replica:
     stage: str
     slot: int
     credits: int
+    queue: _FairQueue  # keyed work waiting for a credit
     state: ReplicaState = "ready"
-    queue: deque[_Work] = field(default_factory=deque)  # keyed work waiting for a credit
     inflight: dict[tuple[int, Ancestry], _Work] = field(default_factory=dict)
     groups: set[Ancestry] = field(default_factory=set)  # keyed groups it holds state for
     replay: bool = False  # keyed, with replay on: what it is sent is logged (``_GroupLog``)
@@ -370,6 +489,8 @@ Happening = Literal[
     "over-limit",  # the replay limit is reached: this group's inputs are no longer kept
     "repeat",      # a replayed group's output that had gone on already was dropped
     "give-up",     # a join stops waiting for ``detail`` (that input cannot arrive)
+    "pause",       # the request's consumer is behind: its work waits, its fan-outs get no credit
+    "resume",      # ... and caught up
     "replica-up",
     "replica-down",
 ]
@@ -394,6 +515,8 @@ class CoreStatistics(NamedTuple):
     queued: dict[str, int]
     in_flight: dict[str, int]
     replay_buffered: int = 0  # inputs kept to replay keyed groups (all stages together)
+    queued_peak: int = 0  # the most invocations waiting in the queues at once, since the start
+    paused: int = 0  # requests paused because their consumer is behind
 
 
 @functools.lru_cache(maxsize=4096)
@@ -411,12 +534,21 @@ class RouterCore:
     ``story_length`` bounds the story (``story``): the most recent decisions it keeps.
     ``replay_limit`` bounds the inputs kept to replay keyed groups (see "Replay" above); 0
     keeps none, and a keyed replica's death fails the requests with a group on it.
+    ``fanout_window`` paces fan-out invocations (see "Flow control" above): the outputs one
+    may send before its first ``Grant``; each ``Grant`` is worth ``fanout_credit`` more (half
+    the window unless given). None paces nothing.
     """
 
     def __init__(self, plan: Plan, *, seed: int | None = None, story_length: int = 2000,
-                 replay_limit: int = 100_000) -> None:
+                 replay_limit: int = 100_000, fanout_window: int | None = None,
+                 fanout_credit: int | None = None) -> None:
         if replay_limit < 0:
             raise ValueError(f"replay_limit must be 0 (no replay) or more, got {replay_limit}")
+        if fanout_window is not None:
+            fanout_credit = fanout_credit or max(1, fanout_window // 2)
+            if not 1 <= fanout_credit <= fanout_window:
+                raise ValueError(f"need 1 <= fanout_credit <= fanout_window, not {fanout_credit} "
+                                 f"and {fanout_window}")
         self.plan = plan
         self.topo = Topology.from_plan(plan)
         self.progress = Progress(self.topo)
@@ -430,7 +562,16 @@ class RouterCore:
         self._in_cut = {s.name: 1 + len(s.levels_in) for s in plan.stages}  # an input's ancestry length
         self.replicas: dict[int, _Replica] = {}
         self.slots: dict[str, dict[int, int]] = {s.name: {} for s in plan.stages}  # slot -> id
-        self.stage_queue: dict[str, deque[_Work]] = {s.name: deque() for s in plan.stages}
+        self._tally = [0, 0]  # invocations in the fair queues now, and the most at once
+        self.stage_queue: dict[str, _FairQueue] = {s.name: _FairQueue(self._tally) for s in plan.stages}
+        self.paused: set[int] = set()  # requests whose consumer is behind (Pause)
+        self.fanout_window = fanout_window
+        self.fanout_credit = fanout_credit or 0
+        # The stages whose invocations are paced: fan-outs that are generators (an aggregate that
+        # fans out emits its list at a flush, at once).
+        self._paced = ({s.name for s in plan.stages if s.fanout is not None and s.operator is None}
+                       if fanout_window is not None else set())
+        self._source: _Work | None = None  # the paced invocation whose output is being routed
         # Keyed work whose slot has no live replica, waiting for ReplicaUp: (stage, slot) -> queue
         self.parked: dict[tuple[str, int], deque[Parked]] = {}
         self.requests: dict[int, _Request] = {}
@@ -454,8 +595,8 @@ class RouterCore:
         self.fused: dict[str, str] = {}
         self._handlers = {
             Submit: self._on_Submit, Output: self._on_Output, Ack: self._on_Ack,
-            FlushDone: self._on_FlushDone, Cancel: self._on_Cancel, ReplicaUp: self._on_ReplicaUp,
-            ReplicaDown: self._on_ReplicaDown,
+            FlushDone: self._on_FlushDone, Cancel: self._on_Cancel, Pause: self._on_Pause,
+            Resume: self._on_Resume, ReplicaUp: self._on_ReplicaUp, ReplicaDown: self._on_ReplicaDown,
         }
 
     def fuse(self, pairs: dict[str, str]) -> None:
@@ -466,6 +607,7 @@ class RouterCore:
             if self.stages[a].consumers != [b] or self.stages[b].over != self.stages[a].fanout:
                 raise CoreError(f"stage {a} does not fuse into {b}")
         self.fused = dict(pairs)
+        self._paced -= set(pairs)  # its items stay on its replica: nothing to pace
         for b in pairs.values():
             self._group_cut.pop(b, None)  # its groups live in one invocation: nothing to replay
 
@@ -508,7 +650,7 @@ class RouterCore:
             in_flight[rep.stage] += len(rep.inflight)
         for (name, _slot), parked in self.parked.items():
             queued[name] += sum(1 for entry in parked if type(entry) is _Work)
-        return CoreStatistics(queued, in_flight, self.replay_buffered)
+        return CoreStatistics(queued, in_flight, self.replay_buffered, self._tally[1], len(self.paused))
 
     # -- what happened -------------------------------------------------------------------------
 
@@ -543,7 +685,7 @@ class RouterCore:
         if not 0 <= ev.slot < stage.replicas:
             raise CoreError(f"stage {ev.stage} has {stage.replicas} replica slots, not {ev.slot + 1}")
         rep = _Replica(ev.replica, ev.stage, ev.slot, credits=stage.concurrency,
-                       replay=ev.replay and ev.stage in self._group_cut)
+                       queue=_FairQueue(self._tally), replay=ev.replay and ev.stage in self._group_cut)
         self.replicas[ev.replica] = rep
         self.slots[ev.stage][ev.slot] = ev.replica
         self._story.append((None, ev.stage, None, "replica-up", rep.id, None))
@@ -569,6 +711,9 @@ class RouterCore:
             del self.slots[rep.stage][rep.slot]
         stage = self.stages[rep.stage]
         inflight, rep.inflight = rep.inflight, {}
+        for work in inflight.values():
+            work.replica = -1  # no longer running anywhere: it gets no credit
+            work.lent = False
         replays: deque[Parked] = deque()
         if rep.replay:
             replays = self._replay(rep, stage, inflight)
@@ -724,6 +869,26 @@ class RouterCore:
             self._story.append((ev.request, None, None, "cancel", None, None))
             self._drop_request(ev.request)
 
+    def _on_Pause(self, ev: Pause) -> None:
+        if ev.request in self.requests and ev.request not in self.paused:
+            self._story.append((ev.request, None, None, "pause", None, None))
+            self.paused.add(ev.request)
+
+    def _on_Resume(self, ev: Resume) -> None:
+        if ev.request not in self.paused:
+            return
+        self._story.append((ev.request, None, None, "resume", None, None))
+        self.paused.discard(ev.request)
+        for rep in list(self.replicas.values()):
+            if rep.state != "ready":
+                continue
+            if self._paced and rep.stage in self._paced:
+                for (request, _anc), work in list(rep.inflight.items()):
+                    if request == ev.request:
+                        self._grant(work)
+            if rep.credits > 0 and (rep.queue or self.stage_queue[rep.stage]):
+                self._feed(rep)
+
     # -- items from replicas -------------------------------------------------------------------
 
     def _on_Output(self, ev: Output) -> None:
@@ -744,6 +909,17 @@ class RouterCore:
         cut = self._group_cut.get(name)
         if cut is not None and not self._group_output(req, name, anc[:cut]):
             return
+        if work is not None and work.replica >= 0:
+            # A paced fan-out's item: the work it causes and queues counts against its window.
+            self._source = work
+            try:
+                self._emit(self.stages[name], anc, payload)
+            finally:
+                self._source = None
+            self._grant(work)
+            if work.outputs >= work.granted and not work.lent and work.replica >= 0:
+                self._lend(work)
+            return
         self._emit(self.stages[name], anc, payload)
 
     def _on_Ack(self, ev: Ack) -> None:
@@ -751,10 +927,15 @@ class RouterCore:
 
     def _ack_in(self, replica: int, name: str, anc: Ancestry, status: Status, error: ErrorInfo | None) -> None:
         rep = self.replicas.get(replica)
-        if rep is None or rep.inflight.pop((anc[0], anc), None) is None:
+        work = None if rep is None else rep.inflight.pop((anc[0], anc), None)
+        if work is None:
             self._transition(replica, Ack)
             return  # already settled (the request ended, or the replica acked it twice)
-        rep.credits += 1
+        work.replica = -1  # a paced invocation that ended gets no more credit
+        if work.lent:
+            work.lent = False  # its credit is back already
+        else:
+            rep.credits += 1
         if anc[0] in self.requests:
             if status == "dropped" and rep.replay:
                 log = self.requests[anc[0]].logs.get((name, anc[: self._group_cut[name]]))
@@ -910,6 +1091,8 @@ class RouterCore:
         self._story.append((anc[0], stage.name, anc, "park", None, None))
         # The slot of the group (an item's ancestry is longer than its group's prefix).
         slot = self._slot(stage, anc[: 1 + len(stage.route_key or ())])
+        if self._source is not None and type(entry) is _Work:
+            self._queued_by_source(entry)
         self.parked.setdefault((stage.name, slot), deque()).append(entry)
 
     # -- dispatch and credits ------------------------------------------------------------------
@@ -940,16 +1123,53 @@ class RouterCore:
                 return
             rep = self.replicas[rid]
             rep.groups.add(prefix)
-            if rep.credits > 0:
+            if rep.credits > 0 and work.ancestry[0] not in self.paused:
                 self._invoke(rep, work)
             else:
+                if self._source is not None:
+                    self._queued_by_source(work)
                 rep.queue.append(work)
             return
-        rep = self._pick(stage)
+        rep = None if work.ancestry[0] in self.paused else self._pick(stage)
         if rep is None:
+            if self._source is not None:
+                self._queued_by_source(work)
             self.stage_queue[stage.name].append(work)
         else:
             self._invoke(rep, work)
+
+    def _queued_by_source(self, work: _Work) -> None:
+        """``work``, caused by the paced invocation being routed, waits: count it against that."""
+        source = self._source
+        assert source is not None
+        work.source = source
+        source.queued += 1
+
+    def _grant(self, work: _Work) -> None:
+        """Credit for the paced invocation ``work``, so that what it may still send and what it
+        caused that waits in the queues stay within the window; none for a paused request."""
+        if work.replica < 0 or work.ancestry[0] in self.paused:
+            return
+        if work.granted < work.outputs:
+            work.granted = work.outputs  # its replica ran past its credit: it does not pace
+        window, credit = self.fanout_window, self.fanout_credit
+        assert window is not None
+        while work.granted - work.outputs + work.queued <= window - credit:
+            work.granted += credit
+            rep = self.replicas[work.replica]
+            self._out.append(Grant(work.replica, rep.stage, work.ancestry))
+            if work.lent:  # it runs again: its credit comes back to it
+                work.lent = False
+                rep.credits -= 1
+
+    def _lend(self, work: _Work) -> None:
+        """The paced invocation ``work`` has sent all it may and waits for credit: its replica
+        may run other work in its place meanwhile."""
+        rep = self.replicas[work.replica]
+        work.lent = True
+        rep.credits += 1
+        if rep.queue or self.stage_queue[rep.stage]:
+            self._feed(rep)
 
     def _pick(self, stage: StagePlan) -> _Replica | None:
         slots = self.slots[stage.name]
@@ -972,14 +1192,22 @@ class RouterCore:
         if rep.replay:
             self._log_input(rep.stage, work)
         self._out.append(Invoke(rep.id, rep.stage, anc, work.args))
+        if rep.stage in self._paced:
+            work.replica = rep.id
+            work.granted = self.fanout_window  # type: ignore[assignment]
+        source = work.source
+        if source is not None:  # it left the queue: its fan-out may get credit
+            work.source = None
+            source.queued -= 1
+            self._grant(source)
 
     def _feed(self, rep: _Replica) -> None:
         """Give a replica with free credits the work waiting for it."""
         while rep.credits > 0 and rep.state == "ready":
             queue = rep.queue if rep.queue else self.stage_queue[rep.stage]
-            if not queue:
+            work = queue.pop(self.paused)
+            if work is None:
                 return
-            work = queue.popleft()
             if work.ancestry[0] in self.requests:
                 self._invoke(rep, work)
 
@@ -1046,10 +1274,14 @@ class RouterCore:
                 self._story.append((request, rep.stage, (request,), "abort", rep.id, None))
                 self._out.append(Abort(rep.id, request))
             rep.groups = {g for g in rep.groups if g[0] != request}
+            rep.queue.discard(request)
+        for queue in self.stage_queue.values():
+            queue.discard(request)
         self._forget(request)
 
     def _forget(self, request: int) -> None:
         req = self.requests.pop(request, None)
+        self.paused.discard(request)
         if req is not None and req.logs:
             self.replay_buffered -= sum(len(log.inputs) for log in req.logs.values())
         self.progress.forget(request)

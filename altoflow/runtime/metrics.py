@@ -77,6 +77,10 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("altoflow_replicas_live", "gauge", ("stage",), "Replicas ready to take work."),
     MetricSpec("altoflow_replay_buffered_items", "gauge", (),
                "Inputs of open aggregate groups kept to replay them if their replica dies."),
+    MetricSpec("altoflow_answer_buffered_bytes", "gauge", (),
+               "Bytes of answers (output events) waiting for their clients to read them."),
+    MetricSpec("altoflow_requests_paused", "gauge", (),
+               "Requests paused because their client reads slower than they produce."),
 )
 
 
@@ -114,7 +118,8 @@ class ServerMetrics:
     """
 
     def __init__(self, stages: Sequence[str], *, requests_in_flight: Callable[[], int],
-                 replicas_live: Callable[[], Mapping[str, int]]) -> None:
+                 replicas_live: Callable[[], Mapping[str, int]],
+                 answer_buffered_bytes: Callable[[], int] = lambda: 0) -> None:
         self.stages = list(stages)
         self.admitted = 0
         self.rejected = 0
@@ -126,6 +131,7 @@ class ServerMetrics:
         self.cores: set[RouterCore] = set()
         self._requests_in_flight = requests_in_flight
         self._replicas_live = replicas_live
+        self._answer_buffered_bytes = answer_buffered_bytes
         self.registry = CollectorRegistry()
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -161,11 +167,13 @@ class _Collector:
         in_flight = dict.fromkeys(st.stages, 0)
         buffered = 0
         poisoned = dict.fromkeys(st.stages, 0)
+        paused = 0
         for core in list(st.cores):
             for name, n in core.poisoned.items():
                 poisoned[name] += n
             core_stats = core.statistics()
             buffered += core_stats.replay_buffered
+            paused += core_stats.paused
             for name, n in core_stats.queued.items():
                 queued[name] += n
             for name, n in core_stats.in_flight.items():
@@ -185,6 +193,8 @@ class _Collector:
             "altoflow_stage_in_flight": _per_stage(in_flight),
             "altoflow_replicas_live": {(name,): live.get(name, 0) for name in st.stages},
             "altoflow_replay_buffered_items": {(): buffered},
+            "altoflow_answer_buffered_bytes": {(): st._answer_buffered_bytes()},
+            "altoflow_requests_paused": {(): paused},
         }
         for spec in METRICS:
             yield _family(spec, values[spec.name])

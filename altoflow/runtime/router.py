@@ -12,6 +12,13 @@ consumer reads them, with ``output_codec`` (the one codec that may allow pickle,
 ``altoflow serve --allow-pickle`` does). So a pickled value is only ever loaded in the task of
 the request it belongs to, and a payload that cannot be decoded fails that request alone
 instead of the replica connection it came over.
+
+Flow control, from the client back to the generators (``core.py``, "Flow control"): each
+request's events wait in its ``EventChannel`` until its consumer reads them, and a channel
+holding ``max_buffered`` bytes pauses its request in the core until the consumer has read half
+of it; the core's ``Grant``s go to the replicas as CREDIT frames, which let a fan-out invocation
+pull more items from its generator. A request holds one of the ``max_inflight`` slots until
+its consumer has closed its stream (read it to its end, or left), not only until it ended here.
 """
 
 from __future__ import annotations
@@ -33,8 +40,8 @@ from altoflow.compiler import CompiledPipeline
 from altoflow import wire as fr
 from altoflow.wire import Codec, DecodeError
 from altoflow.runtime.core import (
-    Abort, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Invoke, Open,
-    ReplicaDown, ReplicaUp, RouterCore, Submit,
+    Abort, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Grant, Invoke, Open, Pause,
+    ReplicaDown, ReplicaUp, Resume, RouterCore, Submit,
 )
 from altoflow.runtime import pipe
 from altoflow.runtime.fusion import FusedErrorBody
@@ -44,6 +51,9 @@ from altoflow.runtime.stream import EventChannel, RequestStream
 logger = logging.getLogger("altoflow.router")
 
 SILENT_BEATS = 5  # heartbeat intervals with nothing from a replica before it is marked down
+
+MAX_BUFFERED = 4 * 1024 * 1024
+"""The default bound of one request's unread answer, in bytes (``altoflow serve --max-buffered-mib``)."""
 
 _DATA, _ACK, _FLUSH_DONE, _HEARTBEAT = fr.Kind.DATA, fr.Kind.ACK, fr.Kind.FLUSH_DONE, fr.Kind.HEARTBEAT
 
@@ -195,13 +205,18 @@ class Router:
 
     ``codec`` encodes request fields, and must refuse pickle; ``output_codec`` is what each
     request's consumer decodes output values with, as it reads them (see the module's docstring).
+    ``max_buffered`` bounds a request's unread answer, in bytes: past it the request is paused
+    until its consumer catches up. ``fanout_window`` (None: no pacing, for replicas that hold
+    their outputs back anyway, as in barrier mode) is the core's window of fan-out invocations.
     """
 
     def __init__(self, compiled: CompiledPipeline, *, codec: Codec | None = None,
                  output_codec: Codec | None = None, max_inflight: int = 1024,
                  seed: int | None = None, replay_limit: int = 100_000,
                  heartbeat: float | None = 1.0,
-                 on_silent: Callable[[str, int], None] | None = None) -> None:
+                 on_silent: Callable[[str, int], None] | None = None,
+                 max_buffered: int = MAX_BUFFERED,
+                 fanout_window: int | None = fr.FANOUT_WINDOW) -> None:
         codec = codec or Codec()
         if codec.allow_pickle:
             raise ValueError(
@@ -209,20 +224,29 @@ class Router:
                 "pass Codec(allow_pickle=True) as output_codec for the requests' consumers")
         self.compiled = compiled
         self.plan = compiled.plan
-        self.core = RouterCore(self.plan, seed=seed, replay_limit=replay_limit)
+        if max_buffered < 1:
+            raise ValueError(f"max_buffered must be at least 1 byte, not {max_buffered}")
+        self.core = RouterCore(self.plan, seed=seed, replay_limit=replay_limit,
+                               fanout_window=fanout_window,
+                               fanout_credit=fr.FANOUT_CREDIT if fanout_window is not None else None)
         self._fused: dict[int, int] = {}  # fan-out's stage index -> its fused aggregate's
         self.codec = codec
         self.output_codec = output_codec or Codec()
         self.max_inflight = max_inflight
+        self.max_buffered = max_buffered
         self.stage_index = {name: i for i, name in enumerate(self.plan.names)}
         self.conns: dict[int, _Conn] = {}
         self.requests: dict[int, EventChannel] = {}  # request id -> its events' buffer
+        # Requests whose consumer has not closed their stream, each holding a max_inflight slot:
+        # those in self.requests, and those that ended here and whose answer is still unread.
+        self.streams: dict[int, EventChannel] = {}
         self._ids = itertools.count(1)
         self._rids = itertools.count(1)
         self._dirty: set[int] = set()
         self._flush_scheduled = False
-        self.stats = ServerMetrics(self.plan.names, requests_in_flight=lambda: len(self.requests),
-                                   replicas_live=self.ready)
+        self.stats = ServerMetrics(self.plan.names, requests_in_flight=lambda: len(self.streams),
+                                   replicas_live=self.ready,
+                                   answer_buffered_bytes=self.buffered_bytes)
         self.stats.cores.add(self.core)
         self._started: dict[tuple[int, tuple], float] = {}  # (replica, ancestry) -> dispatch time
         self._admitted: dict[int, float] = {}
@@ -365,14 +389,16 @@ class Router:
         ``request_id`` names it in the log (the router's own number for it otherwise).
         """
         values = self.compiled.validate_request(fields)
-        if len(self.requests) >= self.max_inflight:
+        if len(self.streams) >= self.max_inflight:
             self.stats.rejected += 1
-            raise Overloaded(f"the server is busy: {len(self.requests)} requests in flight, the most it "
-                             f"takes (--max-inflight {self.max_inflight}); retry in 1 s")
+            raise Overloaded(f"the server is busy: {len(self.streams)} requests in flight (running, or "
+                             f"with answers not read yet), the most it takes (--max-inflight "
+                             f"{self.max_inflight}); retry in 1 s")
         encoded = {name: self.codec.encode(v) for name, v in values.items()}
         request = next(self._ids)
-        channel = EventChannel()
+        channel = EventChannel(self.max_buffered, lambda full: self._pressure(request, full))
         self.requests[request] = channel
+        self.streams[request] = channel
         if request_id is not None:
             self._names[request] = request_id
         self._admitted[request] = time.perf_counter()
@@ -397,7 +423,20 @@ class Router:
         event.__dict__["value"] = value
         return event
 
+    def _pressure(self, request: int, full: bool) -> None:
+        """The request's unread answer reached ``max_buffered`` (``full``), or was read down to
+        half of it: pause the request in the core, or let it go on."""
+        if request in self.requests:
+            self._apply(self.core.handle(Pause(request) if full else Resume(request)))
+            self._schedule_flush()
+
+    def buffered_bytes(self) -> int:
+        """What the unread answers of all requests hold (``EventChannel``'s count)."""
+        return sum(channel.statistics().buffered_bytes for channel in list(self.streams.values()))
+
     def _cancel(self, request: int) -> None:
+        # The consumer closed the stream (read to its end, or left): its slot is free.
+        self.streams.pop(request, None)
         channel = self.requests.pop(request, None)
         if channel is None:
             return  # it had finished
@@ -595,6 +634,8 @@ class Router:
                            opened=ins.opened)
             elif t is Abort:
                 self._item(ins.replica, fr.Kind.CANCEL, 0, (ins.request,))
+            elif t is Grant:
+                self._item(ins.replica, fr.Kind.CREDIT, self.stage_index[ins.stage], ins.ancestry)
             else:
                 raise TypeError(f"unknown instruction {ins!r}")
 

@@ -11,6 +11,11 @@ in a row took under ``INLINE_BELOW_S``; one inline call that takes longer sends 
 back to threads. A stage with a ``timeout`` always runs in threads (an inline call cannot be
 abandoned), and an inline generator passes through a checkpoint every ``INLINE_YIELD_EVERY``
 items, so a long one lets other tasks run.
+
+A fan-out may be paced (``pace``, which a served replica gives, see ``worker.py``): before
+each item is pulled from the generator, ``pace(ancestry, items emitted so far)`` says whether
+the invocation may go on (None) or must wait (an awaitable, done when the router has granted
+more credit). A paused generator is not advanced at all: an LM stage stops generating.
 """
 
 from __future__ import annotations
@@ -19,7 +24,7 @@ import functools
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import anyio
 import anyio.lowlevel
@@ -32,6 +37,7 @@ from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.progress import Ancestry
 
 OutputCallback = Callable[[Ancestry, Any], None]
+PaceCallback = Callable[[Ancestry, int], "Awaitable[None] | None"]
 _END = object()
 
 #: A sync call shorter than this counts as fast; see the module docstring.
@@ -59,11 +65,13 @@ class StageRunner:
     """One replica's view of a stage. ``fn`` is the function (or the instance's ``__call__``)."""
 
     def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: OutputCallback,
-                 *, barrier: bool = False) -> None:
+                 *, barrier: bool = False, pace: PaceCallback | None = None) -> None:
         self.spec = spec
         # Barrier mode holds an invocation's outputs until it returns: the "wait for the whole
-        # LM output" baseline that streaming is measured against. Nothing else changes.
+        # LM output" baseline that streaming is measured against. Nothing else changes (and
+        # nothing is paced: the outputs that credit is granted for are held back).
         self.barrier = barrier
+        self.pace = None if barrier else pace
         self.plan = plan
         self.fn = fn
         self.emit = emit
@@ -212,10 +220,23 @@ class StageRunner:
         raise self._failure(self.plan.levels_in, anc, error)
 
     async def _generate(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback, emitted: list[int]) -> None:
+        pace = self.pace
         if self.spec.is_async:
             agen = self.fn(**kwargs)
             try:
-                async for value in agen:
+                if pace is None:
+                    async for value in agen:
+                        emitted[0] = self._yielded(anc, emitted[0], value, emit)
+                    return
+                while True:
+                    waiter = pace(anc, emitted[0])
+                    while waiter is not None:  # no credit left: pull nothing until there is
+                        await waiter
+                        waiter = pace(anc, emitted[0])
+                    try:
+                        value = await agen.__anext__()
+                    except StopAsyncIteration:
+                        break
                     emitted[0] = self._yielded(anc, emitted[0], value, emit)
             finally:
                 await agen.aclose()
@@ -224,6 +245,11 @@ class StageRunner:
             try:
                 n = 0
                 while True:
+                    if pace is not None:
+                        waiter = pace(anc, emitted[0])
+                        while waiter is not None:
+                            await waiter
+                            waiter = pace(anc, emitted[0])
                     if self.inline:
                         n += 1
                         if n % INLINE_YIELD_EVERY == 0:

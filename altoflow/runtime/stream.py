@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 import anyio
 
@@ -40,8 +40,25 @@ class EventSource(Protocol):
     def close(self) -> None: ...
 
 
+#: What one buffered event counts for in ``EventChannel``'s bytes, besides its payload's bytes.
+EVENT_BYTES = 128
+
+
+class ChannelStatistics(NamedTuple):
+    events: int  # events buffered now
+    buffered_bytes: int  # what they count for: payload bytes, plus EVENT_BYTES per event
+    peak_bytes: int  # the most buffered_bytes at once
+    full: bool  # past the limit, and not yet read down to half of it
+
+
 class EventChannel:
-    """An unbounded buffer of one request's events; producer and consumer share one asyncio loop.
+    """A buffer of one request's events; producer and consumer share one asyncio loop.
+
+    It counts what it holds in bytes: an event's payload, when that is bytes (the served
+    router's outputs), plus ``EVENT_BYTES`` per event. With a ``limit`` it tells
+    ``on_pressure(True)`` once it holds ``limit`` bytes or more, and ``on_pressure(False)`` once
+    the consumer has read it down to half of that; the producer is to stop feeding it in between
+    (the router pauses the request), since ``send_nowait`` itself never refuses an event.
 
     The router fills it from its protocol callbacks (``send_nowait``, then ``end``) and the
     request's consumer reads it through ``RequestStream``. Unlike an anyio memory stream it takes
@@ -51,13 +68,19 @@ class EventChannel:
     ``RequestStream.YIELD_EVERY`` events, so a long buffered stream cannot starve other tasks.
     """
 
-    __slots__ = ("_closed", "_ended", "_items", "_waiter")
+    __slots__ = ("_bytes", "_closed", "_ended", "_full", "_items", "_peak", "_waiter", "limit",
+                 "on_pressure")
 
-    def __init__(self) -> None:
+    def __init__(self, limit: int | None = None,
+                 on_pressure: Callable[[bool], None] | None = None) -> None:
         self._items: deque[Event] = deque()
         self._ended = False  # the producer is done: EndOfStream once the buffer is empty
         self._closed = False  # the consumer is gone: events are dropped
         self._waiter: asyncio.Future[None] | None = None
+        self._bytes = self._peak = 0
+        self._full = False
+        self.limit = limit
+        self.on_pressure = on_pressure
 
     def send_nowait(self, event: Event) -> None:
         if self._closed:
@@ -65,7 +88,18 @@ class EventChannel:
         if self._ended:
             raise anyio.ClosedResourceError("send_nowait after end()")
         self._items.append(event)
+        value = event.value
+        self._bytes += EVENT_BYTES + len(value) if type(value) is bytes else EVENT_BYTES
+        if self._bytes > self._peak:
+            self._peak = self._bytes
+        if not self._full and self.limit is not None and self._bytes >= self.limit:
+            self._full = True
+            if self.on_pressure is not None:
+                self.on_pressure(True)
         self._wake()
+
+    def statistics(self) -> ChannelStatistics:
+        return ChannelStatistics(len(self._items), self._bytes, self._peak, self._full)
 
     def end(self) -> None:
         """No more events: the consumer gets those buffered, then ``EndOfStream``."""
@@ -76,11 +110,20 @@ class EventChannel:
         """The consumer's close: buffered and later events are dropped."""
         self._closed = True
         self._items.clear()
+        self._bytes = 0
+        self._full = False  # nobody to wait for: the producer cancels the request
         self._wake()
 
     def receive_nowait(self) -> Event:
         if self._items:
-            return self._items.popleft()
+            event = self._items.popleft()
+            value = event.value
+            self._bytes -= EVENT_BYTES + len(value) if type(value) is bytes else EVENT_BYTES
+            if self._full and self.limit is not None and self._bytes <= self.limit // 2:
+                self._full = False
+                if self.on_pressure is not None:
+                    self.on_pressure(False)
+            return event
         if self._closed:
             raise anyio.ClosedResourceError
         if self._ended:

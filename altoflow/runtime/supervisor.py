@@ -30,9 +30,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from altoflow.compiler import CompiledPipeline
-from altoflow.wire import HANDSHAKE_TIMEOUT, Codec
+from altoflow.wire import FANOUT_WINDOW, HANDSHAKE_TIMEOUT, Codec
 from altoflow.runtime.fusion import fusable
-from altoflow.runtime.router import Router
+from altoflow.runtime.router import MAX_BUFFERED, Router
 
 logger = logging.getLogger("altoflow.supervisor")
 
@@ -143,7 +143,7 @@ class Supervisor:
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
                  max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, inline: frozenset[str] = frozenset(),
-                 fuse: bool = True) -> None:
+                 max_buffered: int = MAX_BUFFERED, fuse: bool = True) -> None:
         self.barrier = barrier
         # Inline stages run their replicas in this process: their items never touch a socket.
         # "all" names every stage that is not remote: the whole pipeline in one process.
@@ -173,7 +173,10 @@ class Supervisor:
         self.heartbeat = heartbeat
         self.router = Router(compiled, output_codec=Codec(allow_pickle=allow_pickle),
                              max_inflight=max_inflight, replay_limit=replay_limit,
-                             heartbeat=heartbeat, on_silent=self._silent)
+                             heartbeat=heartbeat, on_silent=self._silent,
+                             max_buffered=max_buffered,
+                             # A barrier replica holds its outputs back: nothing to pace.
+                             fanout_window=None if barrier else FANOUT_WINDOW)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
         self._inline_tasks: set[asyncio.Task] = set()  # inline replicas' Worker.serve

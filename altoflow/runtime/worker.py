@@ -10,7 +10,11 @@ then serves frames until the router goes away or says SHUTDOWN:
 - OPEN / FLUSH: a group of this (aggregate) replica exists / is complete; FLUSH is answered by
   the group's outputs and FLUSH_DONE;
 - CANCEL: the request is over: its invocations are cancelled (and acknowledged as dropped) and
-  its groups forgotten.
+  its groups forgotten;
+- CREDIT: a fan-out invocation may send ``FANOUT_CREDIT`` more outputs. Each one starts with
+  ``FANOUT_WINDOW`` and, with none left, pulls nothing more from its generator until a CREDIT
+  comes (the router grants it as the items' downstream work leaves its queues). While it waits
+  it does not count against ``concurrency``: the router lends its place to other work.
 
 Frames out are coalesced and written once per event-loop turn, or at once when the invocation
 that wrote them was the only one running (nothing could join the write).
@@ -37,6 +41,7 @@ from altoflow.runtime.runner import StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
 
 _DATA = fr.Kind.DATA
+_CREDIT = fr.Kind.CREDIT
 
 logger = logging.getLogger("altoflow.worker")
 
@@ -73,8 +78,15 @@ class Worker:
         self.codec = codec
         self.annotations = {p.name: p.annotation for p in self.spec.params}
         fn = self.spec.obj().__call__ if self.spec.is_class else self.spec.obj
-        self.runner: StageRunner | FusedRunner = StageRunner(self.spec, self.stage, fn, self._emit,
-                                                             barrier=barrier)
+        # A fan-out invocation's outputs it may send in all (paced by CREDIT), and a future for
+        # one that waits for more. A fused fan-out's items stay here: nothing to pace.
+        self.paced = (self.spec.is_generator and self.spec.aggregate is None and not barrier
+                      and fuse is None)
+        self.credit: dict[tuple[int, ...], int] = {}
+        self.waiting: dict[tuple[int, ...], asyncio.Future[None]] = {}
+        self.runner: StageRunner | FusedRunner = StageRunner(
+            self.spec, self.stage, fn, self._emit, barrier=barrier,
+            pace=self._pace if self.paced else None)
         if fuse is not None:
             # This fan-out folds its items into the aggregate `fuse` itself (runtime.fusion):
             # what goes out is that stage's result, as its own replica would send it.
@@ -141,17 +153,33 @@ class Worker:
                                 status=fr.STATUS_CODES[status], body=body)
         self._queued()
 
+    def _pace(self, anc: tuple[int, ...], emitted: int) -> asyncio.Future[None] | None:
+        """None while the invocation on ``anc`` may send another output, else what to wait for."""
+        if emitted < self.credit.get(anc, fr.FANOUT_WINDOW):
+            return None
+        waiter = self.waiting.get(anc)
+        if waiter is None or waiter.done():
+            waiter = self.waiting[anc] = asyncio.get_running_loop().create_future()
+        return waiter
+
     # -- input ----------------------------------------------------------------------------
 
     def handle(self, frame: fr.Frame) -> None:
         anc = (frame.request_id, *frame.ancestry)
         if frame.kind is _DATA:
-            if len(self.running) < self.stage.concurrency:
+            # An invocation that waits for credit does not count: the router lends its place.
+            if len(self.running) - len(self.waiting) < self.stage.concurrency:
                 self._start(anc, frame.parts())
             else:
                 # The router keeps to the credits it gave (concurrency), so this only happens
                 # if a peer does not; the input waits for a free slot all the same.
                 self.backlog.append((anc, frame.parts()))
+        elif frame.kind is _CREDIT:
+            if anc in self.credit:  # not for an invocation that has ended
+                self.credit[anc] += fr.FANOUT_CREDIT
+                waiter = self.waiting.pop(anc, None)
+                if waiter is not None and not waiter.done():
+                    waiter.set_result(None)
         elif frame.kind == fr.Kind.OPEN:
             status, error = self._group_call(self.runner.open, anc)
             if status == "failed":
@@ -208,6 +236,8 @@ class Worker:
                 status, error = "failed", self._unsent(anc, exc)
             self._status(fr.Kind.ACK, anc, status, error)
             return
+        if self.paced:
+            self.credit[anc] = fr.FANOUT_WINDOW
         task = asyncio.get_running_loop().create_task(self._invoke(anc, parts))
         self.running[task] = anc
         tasks = self.tasks.get(anc[0])
@@ -218,6 +248,9 @@ class Worker:
 
     def _task_done(self, task: asyncio.Task) -> None:
         anc = self.running.pop(task)
+        if self.paced:
+            self.credit.pop(anc, None)
+            self.waiting.pop(anc, None)
         tasks = self.tasks.get(anc[0])
         if tasks is not None:
             tasks.discard(task)
@@ -227,7 +260,7 @@ class Worker:
             # Cancelled before it started (a CANCEL in the same read as its DATA): _invoke never
             # ran, so acknowledge here, or the router would wait for this credit forever.
             self._status(fr.Kind.ACK, anc, "dropped", None)
-        while self.backlog and len(self.running) < self.stage.concurrency:
+        while self.backlog and len(self.running) - len(self.waiting) < self.stage.concurrency:
             self._start(*self.backlog.popleft())
 
     async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:

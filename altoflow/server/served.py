@@ -8,6 +8,7 @@ from typing import Any
 
 from altoflow._errors import Overloaded
 from altoflow.compiler import load_target
+from altoflow.runtime.router import MAX_BUFFERED
 from altoflow.runtime.stream import RequestStream
 from altoflow.runtime.supervisor import Supervisor
 from altoflow.wire import HANDSHAKE_TIMEOUT
@@ -35,14 +36,16 @@ class ServedIngress:
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
                  max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, restart: bool = True,
-                 inline: frozenset[str] = frozenset(), fuse: bool = True) -> None:
+                 inline: frozenset[str] = frozenset(), max_buffered: int = MAX_BUFFERED,
+                 fuse: bool = True) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
                                      remote=remote, tls=tls, handshake_timeout=handshake_timeout,
                                      max_pending=max_pending, max_connections=max_connections,
                                      replay_limit=replay_limit, heartbeat=heartbeat,
-                                     restart=restart, inline=inline, fuse=fuse)
+                                     restart=restart, inline=inline, max_buffered=max_buffered,
+                                     fuse=fuse)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout

@@ -14,6 +14,8 @@ forwarding undecoded frames, statistics) for tests and benchmarks.
 
 from altoflow.wire.codec import Codec, CodecError, DecodeError, EncodeError
 from altoflow.wire.frame import (
+    FANOUT_CREDIT,
+    FANOUT_WINDOW,
     STATUS_CODES,
     STATUS_NAMES,
     Challenge,
@@ -39,6 +41,8 @@ from altoflow.wire.handshake import (
 from altoflow.wire.stream import FrameReader, FrameWriter
 
 __all__ = [
+    "FANOUT_CREDIT",
+    "FANOUT_WINDOW",
     "HANDSHAKE_TIMEOUT",
     "NONCE_SIZE",
     "PRE_AUTH_MAX_FRAME_SIZE",

@@ -5,7 +5,7 @@ Every message between the router and a replica is one frame. All integers are li
     offset  size  field
     0       4     length          u32  bytes in the whole frame, these 4 included
     4       1     magic           u8   0xAF
-    5       1     version         u8   PROTOCOL_VERSION (2)
+    5       1     version         u8   PROTOCOL_VERSION (3)
     6       1     kind            u8   a Kind (wire.proto enum Kind)
     7       1     flags           u8   reserved: must be 0
     8       4     stage           u32  the stage the frame goes to or comes from (plan index)
@@ -21,7 +21,7 @@ without parsing protobuf. The router decodes every frame it reads: it routes on 
 the envelope, which its core hashes for the stages that keep state (see core.py); only the
 bare-forwarder baseline of benchmarks/router.py forwards raw frames.
 
-`encode_item` writes the per-item frames (DATA, ACK, OPEN, FLUSH, FLUSH_DONE, CANCEL) that the
+`encode_item` writes the per-item frames (DATA, ACK, OPEN, FLUSH, FLUSH_DONE, CANCEL, CREDIT) that the
 router and the workers send, the same bytes as `encode_frame`, without protobuf; decoding reads
 such envelopes without protobuf too (`_decode_plain_envelope`). Both are on the path of every
 item, which is why they are written out by hand.
@@ -42,6 +42,8 @@ from altoflow.wire.varint import pack_uvarints, read_uvarint
 
 __all__ = [
     "DEFAULT_MAX_FRAME_SIZE",
+    "FANOUT_CREDIT",
+    "FANOUT_WINDOW",
     "HEADER_SIZE",
     "MAGIC",
     "PROTOCOL_VERSION",
@@ -67,12 +69,20 @@ __all__ = [
 
 MAGIC = 0xAF
 # 2: the routing-key hash and its flag left the header; seq, produced and trace stamps left the
-# envelope; FLUSH says `opened` in its own field instead of in `status`.
-PROTOCOL_VERSION = 2
+# envelope; FLUSH says `opened` in its own field instead of in `status`. 3: CREDIT, and replicas
+# pace their fan-out invocations by it.
+PROTOCOL_VERSION = 3
 HEADER_SIZE = 24
 # Large enough for an image or a batch of embeddings in one payload, small enough that a
 # corrupt length cannot make a reader buffer gigabytes before it notices.
 DEFAULT_MAX_FRAME_SIZE = 64 * 1024 * 1024
+
+# Flow control of fan-out (generator) invocations: an invocation may send FANOUT_WINDOW outputs
+# before its first CREDIT, and each CREDIT (whose ancestry is the invocation's) lets it send
+# FANOUT_CREDIT more. The replica stops pulling the generator while it has none left, and the
+# router grants credit as the outputs' downstream work leaves its queues (core.py, "Flow control").
+FANOUT_WINDOW = 64
+FANOUT_CREDIT = 32
 
 _HEADER = struct.Struct("<IBBBBIIQ")
 assert _HEADER.size == HEADER_SIZE
@@ -90,7 +100,8 @@ class Kind(IntEnum):
     """Frame kinds; the values are those of `enum Kind` in wire.proto.
 
     HEARTBEAT is a replica's "still alive", sent every heartbeat interval; the router takes it
-    as a sign of life and nothing more (and a replica ignores one from the router).
+    as a sign of life and nothing more (and a replica ignores one from the router). CREDIT is
+    the router's "the fan-out invocation at this ancestry may send FANOUT_CREDIT more outputs".
     """
 
     HELLO = 1
@@ -104,6 +115,7 @@ class Kind(IntEnum):
     HEARTBEAT = 10
     OPEN = 11
     FLUSH_DONE = 12
+    CREDIT = 13
 
 
 # Indexed by the kind byte: a tuple lookup is several times faster than Kind(byte).
@@ -414,7 +426,8 @@ def encode_frame(
 
 
 # The kinds `encode_item` takes: per-item frames whose body, if any, is optional.
-_ITEM_KINDS = frozenset((Kind.DATA, Kind.ACK, Kind.OPEN, Kind.FLUSH, Kind.FLUSH_DONE, Kind.CANCEL))
+_ITEM_KINDS = frozenset((Kind.DATA, Kind.ACK, Kind.OPEN, Kind.FLUSH, Kind.FLUSH_DONE, Kind.CANCEL,
+                         Kind.CREDIT))
 _BYTE = tuple(bytes((i,)) for i in range(256))
 _OPENED = b"\x38\x01"  # field 7, varint 1
 _FLUSH = Kind.FLUSH

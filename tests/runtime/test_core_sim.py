@@ -7,7 +7,9 @@ flushed at most once per replica and never before its last item; when all reques
 nothing of them is left anywhere. With ``deaths``, aggregate replicas are killed at random
 moments (what was sent to them and not yet handled is lost; what they sent arrives, then their
 ``ReplicaDown``) and come back as new replicas on the same slot: the core replays their groups,
-and the results must still be the evaluator's.
+and the results must still be the evaluator's. With ``pauses``, requests are paused and resumed
+at random moments (as the router does when a client falls behind), and fan-outs are paced by a
+small window (the simulated replicas run ahead of their credit, which the core allows).
 """
 
 from __future__ import annotations
@@ -22,8 +24,8 @@ import altoflow as af
 from hypothesis import strategies as st
 
 from altoflow.runtime.core import (
-    Abort, Ack, Emit, Finish, Flush, FlushDone, Invoke, Open, Output, ReplicaDown, ReplicaUp,
-    RouterCore, Submit,
+    Abort, Ack, Emit, Finish, Flush, FlushDone, Grant, Invoke, Open, Output, Pause, ReplicaDown,
+    ReplicaUp, Resume, RouterCore, Submit,
 )
 from altoflow.runtime.runner import StageRunner
 from oracle import evaluate
@@ -31,10 +33,14 @@ from randompipes import build, pipelines
 
 
 class Sim:
-    def __init__(self, pipeline, seed: int, deaths: int = 0, kill_rate: float = 0.03) -> None:
+    def __init__(self, pipeline, seed: int, deaths: int = 0, kill_rate: float = 0.03,
+                 pauses: bool = False) -> None:
         self.compiled = pipeline.compiled
         self.plan = self.compiled.plan
-        self.core = RouterCore(self.plan, seed=seed, story_length=100_000)
+        self.core = RouterCore(self.plan, seed=seed, story_length=100_000,
+                               fanout_window=2 if pauses else None)
+        self.pauses = pauses
+        self.paused: set[int] = set()
         self.rng = random.Random(seed)
         self.to_replica: dict[int, deque] = {}
         self.to_router: dict[int, deque] = {}
@@ -83,6 +89,9 @@ class Sim:
             elif isinstance(ins, Finish):
                 assert ins.request not in self.finished
                 self.finished[ins.request] = ins.error
+                self.paused.discard(ins.request)
+            elif isinstance(ins, Grant):
+                assert not self.pauses or ins.ancestry[0] not in self.paused, "credit while paused"
             else:
                 if isinstance(ins, Flush) and ins.opened:
                     self.flushed[(ins.replica, ins.stage, ins.prefix)] += 1
@@ -117,6 +126,22 @@ class Sim:
             ready = [("r", k) for k, q in self.to_replica.items() if q and k not in self.dead] + \
                     [("c", k) for k, q in self.to_router.items() if q] + \
                     [("up", i) for i in range(len(self.restarts))]
+            if self.pauses and self.rng.random() < 0.05:
+                running = sorted(set(range(len(requests))) - set(self.finished))
+                if running:
+                    request = self.rng.choice(running)
+                    if request in self.paused:
+                        self.paused.discard(request)
+                        self.apply(self.core.handle(Resume(request)))
+                    else:
+                        self.paused.add(request)
+                        self.apply(self.core.handle(Pause(request)))
+                    continue
+            if not ready and self.paused:
+                for request in sorted(self.paused):  # what waits for them is all that is left
+                    self.paused.discard(request)
+                    self.apply(self.core.handle(Resume(request)))
+                continue
             if not ready:
                 break
             if self.killed < self.deaths and self.rng.random() < self.kill_rate:
@@ -151,6 +176,34 @@ def test_core_under_random_interleavings(case, xs, seed):
        seed=st.integers(0, 2**32), deaths=st.integers(1, 3))
 def test_core_replays_the_groups_of_killed_aggregate_replicas(case, xs, seed, deaths):
     _check(case, xs, seed, deaths=deaths)
+
+
+@settings(max_examples=80, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(case=pipelines(max_stages=6), xs=st.lists(st.integers(0, 40), min_size=1, max_size=3),
+       seed=st.integers(0, 2**32), deaths=st.integers(0, 2))
+def test_core_with_requests_paused_at_random_and_replicas_killed(case, xs, seed, deaths):
+    _check(case, xs, seed, deaths=deaths, pauses=True)
+
+
+def test_paused_requests_survive_killed_aggregate_replicas_with_the_evaluators_results():
+    """Pause x replay x kill, not left to chance: requests paused and resumed while their
+    groups' replicas die and are rebuilt."""
+    kills = replays = pauses = 0
+    for seed in range(20):
+        sim = Sim(_KILLED, seed, deaths=3, kill_rate=(0.03, 0.01, 0.003)[seed % 3], pauses=True)
+        ns = [20, 7, 0]
+        asyncio.run(sim.run([{"n": n} for n in ns]))
+        for i, n in enumerate(ns):
+            expected = asyncio.run(evaluate(_KILLED, n=n))
+            assert sim.finished[i] is None, sim.finished[i]
+            assert sim.outputs.get(i, {}) == {k: v for k, v in expected.outputs.items() if v}
+        assert sim.core.requests == {} and not sim.core.parked and sim.core.replay_buffered == 0
+        assert sim.core.paused == set() and sum(sim.core.statistics().queued.values()) == 0
+        story = sim.core.story()
+        kills += sim.killed
+        replays += sum(1 for e in story if e.what == "replay" and e.detail != "0")
+        pauses += sum(1 for e in story if e.what == "pause")
+    assert kills >= 20 and replays >= 20 and pauses >= 20, (kills, replays, pauses)
 
 
 @af.stage(fanout="item", output=False)
@@ -209,10 +262,10 @@ def test_killed_aggregate_replicas_replay_to_the_evaluators_results():
     assert kills >= 30 and replays >= 30 and repeats >= 1, (kills, replays, repeats)
 
 
-def _check(case, xs, seed, deaths):
+def _check(case, xs, seed, deaths, pauses=False):
     defs, _ = case
     defs = [d.__class__(**{**d.__dict__, "delay": 0.0}) for d in defs]
-    sim = Sim(build(defs), seed, deaths=deaths)
+    sim = Sim(build(defs), seed, deaths=deaths, pauses=pauses)
     asyncio.run(sim.run([{"x": x} for x in xs]))
 
     assert set(sim.finished) == set(range(len(xs))), "every request ends"
@@ -234,4 +287,5 @@ def _check(case, xs, seed, deaths):
     assert all(not q for q in core.stage_queue.values()) and not core.parked
     assert all(not r.groups for rid, r in sim.runners.items() if rid not in sim.dead)
     assert core.replay_buffered == 0
+    assert core.paused == set() and core._tally[0] == 0
     return sim

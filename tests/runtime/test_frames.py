@@ -118,14 +118,14 @@ def test_what_version_2_removed_stays_reserved_in_the_proto() -> None:
     assert set(envelope.reserved_name) == {"seq", "produced", "trace"}
     kind = next(e for e in proto.enum_type if e.name == "Kind")
     assert [(r.start, r.end) for r in kind.reserved_range] == [(7, 7)] and list(kind.reserved_name) == ["ERROR"]
-    assert 7 not in set(Kind) and PROTOCOL_VERSION == 2
+    assert 7 not in set(Kind) and PROTOCOL_VERSION == 3
 
 
 def test_header_bytes_follow_the_documented_layout() -> None:
     data = encode_frame(Kind.DATA, stage=3, request_id=0x1122334455667788, payload=b"xyz")
     assert data == (
         bytes.fromhex("1b000000")  # length 27 = 24 + 0 + 3
-        + bytes.fromhex("af 02 04 00")  # magic, version 2, kind DATA, flags (none defined)
+        + bytes.fromhex("af 03 04 00")  # magic, version 3, kind DATA, flags (none defined)
         + bytes.fromhex("03000000")  # stage
         + bytes.fromhex("00000000")  # envelope size
         + bytes.fromhex("8877665544332211")  # request id
@@ -462,7 +462,7 @@ def test_envelope_garbage_in_a_valid_header_is_a_protocol_error(frame: Frame) ->
 
 
 def _header(**changes: int) -> bytes:
-    fields = {"length": 24, "magic": 0xAF, "version": 2, "kind": 4, "flags": 0}
+    fields = {"length": 24, "magic": 0xAF, "version": PROTOCOL_VERSION, "kind": 4, "flags": 0}
     fields |= {"stage": 0, "envelope": 0, "request": 0}
     fields.update(changes)
     return struct.pack("<IBBBBIIQ", *fields.values())
@@ -472,7 +472,7 @@ def _header(**changes: int) -> bytes:
     ("changes", "message"),
     [
         ({"magic": 0x47}, "bad magic byte 0x47 (expected 0xaf): the peer does not speak the altoflow wire protocol"),
-        ({"version": 1}, "peer speaks wire protocol version 1, this process speaks 2"),
+        ({"version": 1}, "peer speaks wire protocol version 1, this process speaks 3"),
         ({"length": 23}, "frame length 23 is shorter than the 24-byte header"),
         ({"length": 5000}, "frame of 5000 bytes exceeds the limit of 4096 bytes (raise FrameReader(max_frame_size=...)"),
         ({"kind": 0}, "unknown frame kind 0"),

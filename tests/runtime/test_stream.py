@@ -118,3 +118,28 @@ async def test_decode_leaves_done_and_error_events_alone() -> None:
     channel.send_nowait(af.Event("error", "s", {}, error="boom"))
     channel.end()
     assert [e async for e in stream] == [af.Event("error", "s", {}, error="boom")]
+
+
+async def test_a_channel_says_when_it_holds_its_limit_and_when_it_was_read_down_to_half() -> None:
+    from altoflow.runtime.stream import EVENT_BYTES
+
+    pressure: list[bool] = []
+    channel = EventChannel(limit=4 * (EVENT_BYTES + 100), on_pressure=pressure.append)
+    output = af.Event("output", "s", {}, bytes(100))  # an undecoded payload: 100 bytes
+    for _ in range(3):
+        channel.send_nowait(output)
+    assert pressure == [] and channel.statistics().buffered_bytes == 3 * (EVENT_BYTES + 100)
+    channel.send_nowait(output)
+    channel.send_nowait(output)  # past the limit, it is said once
+    assert pressure == [True] and channel.statistics().full
+    for _ in range(2):
+        channel.receive_nowait()
+    assert pressure == [True]  # 3 left: above half the limit
+    channel.receive_nowait()  # 2 left: half of it
+    assert pressure == [True, False] and not channel.statistics().full
+    assert channel.statistics().peak_bytes == 5 * (EVENT_BYTES + 100)
+    channel.send_nowait(output)
+    channel.send_nowait(output)
+    assert pressure == [True, False, True]  # full again, below its peak
+    channel.close()  # the consumer left: nothing is held for it
+    assert channel.statistics().buffered_bytes == 0 and pressure == [True, False, True]
