@@ -398,13 +398,20 @@ class RouterCore:
     ``story_length`` bounds the story (``story``): the most recent decisions it keeps.
     ``replay_limit`` bounds the inputs kept to replay keyed groups (see "Replay" above); 0
     keeps none, and a keyed replica's death fails the requests with a group on it.
+    ``pin_requests`` (a benchmark knob: ``serve --route-by-request``) sends every load-balanced
+    stage's items to the slot their request hashes to, so that all of a request's items meet on
+    one replica of each stage, as if every stage were keyed by the request.
     """
 
     def __init__(self, plan: Plan, *, seed: int | None = None, story_length: int = 2000,
-                 replay_limit: int = 100_000) -> None:
+                 replay_limit: int = 100_000, pin_requests: bool = False) -> None:
         if replay_limit < 0:
             raise ValueError(f"replay_limit must be 0 (no replay) or more, got {replay_limit}")
         self.plan = plan
+        # A benchmark knob (benchmarks/figure4.py): route every load-balanced stage's items by
+        # their request, as if each stage were keyed by it, so that all of a request's items
+        # meet on one replica of each stage. altoflow's own rule keys aggregates only.
+        self.pin_requests = pin_requests
         self.topo = Topology.from_plan(plan)
         self.progress = Progress(self.topo)
         self.stages: dict[str, StagePlan] = {s.name: s for s in plan.stages}
@@ -914,6 +921,15 @@ class RouterCore:
                 self._invoke(rep, work)
             else:
                 rep.queue.append(work)
+            return
+        if self.pin_requests and stage.replicas > 1:
+            rid = self.slots[stage.name].get(self._slot(stage, work.ancestry[:1]))
+            if rid is None:
+                self._park(stage, work.ancestry, work)
+            elif self.replicas[rid].credits > 0:
+                self._invoke(self.replicas[rid], work)
+            else:
+                self.replicas[rid].queue.append(work)
             return
         rep = self._pick(stage)
         if rep is None:

@@ -32,6 +32,7 @@ from typing import Any
 from altoflow.compiler import CompiledPipeline
 from altoflow.wire import HANDSHAKE_TIMEOUT, Codec
 from altoflow.runtime.router import Router
+from altoflow.runtime.timeline import TimelineRecorder
 
 logger = logging.getLogger("altoflow.supervisor")
 
@@ -141,7 +142,8 @@ class Supervisor:
                  tls: ssl.SSLContext | None = None,
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
                  max_connections: int = 1024, replay_limit: int = 100_000,
-                 heartbeat: float = 1.0, inline: frozenset[str] = frozenset()) -> None:
+                 heartbeat: float = 1.0, inline: frozenset[str] = frozenset(),
+                 timeline: TimelineRecorder | None = None, pin_requests: bool = False) -> None:
         self.barrier = barrier
         # Inline stages run their replicas in this process: their items never touch a socket.
         # "all" names every stage that is not remote: the whole pipeline in one process.
@@ -169,7 +171,8 @@ class Supervisor:
         self.heartbeat = heartbeat
         self.router = Router(compiled, output_codec=Codec(allow_pickle=allow_pickle),
                              max_inflight=max_inflight, replay_limit=replay_limit,
-                             heartbeat=heartbeat, on_silent=self._silent)
+                             heartbeat=heartbeat, on_silent=self._silent, timeline=timeline,
+                             pin_requests=pin_requests)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
         self._inline_tasks: set[asyncio.Task] = set()  # inline replicas' Worker.serve
