@@ -349,8 +349,48 @@ def _e2e_profile() -> list[str]:
             "code, polling and callbacks); the whole output is benchmarks/results/e2e_profile.txt.", *keep, ""]
 
 
-SECTIONS = [("e2e", e2e), ("placement", placement), ("router", router), ("executor", executor),
-            ("frames", frames), ("retrieval", retrieval)]
+def timeline(d: dict) -> list[str]:
+    lines = _head(f"Figure 2: one request of the {d['app']} through every stage, streaming beside "
+                  f"barrier (profile {d['profile']})", d)
+    lines += ["Recorded by the router (`GET /v1/requests/{id}/timeline`) for one request sent alone "
+              "to a warmed-up `altoflow serve --inline all` on `altoflow sim-lm`, once streaming and "
+              "once with `--barrier`; one row per stage, one bar per invocation, a tick per output. "
+              "\"Started early\": invocations on a fan-out call's items that started before that call "
+              "ended.", "",
+              "| mode | request s | invocations | first report s | started early |",
+              "| --- | --- | --- | --- | --- |"]
+    for mode, run in d["runs"].items():
+        s = run["summary"]
+        first = s["first_output_s"].get("report")
+        ov = s["overlap"]
+        lines.append(f"| {mode} | {_fmt(s['duration_s'])} | {s['invocations']} | "
+                     f"{'-' if first is None else _fmt(first)} | "
+                     f"{ov['started_before_fanout_end']} of {ov['downstream']} |")
+    return lines + ["", "![Figure 2](../benchmarks/results/figure2.png)", ""]
+
+
+def figure4(d: dict) -> list[str]:
+    st = d["settings"]
+    lines = _head(f"Figure 4: keyed routing on the aggregate only against keyed everywhere "
+                  f"({st['requests']} requests, {st['reps']} repetitions)", d)
+    lines += [f"`benchmarks/figure4_app.py`: a fan-out of Pareto(alpha={st['alpha']}) sizes "
+              f"({min(d['fanouts'])}-{max(d['fanouts'])} items, {sum(d['fanouts'])} in all), "
+              f"{st['replicas']} `work` replicas of one item at a time, {st['cost'] * 1000:g} ms "
+              f"an item, a sum per request; the whole batch sent at once. Utilisation: a "
+              f"replica's busy time from the timelines over the makespan. The batch's work spread "
+              f"evenly takes {_fmt(d['ideal_makespan_s'])} s.", "",
+              "| routing | makespan s median | min-max | utilisation per replica | mean |",
+              "| --- | --- | --- | --- | --- |"]
+    for mode, s in d["summary"].items():
+        lines.append(f"| {mode} | {_fmt(s['makespan_s'])} | {_fmt(s['makespan_min_s'])}-"
+                     f"{_fmt(s['makespan_max_s'])} | "
+                     + " ".join(f"{u:.2f}" for u in s["utilisation"])
+                     + f" | {s['utilisation_mean']:.2f} |")
+    return lines + ["", "![Figure 4](../benchmarks/results/figure4.png)", ""]
+
+
+SECTIONS = [("e2e", e2e), ("timeline", timeline), ("figure4", figure4), ("placement", placement),
+            ("router", router), ("executor", executor), ("frames", frames), ("retrieval", retrieval)]
 
 
 def main() -> None:
