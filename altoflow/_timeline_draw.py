@@ -177,8 +177,8 @@ def draw_png(timelines: list[tuple[str, dict[str, Any]]], path: str | Path) -> N
             colour = PALETTE[(len(names) - 1 - i) % len(PALETTE)]
             for lane, inv in invs:
                 end = horizon if inv["end_s"] is None else inv["end_s"]
-                by = y + lane / n
-                ax.broken_barh([(inv["start_s"], max(end - inv["start_s"], horizon / 2000))],
+                by = y + (n - 1 - lane) / n  # lane 0 on top
+                ax.broken_barh([(inv["start_s"], max(end - inv["start_s"], horizon / 500))],
                                (by, 0.9 / n), facecolors="#333" if inv["kind"] == "group" else colour,
                                linestyles="dashed" if inv["end_s"] is None else "solid")
                 if inv["outputs_s"]:

@@ -223,7 +223,7 @@ def run(
         try:
             result = anyio.run(start)
         finally:
-            if recording is not None and recording.entries:
+            if recording is not None and len(recording):
                 _draw_timeline(timeline, recording, compiled)  # type: ignore[arg-type]
     except InputError as exc:
         _fail(str(exc), 2)
@@ -267,9 +267,9 @@ def _timeline_recording(path: Optional[str]) -> Any:
 
 def _draw_timeline(path: str, recording: Any, compiled: Any) -> None:
     from altoflow._timeline_draw import TimelineDrawError, draw
-    from altoflow.runtime.timeline import plan_slots, timeline_json
+    from altoflow.runtime.timeline import plan_replicas, timeline_json
 
-    doc = timeline_json(recording, compiled.plan, plan_slots(compiled.plan))
+    doc = timeline_json(recording, compiled.plan, plan_replicas(compiled.plan))
     try:
         draw([(f"{compiled.plan.name}: altoflow run", doc)], path)
     except (TimelineDrawError, OSError) as exc:

@@ -379,7 +379,7 @@ def figure4(d: dict) -> list[str]:
               f"an item, a sum per request; the whole batch sent at once. Utilisation: a "
               f"replica's busy time from the timelines over the makespan. The batch's work spread "
               f"evenly takes {_fmt(d['ideal_makespan_s'])} s.", "",
-              "| routing | makespan s median | min-max | utilisation per replica | mean |",
+              "| routing | makespan s median | min-max | utilisation per replica, busiest first | mean |",
               "| --- | --- | --- | --- | --- |"]
     for mode, s in d["summary"].items():
         lines.append(f"| {mode} | {_fmt(s['makespan_s'])} | {_fmt(s['makespan_min_s'])}-"

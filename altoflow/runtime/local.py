@@ -66,7 +66,7 @@ class _Execution:
     ) -> None:
         self.plan = compiled.plan
         # Where each invocation starts and ends and each output appears (runtime.timeline);
-        # replica ids are counted as timeline.plan_slots expects.
+        # replica ids are counted as timeline.plan_replicas expects.
         self.timeline = timeline
         # No replica of its own can die: nothing is kept for a replay.
         self.core = RouterCore(self.plan, seed=0, replay_limit=0)
@@ -115,7 +115,7 @@ class _Execution:
         if self.stats is not None:
             self.stats.items[stage] += 1
         if self.timeline is not None:
-            self.timeline.add(time.perf_counter(), tl.OUTPUT, stage, rid, anc)
+            self.timeline.add(time.perf_counter(), tl.code(tl.OUTPUT, rid), anc)
         self._event(Output(rid, stage, anc, value))
 
     def _handle(self) -> None:
@@ -147,11 +147,11 @@ class _Execution:
                 self._queue.append(FlushDone(ins.replica, ins.stage, ins.prefix, status, error))
         elif isinstance(ins, Flush):
             if self.timeline is not None:
-                self.timeline.add(time.perf_counter(), tl.FLUSH, ins.stage, ins.replica, ins.prefix)
+                self.timeline.add(time.perf_counter(), tl.code(tl.FLUSH, ins.replica), ins.prefix)
             status, error = self.runners[ins.replica].flush(ins.prefix, ins.opened)
             if self.timeline is not None:
-                self.timeline.add(time.perf_counter(), tl.FLUSH_DONE, ins.stage, ins.replica,
-                                  ins.prefix, status)
+                self.timeline.add(time.perf_counter(), tl.code(
+                    tl.FLUSH_DONE, ins.replica, tl.STATUS_CODES[status]), ins.prefix)
             if status == "dropped" and error is not None:
                 _log_drop(error)
             self._queue.append(FlushDone(ins.replica, ins.stage, ins.prefix, status, error))
@@ -172,11 +172,11 @@ class _Execution:
             while inbox:
                 ins, dispatched = inbox.popleft()
                 if self.timeline is not None:
-                    self.timeline.add(time.perf_counter(), tl.DISPATCH, ins.stage, rid, ins.ancestry)
+                    self.timeline.add(time.perf_counter(), tl.code(tl.DISPATCH, rid), ins.ancestry)
                 status, error = await runner.invoke(ins.ancestry, ins.args)
                 if self.timeline is not None:
-                    self.timeline.add(time.perf_counter(), tl.ACK, ins.stage, rid, ins.ancestry,
-                                      status)
+                    self.timeline.add(time.perf_counter(), tl.code(
+                        tl.ACK, rid, tl.STATUS_CODES[status]), ins.ancestry)
                 if status == "dropped" and error is not None:
                     _log_drop(error)
                 if self.stats is not None:

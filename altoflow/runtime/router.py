@@ -433,7 +433,7 @@ class Router:
         if rec is None:
             return None
         replicas = self.core.replicas
-        return tl.timeline_json(rec, self.plan, lambda rid: replicas[rid].slot)
+        return tl.timeline_json(rec, self.plan, lambda rid: (replicas[rid].stage, replicas[rid].slot))
 
     def live_slots(self) -> set[tuple[str, int]]:
         """(stage, slot) of every connected replica."""
@@ -461,15 +461,15 @@ class Router:
         if kind is _DATA:
             self.stats.items[stage] += 1
             if self._recording:
-                self.timeline.record(anc[0], self._read_at, tl.OUTPUT, stage, conn.rid, anc)  # type: ignore[arg-type]
+                self.timeline.record(anc[0], self._read_at, tl.OUTPUT | conn.rid << 5, anc)  # type: ignore[operator]
             self._apply(self.core.output(conn.rid, stage, anc, frame.payload))  # type: ignore[arg-type]
         elif kind is _ACK:
             started = self._started.pop((conn.rid, anc), None)
             if started is not None:
                 self.stats.invocation[stage].observe(time.perf_counter() - started)
             if self._recording:
-                self.timeline.record(anc[0], self._read_at, tl.ACK, stage, conn.rid, anc,  # type: ignore[arg-type]
-                                     fr.STATUS_NAMES[frame.status])
+                self.timeline.record(anc[0], self._read_at,
+                                     tl.code(tl.ACK, conn.rid, frame.status), anc)  # type: ignore[arg-type]
             error = None
             if frame.status == 2:
                 self.stats.errors[stage] += 1
@@ -480,8 +480,8 @@ class Router:
             self._apply(self.core.ack(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error))  # type: ignore[arg-type]
         elif kind is _FLUSH_DONE:
             if self._recording:
-                self.timeline.record(anc[0], self._read_at, tl.FLUSH_DONE, stage, conn.rid,  # type: ignore[arg-type]
-                                     anc, fr.STATUS_NAMES[frame.status])
+                self.timeline.record(anc[0], self._read_at,
+                                     tl.code(tl.FLUSH_DONE, conn.rid, frame.status), anc)  # type: ignore[arg-type]
             levels = self.core.stages[stage].route_key or []
             error = self._error(stage, levels, anc, frame.body)
             if frame.status != 2:
@@ -565,7 +565,7 @@ class Router:
                 anc = ins.ancestry
                 self._started[(ins.replica, anc)] = now = time.perf_counter()
                 if self._recording:
-                    self.timeline.record(anc[0], now, tl.DISPATCH, ins.stage, ins.replica, anc)
+                    self.timeline.record(anc[0], now, ins.replica << 5, anc)  # tl.DISPATCH is 0
                 conn = self.conns.get(ins.replica)
                 if conn is None:
                     continue  # it died; the core has been told (ReplicaDown) and re-routes
@@ -600,8 +600,8 @@ class Router:
                 self._item(ins.replica, fr.Kind.OPEN, self.stage_index[ins.stage], ins.prefix)
             elif t is Flush:
                 if self._recording:
-                    self.timeline.record(ins.prefix[0], time.perf_counter(), tl.FLUSH, ins.stage,
-                                         ins.replica, ins.prefix)
+                    self.timeline.record(ins.prefix[0], time.perf_counter(),
+                                         tl.code(tl.FLUSH, ins.replica), ins.prefix)
                 self._item(ins.replica, fr.Kind.FLUSH, self.stage_index[ins.stage], ins.prefix,
                            opened=ins.opened)
             elif t is Abort:

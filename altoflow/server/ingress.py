@@ -31,7 +31,7 @@ from altoflow._result import Event
 from altoflow.compiler import CompiledPipeline, load_target
 from altoflow.runtime.local import ensure_instances, execute
 from altoflow.runtime.metrics import ServerMetrics
-from altoflow.runtime.timeline import TimelineRecorder, plan_slots, timeline_json
+from altoflow.runtime.timeline import TimelineRecorder, plan_replicas, timeline_json
 from altoflow.runtime.stream import RequestStream
 
 logger = logging.getLogger("altoflow.server")
@@ -138,7 +138,7 @@ class LocalIngress:
         self._next_id = 0
         # The recent requests' timelines (runtime.timeline), as the served router keeps them.
         self.timelines = TimelineRecorder() if timeline is None else timeline
-        self._slot_of = plan_slots(self.compiled.plan)
+        self._replica_of = plan_replicas(self.compiled.plan)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -262,7 +262,7 @@ class LocalIngress:
 
     def timeline(self, request_id: str) -> dict[str, Any] | None:
         rec = self.timelines.get(request_id)
-        return None if rec is None else timeline_json(rec, self.compiled.plan, self._slot_of)
+        return None if rec is None else timeline_json(rec, self.compiled.plan, self._replica_of)
 
     def timeline_missing(self, request_id: str) -> str:
         return self.timelines.missing(request_id)

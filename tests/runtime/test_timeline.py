@@ -23,10 +23,10 @@ def test_recording_n_plus_one_requests_keeps_the_n_most_recent():
     rec = tl.TimelineRecorder(requests=3)
     for key in range(4):
         assert rec.begin(key, f"r{key}") is not None
-        rec.record(key, 1.0, tl.DISPATCH, "s", 0, (key,))
+        rec.record(key, 1.0, tl.code(tl.DISPATCH, 7), (key,))
         rec.end(key, "done")
     assert rec.names() == ["r1", "r2", "r3"]
-    assert rec.get("r0") is None and rec.get("r3").entries == [(1.0, tl.DISPATCH, "s", 0, (3,), None)]
+    assert rec.get("r0") is None and rec.get("r3").entries() == [(1.0, tl.DISPATCH, 7, 0, (3,))]
     assert "3 most recent" in rec.missing("r0")
 
 
@@ -34,14 +34,14 @@ def test_a_request_pushed_out_while_it_runs_stops_being_recorded():
     rec = tl.TimelineRecorder(requests=1)
     first = rec.begin(1, "a")
     rec.begin(2, "b")
-    rec.record(1, 1.0, tl.DISPATCH, "s", 0, (1,))
-    assert first.entries == [] and list(rec.live) == [2]
+    rec.record(1, 1.0, tl.code(tl.DISPATCH, 0), (1,))
+    assert len(first) == 0 and list(rec.live) == [2]
 
 
 def test_the_recorder_off_records_nothing():
     rec = tl.TimelineRecorder(requests=0)
     assert rec.begin(1, "a") is None
-    rec.record(1, 1.0, tl.DISPATCH, "s", 0, (1,))
+    rec.record(1, 1.0, tl.code(tl.DISPATCH, 0), (1,))
     assert rec.live == {} and rec.names() == []
     assert "--timeline-requests 0" in rec.missing("a")
 
@@ -50,8 +50,8 @@ def test_past_its_entry_limit_a_recording_stops_and_says_truncated():
     rec = tl.TimelineRecorder(entries=2)
     rec.begin(1, "a")
     for i in range(5):
-        rec.record(1, float(i), tl.OUTPUT, "s", 0, (1, i))
-    assert len(rec.get("a").entries) == 2 and rec.get("a").truncated
+        rec.record(1, float(i), tl.code(tl.OUTPUT, 0), (1, i))
+    assert len(rec.get("a")) == 2 and rec.get("a").truncated
 
 
 def test_every_n_records_one_request_in_n():
@@ -81,23 +81,25 @@ def test_the_document_pairs_dispatches_with_acks_and_gives_outputs_to_their_invo
     plan = Pipeline([items, double], name="p").compiled.plan
     rec = tl.Recording(5, "req", limit=100, started=10.0)
     R = 5
-    for t, kind, stage_, rid, anc, status in [
-        (10.0, tl.DISPATCH, "items", 0, (R,), None),
-        (10.1, tl.OUTPUT, "items", 0, (R, 0), None),
-        (10.1, tl.DISPATCH, "double", 1, (R, 0), None),
-        (10.2, tl.OUTPUT, "items", 0, (R, 1), None),
-        (10.2, tl.OUTPUT, "double", 1, (R, 0), None),
-        (10.2, tl.ACK, "double", 1, (R, 0), "ok"),
-        (10.3, tl.ACK, "items", 0, (R,), "ok"),
-        (10.3, tl.DISPATCH, "double", 1, (R, 1), None),
+    ok, dropped = tl.STATUS_CODES["ok"], tl.STATUS_CODES["dropped"]
+    for t, kind, rid, status, anc in [
+        (10.0, tl.DISPATCH, 0, 0, (R,)),
+        (10.1, tl.OUTPUT, 0, 0, (R, 0)),
+        (10.1, tl.DISPATCH, 1, 0, (R, 0)),
+        (10.2, tl.OUTPUT, 0, 0, (R, 1)),
+        (10.2, tl.OUTPUT, 1, 0, (R, 0)),
+        (10.2, tl.ACK, 1, ok, (R, 0)),
+        (10.3, tl.ACK, 0, dropped, (R,)),
+        (10.3, tl.DISPATCH, 1, 0, (R, 1)),
     ]:
-        rec.add(t, kind, stage_, rid, anc, status)
+        rec.add(t, tl.code(kind, rid, status), anc)
     rec.end("done", 10.4)
-    doc = tl.timeline_json(rec, plan, {0: 0, 1: 0}.__getitem__)
+    doc = tl.timeline_json(rec, plan, {0: ("items", 0), 1: ("double", 0)}.__getitem__)
     assert doc["request_id"] == "req" and doc["outcome"] == "done" and doc["duration_s"] == 0.4
     assert [s["name"] for s in doc["stages"]] == ["items", "double"]
     fan, first, second = doc["invocations"]
     assert (fan["stage"], fan["start_s"], fan["end_s"], fan["outputs_s"]) == ("items", 0.0, 0.3, [0.1, 0.2])
+    assert fan["status"] == "dropped"
     assert (first["ancestry"], first["end_s"], first["outputs_s"], first["status"]) == (
         {"item": 0}, 0.2, [0.2], "ok")
     assert (second["ancestry"], second["end_s"], second["status"]) == ({"item": 1}, None, None)
