@@ -3,10 +3,10 @@
     python benchmarks/timeline.py                       # writes results/figure2.png, timeline.json
     python benchmarks/timeline.py --quick --out X.json  # tiny setting, what the test suite runs
 
-It serves the flagship claim verifier (examples/claimverify/app.py) twice, as benchmarks/e2e.py
-does (``altoflow serve --inline all`` on its own ``altoflow sim-lm --profile P``, the profile's
+It serves the flagship claim verifier (examples/claimverify/app.py) twice at once, as
+benchmarks/e2e.py does (``altoflow serve --inline all`` on its own ``altoflow sim-lm --profile P``, the profile's
 replica counts), once streaming and once with ``--barrier``; warms each server up with a few
-requests, then sends one request alone (X-Request-Id ``figure2-streaming`` or
+requests (none with ``--quick``), then sends one request alone (X-Request-Id ``figure2-streaming`` or
 ``figure2-barrier``), fetches its recorded timeline from ``GET /v1/requests/{id}/timeline`` and
 draws the two side by side on one time axis (altoflow/_timeline_draw.py): one row per stage in
 topological order, one bar per invocation, a tick per output. The JSON has both timelines whole,
@@ -75,32 +75,44 @@ def summary(doc: dict[str, Any]) -> dict[str, Any]:
             "overlap": overlap(doc)}
 
 
-async def one_timeline(mode: str, profile: str, warmups: int) -> dict[str, Any]:
+async def one_timeline(server: Server, client: httpx.AsyncClient, mode: str,
+                       warmups: int) -> dict[str, Any]:
     inputs = inputs_of(APP)
-    server = Server(APP, MODES[mode], profile, None, "inline")
+    for _ in range(warmups):
+        await warm(server, client, inputs)
+    request_id = f"figure2-{mode}"
+    started = time.perf_counter()
+    async with client.stream("POST", f"{server.url}/v1/run", json=inputs[0],
+                             headers={"X-Request-Id": request_id}) as resp:
+        resp.raise_for_status()
+        last = None
+        async for line in resp.aiter_lines():
+            if line.strip():
+                last = json.loads(line)
+    wall = time.perf_counter() - started
+    if last is None or last["type"] != "done":
+        raise SystemExit(f"timeline: the {mode} request did not end with done: {last}")
+    resp = await client.get(f"{server.url}/v1/requests/{request_id}/timeline")
+    resp.raise_for_status()
+    doc = resp.json()
+    return {"client_wall_s": wall, "timeline": doc, "summary": summary(doc)}
+
+
+async def both(profile: str, warmups: int) -> dict[str, Any]:
+    """Both servers start at once (a start takes seconds); their requests run one at a time."""
+    servers = {mode: Server(APP, system, profile, None, "inline") for mode, system in MODES.items()}
+    runs = {}
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0)) as client:
-            await server.ready(client)
-            for _ in range(warmups):
-                await warm(server, client, inputs)
-            request_id = f"figure2-{mode}"
-            started = time.perf_counter()
-            async with client.stream("POST", f"{server.url}/v1/run", json=inputs[0],
-                                     headers={"X-Request-Id": request_id}) as resp:
-                resp.raise_for_status()
-                last = None
-                async for line in resp.aiter_lines():
-                    if line.strip():
-                        last = json.loads(line)
-            wall = time.perf_counter() - started
-            if last is None or last["type"] != "done":
-                raise SystemExit(f"timeline: the {mode} request did not end with done: {last}")
-            resp = await client.get(f"{server.url}/v1/requests/{request_id}/timeline")
-            resp.raise_for_status()
-            doc = resp.json()
+            for server in servers.values():
+                await server.ready(client)
+            for mode, server in servers.items():
+                runs[mode] = await one_timeline(server, client, mode, warmups)
+                print(f"{mode}: {runs[mode]['summary']['duration_s']:.3f} s", flush=True)
     finally:
-        server.stop()
-    return {"client_wall_s": wall, "timeline": doc, "summary": summary(doc)}
+        for server in servers.values():
+            server.stop()
+    return runs
 
 
 def table(out: dict[str, Any]) -> str:
@@ -120,12 +132,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--profile", default="paper", choices=("paper", "unbounded"))
     parser.add_argument("--warmups", type=int, default=3, help="rounds of 4 requests before the one drawn")
-    parser.add_argument("--quick", action="store_true", help="one warm-up round (the test suite's setting)")
+    parser.add_argument("--quick", action="store_true",
+                        help="no warm-up: the request drawn is each server's first (the test suite's setting)")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "timeline.json")
     parser.add_argument("--png", type=Path, default=None,
                         help="where to draw it (default: figure2.png beside --out)")
     args = parser.parse_args(argv)
-    warmups = 1 if args.quick else args.warmups
+    warmups = 0 if args.quick else args.warmups
     png = args.png or args.out.parent / "figure2.png"
     command = "python benchmarks/timeline.py" + (" --quick" if args.quick else "") + \
         (f" --profile {args.profile}" if args.profile != "paper" else "")
@@ -135,9 +148,7 @@ def main(argv: list[str] | None = None) -> None:
         "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", "machine": machine(),
         "runs": {},
     }
-    for mode in MODES:
-        out["runs"][mode] = asyncio.run(one_timeline(mode, args.profile, warmups))
-        print(f"{mode}: {out['runs'][mode]['summary']['duration_s']:.3f} s", flush=True)
+    out["runs"] = asyncio.run(both(args.profile, warmups))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(out, indent=1) + "\n")
     draw([(f"{APP}, {mode} ({run['summary']['duration_s']:.2f} s)", run["timeline"])
