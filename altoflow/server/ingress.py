@@ -31,7 +31,7 @@ from altoflow._result import Event
 from altoflow.compiler import CompiledPipeline, load_target
 from altoflow.runtime.local import ensure_instances, execute
 from altoflow.runtime.metrics import ServerMetrics
-from altoflow.runtime.timeline import TimelineRecorder, plan_replicas, timeline_json
+from altoflow.runtime.timeline import Recording, TimelineRecorder, plan_replicas, timeline_json
 from altoflow.runtime.stream import RequestStream
 
 logger = logging.getLogger("altoflow.server")
@@ -192,7 +192,7 @@ class LocalIngress:
                             name=f"altoflow request {rid}")
         return RequestStream(receive, lambda: self._stream_closed(req), rid)
 
-    async def _serve(self, req: _Request, values: dict[str, Any], timeline: Any) -> None:
+    async def _serve(self, req: _Request, values: dict[str, Any], timeline: Recording | None) -> None:
         outcome = "cancelled"
         try:
             with req.scope:
