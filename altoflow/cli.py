@@ -7,6 +7,7 @@ import os
 import socket
 import sys
 import sysconfig
+import time
 import traceback
 from enum import Enum
 from typing import Any, NoReturn, Optional
@@ -170,6 +171,10 @@ def run(
     events: bool = typer.Option(False, "--events", help="Print every event as it happens (NDJSON)."),
     show_traceback: bool = typer.Option(False, "--traceback",
                                         help="When a stage fails, print its traceback (on stderr)."),
+    timeline: Optional[str] = typer.Option(
+        None, "--timeline", metavar="OUT.html|OUT.png",
+        help="Draw the request's timeline (one row per stage, one bar per item) to this file: "
+             ".html is self-contained, .png needs matplotlib."),
     log_level: LogLevel = _log_level(LogLevel.warning),
     log_format: LogFormat = _log_format(),
 ) -> None:
@@ -178,6 +183,8 @@ def run(
     altoflow run app.py --input '{"question": "the with statement"}'
 
     altoflow run app.py --events --traceback --input '{"question": "lambda"}'
+
+    altoflow run app.py --input '{"question": "lambda"}' --timeline timeline.html
     """
     from altoflow import _logging
     from altoflow.runtime.local import execute
@@ -191,6 +198,7 @@ def run(
         _fail(f"--input is not valid JSON ({exc}); pass an object like '{{\"question\": \"...\"}}'", 2)
     if not isinstance(fields, dict):
         _fail(f"--input must be a JSON object of request fields, not {type(fields).__name__}", 2)
+    recording = _timeline_recording(timeline)
     compiled = _load(target)
 
     unsendable: list[Event] = []
@@ -206,8 +214,17 @@ def run(
         if ended and event.type == "output":
             unsendable.append(event)
 
+    def start() -> Any:
+        if recording is not None:  # the request starts now, not when the command did
+            recording.started = time.perf_counter()
+        return execute(compiled, fields, on_event=show if events else None, timeline=recording)
+
     try:
-        result = anyio.run(lambda: execute(compiled, fields, on_event=show if events else None))
+        try:
+            result = anyio.run(start)
+        finally:
+            if recording is not None and len(recording):
+                _draw_timeline(timeline, recording, compiled)  # type: ignore[arg-type]
     except InputError as exc:
         _fail(str(exc), 2)
     except StageError as exc:
@@ -227,6 +244,37 @@ def run(
             _fail(f"{exc}. Return JSON-like values (str, int, float, bool, None, lists, dicts with str "
                   f"keys), numpy arrays, pydantic models, dataclasses or bytes, or convert it in a stage.", 1)
         typer.echo(json.dumps(out, ensure_ascii=False, indent=2))
+
+
+def _timeline_recording(path: Optional[str]) -> Any:
+    """A recording for ``run --timeline PATH``, after checking that PATH can be drawn."""
+    if path is None:
+        return None
+    from altoflow.runtime.timeline import Recording
+
+    suffix = os.path.splitext(path)[1].lower()
+    if suffix not in (".html", ".htm", ".png"):
+        _fail(f"--timeline takes a file ending in .html (self-contained) or .png (needs "
+              f"matplotlib), not {path!r}", 2)
+    if suffix == ".png":
+        import importlib.util
+
+        if importlib.util.find_spec("matplotlib") is None:
+            _fail("--timeline with a .png file needs matplotlib, which is not installed: pip "
+                  "install matplotlib (or name a .html file, which needs nothing)", 2)
+    return Recording(0, "run", limit=1_000_000)
+
+
+def _draw_timeline(path: str, recording: Any, compiled: Any) -> None:
+    from altoflow._timeline_draw import TimelineDrawError, draw
+    from altoflow.runtime.timeline import plan_replicas, timeline_json
+
+    doc = timeline_json(recording, compiled.plan, plan_replicas(compiled.plan))
+    try:
+        draw([(f"{compiled.plan.name}: altoflow run", doc)], path)
+    except (TimelineDrawError, OSError) as exc:
+        _fail(f"--timeline: {exc}", 2)
+    typer.echo(f"timeline: {path} ({len(doc['invocations'])} invocations)", err=True)
 
 
 def _replica_counts(values: list[str]) -> dict[str, int]:
@@ -284,6 +332,19 @@ def serve(
     allowed_host: list[str] = typer.Option([], "--allowed-host",
                                            help="A name the Host header may have besides the "
                                                 "address (repeatable; * for any)."),
+    timeline_requests: int = typer.Option(
+        100, "--timeline-requests",
+        help="Recent requests whose timelines GET /v1/requests/{id}/timeline serves (0: record "
+             "none)."),
+    timeline_entries: int = typer.Option(
+        5000, "--timeline-entries",
+        help="Moments recorded per request (about 3 per item); past it its timeline is truncated."),
+    timeline_every: int = typer.Option(
+        1, "--timeline-every", help="Record the timeline of one request in N (sampling)."),
+    route_by_request: bool = typer.Option(
+        False, "--route-by-request",
+        help="Benchmark knob: route every stage's items by their request (all of a request's "
+             "items on one replica of each stage), not only aggregates' by their group."),
     inline: list[str] = typer.Option([], "--inline",
                                      help="A stage (or NAME,NAME, or all) whose replicas run in the "
                                           "router's process: light stages' items then never cross "
@@ -356,6 +417,15 @@ def serve(
         _fail(f"--max-connections takes N >= --max-pending ({max_pending}), not {max_connections}", 2)
     if not grace >= 0:  # NaN too
         _fail(f"--grace takes seconds, 0 or more (0: cancel requests in flight at once), not {grace}", 2)
+    if timeline_requests < 0:
+        _fail(f"--timeline-requests takes 0 (record none) or more requests, not {timeline_requests}", 2)
+    if timeline_entries < 1:
+        _fail(f"--timeline-entries takes N >= 1 (moments recorded per request), not {timeline_entries}", 2)
+    if timeline_every < 1:
+        _fail(f"--timeline-every takes N >= 1 (record one request in N), not {timeline_every}", 2)
+    from altoflow.runtime.timeline import TimelineRecorder
+
+    recorder = TimelineRecorder(timeline_requests, timeline_entries, timeline_every)
     _check_free(host, port)  # before any replica starts
     _logging.configure(log_level.value, log_format.value)
     # The replicas (`python -m altoflow worker`) inherit the environment: the same logs.
@@ -369,7 +439,7 @@ def serve(
                                 max_connections=max_connections, replay_limit=replay_limit,
                                 max_buffered=int(max_buffered_mib * 1024 * 1024),
                                 inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()),
-                                fuse=fuse)
+                                fuse=fuse, timeline=recorder, pin_requests=route_by_request)
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:

@@ -537,11 +537,14 @@ class RouterCore:
     ``fanout_window`` paces fan-out invocations (see "Flow control" above): the outputs one
     may send before its first ``Grant``; each ``Grant`` is worth ``fanout_credit`` more (half
     the window unless given). None paces nothing.
+    ``pin_requests`` (a benchmark knob: ``serve --route-by-request``) sends every load-balanced
+    stage's items to the slot their request hashes to, so that all of a request's items meet on
+    one replica of each stage, as if every stage were keyed by the request.
     """
 
     def __init__(self, plan: Plan, *, seed: int | None = None, story_length: int = 2000,
                  replay_limit: int = 100_000, fanout_window: int | None = None,
-                 fanout_credit: int | None = None) -> None:
+                 fanout_credit: int | None = None, pin_requests: bool = False) -> None:
         if replay_limit < 0:
             raise ValueError(f"replay_limit must be 0 (no replay) or more, got {replay_limit}")
         if fanout_window is not None:
@@ -550,6 +553,10 @@ class RouterCore:
                 raise ValueError(f"need 1 <= fanout_credit <= fanout_window, not {fanout_credit} "
                                  f"and {fanout_window}")
         self.plan = plan
+        # A benchmark knob (benchmarks/figure4.py): route every load-balanced stage's items by
+        # their request, as if each stage were keyed by it, so that all of a request's items
+        # meet on one replica of each stage. altoflow's own rule keys aggregates only.
+        self.pin_requests = pin_requests
         self.topo = Topology.from_plan(plan)
         self.progress = Progress(self.topo)
         self.stages: dict[str, StagePlan] = {s.name: s for s in plan.stages}
@@ -1129,6 +1136,15 @@ class RouterCore:
                 if self._source is not None:
                     self._queued_by_source(work)
                 rep.queue.append(work)
+            return
+        if self.pin_requests and stage.replicas > 1:
+            rid = self.slots[stage.name].get(self._slot(stage, work.ancestry[:1]))
+            if rid is None:
+                self._park(stage, work.ancestry, work)
+            elif self.replicas[rid].credits > 0 and work.ancestry[0] not in self.paused:
+                self._invoke(self.replicas[rid], work)
+            else:
+                self.replicas[rid].queue.append(work)
             return
         rep = None if work.ancestry[0] in self.paused else self._pick(stage)
         if rep is None:

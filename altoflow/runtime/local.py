@@ -47,6 +47,7 @@ from altoflow.runtime.core import (
     Abort, Ack, Emit, Finish, Flush, FlushDone, Invoke, Open, Output, ReplicaUp, RouterCore, Submit,
 )
 from altoflow.runtime.runner import StageRunner
+from altoflow.runtime import timeline as tl
 
 if TYPE_CHECKING:  # prometheus_client is imported only by servers, not by `import altoflow`
     from altoflow.runtime.metrics import ServerMetrics
@@ -61,8 +62,12 @@ class _Execution:
         fields: dict[str, Any],
         on_event: Callable[[Event], None] | None,
         stats: ServerMetrics | None = None,
+        timeline: tl.Recording | None = None,
     ) -> None:
         self.plan = compiled.plan
+        # Where each invocation starts and ends and each output appears (runtime.timeline);
+        # replica ids are counted as timeline.plan_replicas expects.
+        self.timeline = timeline
         # No replica of its own can die: nothing is kept for a replay.
         self.core = RouterCore(self.plan, seed=0, replay_limit=0)
         self.on_event = on_event
@@ -109,6 +114,8 @@ class _Execution:
     def _output(self, rid: int, stage: str, anc: Any, value: Any) -> None:
         if self.stats is not None:
             self.stats.items[stage] += 1
+        if self.timeline is not None:
+            self.timeline.add(time.perf_counter(), tl.code(tl.OUTPUT, rid), anc)
         self._event(Output(rid, stage, anc, value))
 
     def _handle(self) -> None:
@@ -139,7 +146,12 @@ class _Execution:
             if status == "failed":
                 self._queue.append(FlushDone(ins.replica, ins.stage, ins.prefix, status, error))
         elif isinstance(ins, Flush):
+            if self.timeline is not None:
+                self.timeline.add(time.perf_counter(), tl.code(tl.FLUSH, ins.replica), ins.prefix)
             status, error = self.runners[ins.replica].flush(ins.prefix, ins.opened)
+            if self.timeline is not None:
+                self.timeline.add(time.perf_counter(), tl.code(
+                    tl.FLUSH_DONE, ins.replica, tl.STATUS_CODES[status]), ins.prefix)
             if status == "dropped" and error is not None:
                 _log_drop(error)
             self._queue.append(FlushDone(ins.replica, ins.stage, ins.prefix, status, error))
@@ -159,7 +171,12 @@ class _Execution:
         try:
             while inbox:
                 ins, dispatched = inbox.popleft()
+                if self.timeline is not None:
+                    self.timeline.add(time.perf_counter(), tl.code(tl.DISPATCH, rid), ins.ancestry)
                 status, error = await runner.invoke(ins.ancestry, ins.args)
+                if self.timeline is not None:
+                    self.timeline.add(time.perf_counter(), tl.code(
+                        tl.ACK, rid, tl.STATUS_CODES[status]), ins.ancestry)
                 if status == "dropped" and error is not None:
                     _log_drop(error)
                 if self.stats is not None:
@@ -195,16 +212,24 @@ async def execute(
     *,
     on_event: Callable[[Event], None] | None = None,
     stats: ServerMetrics | None = None,
+    timeline: tl.Recording | None = None,
 ) -> Result:
     """Run one request of a compiled pipeline in this process; ``on_event`` sees each event live.
 
     ``stats``, a server's metrics, counts the request's stage items, errors and invocation times,
-    and sees its queues while it runs (``LocalIngress`` passes its own).
+    and sees its queues while it runs (``LocalIngress`` passes its own). ``timeline`` records
+    when each invocation started and ended and each output appeared (``runtime.timeline``;
+    ``altoflow run --timeline`` draws it); it is told the outcome when the request ends.
     """
     values = compiled.validate_request(fields)
     await ensure_instances(compiled)
-    ex = _Execution(compiled, values, on_event, stats)
-    await ex.run()
+    ex = _Execution(compiled, values, on_event, stats, timeline)
+    try:
+        await ex.run()
+    finally:
+        if timeline is not None:
+            timeline.end("error" if ex.error is not None else "done" if ex.done.is_set()
+                         else "cancelled")
     if ex.error is not None:
         raise ex.error
     if on_event is not None:

@@ -47,6 +47,7 @@ from altoflow.runtime import pipe
 from altoflow.runtime.fusion import FusedErrorBody
 from altoflow.runtime.metrics import ServerMetrics
 from altoflow.runtime.stream import EventChannel, RequestStream
+from altoflow.runtime import timeline as tl
 
 logger = logging.getLogger("altoflow.router")
 
@@ -169,6 +170,8 @@ class _Protocol(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         router = self.conn.router
         self.conn.heard = True
+        if router._recording:  # the moment the timelines give every frame of this read
+            router._read_at = time.perf_counter()
         try:
             for frame in self.conn.reader.feed(data):
                 if self.tcp and self.conn.stage is None:
@@ -216,7 +219,9 @@ class Router:
                  heartbeat: float | None = 1.0,
                  on_silent: Callable[[str, int], None] | None = None,
                  max_buffered: int = MAX_BUFFERED,
-                 fanout_window: int | None = fr.FANOUT_WINDOW) -> None:
+                 fanout_window: int | None = fr.FANOUT_WINDOW,
+                 timeline: tl.TimelineRecorder | None = None,
+                 pin_requests: bool = False) -> None:
         codec = codec or Codec()
         if codec.allow_pickle:
             raise ValueError(
@@ -228,7 +233,8 @@ class Router:
             raise ValueError(f"max_buffered must be at least 1 byte, not {max_buffered}")
         self.core = RouterCore(self.plan, seed=seed, replay_limit=replay_limit,
                                fanout_window=fanout_window,
-                               fanout_credit=fr.FANOUT_CREDIT if fanout_window is not None else None)
+                               fanout_credit=fr.FANOUT_CREDIT if fanout_window is not None else None,
+                               pin_requests=pin_requests)
         self._fused: dict[int, int] = {}  # fan-out's stage index -> its fused aggregate's
         self.codec = codec
         self.output_codec = output_codec or Codec()
@@ -268,6 +274,15 @@ class Router:
         self._tcp_connections = 0
         self._tcp_refused = 0
         self._tcp_timed_out = 0
+        # Request timelines (runtime.timeline): the recent requests' dispatches, outputs and
+        # acknowledgements. The per-item path tests `_recording` (the recorder's live
+        # recordings) for emptiness before anything else.
+        self.timeline = tl.TimelineRecorder() if timeline is None else timeline
+        self._recording = self.timeline.live
+        # When the frames being handled were read: what a replica sent in one write is seen at
+        # one moment (an invocation's last outputs and its ACK, held together under --barrier,
+        # end together), and no frame pays for a clock reading of its own.
+        self._read_at = 0.0
 
     async def start(self, path: str) -> None:
         loop = asyncio.get_running_loop()
@@ -401,7 +416,8 @@ class Router:
         self.streams[request] = channel
         if request_id is not None:
             self._names[request] = request_id
-        self._admitted[request] = time.perf_counter()
+        self._admitted[request] = now = time.perf_counter()
+        self.timeline.begin(request, str(request) if request_id is None else request_id, now)
         self.stats.admitted += 1
         self._apply(self.core.handle(Submit(request, encoded)))
         self._flush_soon()
@@ -449,7 +465,19 @@ class Router:
         self._names.pop(request, None)
         self._failures.pop(request, None)
         started = self._admitted.pop(request)
-        self.stats.finished(outcome, time.perf_counter() - started)  # type: ignore[arg-type]
+        now = time.perf_counter()
+        self.stats.finished(outcome, now - started)  # type: ignore[arg-type]
+        self.timeline.end(request, outcome, now)
+
+    def timeline_of(self, request_id: str) -> dict[str, Any] | None:
+        """The timeline of a recent request, by its request id (``X-Request-Id``, or the
+        router's own number for it as a string when it was submitted without one), as
+        ``GET /v1/requests/{id}/timeline`` returns it; None when it is not kept."""
+        rec = self.timeline.get(request_id)
+        if rec is None:
+            return None
+        replicas = self.core.replicas
+        return tl.timeline_json(rec, self.plan, lambda rid: (replicas[rid].stage, replicas[rid].slot))
 
     def live_slots(self) -> set[tuple[str, int]]:
         """(stage, slot) of every connected replica."""
@@ -478,11 +506,16 @@ class Router:
             if frame.stage != conn.index:
                 stage = self._fused_output(conn, frame.stage)
             self.stats.items[stage] += 1
+            if self._recording:
+                self.timeline.record(anc[0], self._read_at, tl.OUTPUT | conn.rid << 5, anc)  # type: ignore[operator]
             self._apply(self.core.output(conn.rid, stage, anc, frame.payload))  # type: ignore[arg-type]
         elif kind is _ACK:
             started = self._started.pop((conn.rid, anc), None)
             if started is not None:
                 self.stats.invocation[stage].observe(time.perf_counter() - started)
+            if self._recording:
+                self.timeline.record(anc[0], self._read_at,
+                                     tl.code(tl.ACK, conn.rid, frame.status), anc)  # type: ignore[arg-type]
             error = None
             if frame.status == 2:
                 error = self._error(stage, self.core.stages[stage].levels_in, anc, frame.body)
@@ -492,6 +525,9 @@ class Router:
                 self._dropped(stage, self.core.stages[stage].levels_in, anc, frame.body)
             self._apply(self.core.ack(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error))  # type: ignore[arg-type]
         elif kind is _FLUSH_DONE:
+            if self._recording:
+                self.timeline.record(anc[0], self._read_at,
+                                     tl.code(tl.FLUSH_DONE, conn.rid, frame.status), anc)  # type: ignore[arg-type]
             levels = self.core.stages[stage].route_key or []
             error = self._error(stage, levels, anc, frame.body)
             if frame.status != 2:
@@ -595,11 +631,13 @@ class Router:
         for ins in instructions:
             t = type(ins)
             if t is Invoke:
-                self._started[(ins.replica, ins.ancestry)] = time.perf_counter()
+                anc = ins.ancestry
+                self._started[(ins.replica, anc)] = now = time.perf_counter()
+                if self._recording:
+                    self.timeline.record(anc[0], now, ins.replica << 5, anc)  # tl.DISPATCH is 0
                 conn = self.conns.get(ins.replica)
                 if conn is None:
                     continue  # it died; the core has been told (ReplicaDown) and re-routes
-                anc = ins.ancestry
                 conn.writer.inputs(self.stage_index[ins.stage], anc[0], anc[1:],
                                    [ins.args[p] for p in self.core.stages[ins.stage].params])
                 self._dirty.add(ins.replica)
@@ -630,6 +668,9 @@ class Router:
             elif t is Open:
                 self._item(ins.replica, fr.Kind.OPEN, self.stage_index[ins.stage], ins.prefix)
             elif t is Flush:
+                if self._recording:
+                    self.timeline.record(ins.prefix[0], time.perf_counter(),
+                                         tl.code(tl.FLUSH, ins.replica), ins.prefix)
                 self._item(ins.replica, fr.Kind.FLUSH, self.stage_index[ins.stage], ins.prefix,
                            opened=ins.opened)
             elif t is Abort:

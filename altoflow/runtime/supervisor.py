@@ -33,6 +33,7 @@ from altoflow.compiler import CompiledPipeline
 from altoflow.wire import FANOUT_WINDOW, HANDSHAKE_TIMEOUT, Codec
 from altoflow.runtime.fusion import fusable
 from altoflow.runtime.router import MAX_BUFFERED, Router
+from altoflow.runtime.timeline import TimelineRecorder
 
 logger = logging.getLogger("altoflow.supervisor")
 
@@ -143,7 +144,8 @@ class Supervisor:
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
                  max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, inline: frozenset[str] = frozenset(),
-                 max_buffered: int = MAX_BUFFERED, fuse: bool = True) -> None:
+                 max_buffered: int = MAX_BUFFERED, fuse: bool = True,
+                 timeline: TimelineRecorder | None = None, pin_requests: bool = False) -> None:
         self.barrier = barrier
         # Inline stages run their replicas in this process: their items never touch a socket.
         # "all" names every stage that is not remote: the whole pipeline in one process.
@@ -176,7 +178,8 @@ class Supervisor:
                              heartbeat=heartbeat, on_silent=self._silent,
                              max_buffered=max_buffered,
                              # A barrier replica holds its outputs back: nothing to pace.
-                             fanout_window=None if barrier else FANOUT_WINDOW)
+                             fanout_window=None if barrier else FANOUT_WINDOW,
+                             timeline=timeline, pin_requests=pin_requests)
         self.children: list[_Child] = []
         self._tasks: set[asyncio.Task] = set()
         self._inline_tasks: set[asyncio.Task] = set()  # inline replicas' Worker.serve

@@ -11,6 +11,9 @@
   stages) and ``request_schema`` (the request's JSON schema).
 - ``GET /healthz``: the ingress's health; 200 when its status is ``ok``, else 503.
 - ``GET /metrics``: Prometheus text exposition (the ingress's one registry).
+- ``GET /v1/requests/{id}/timeline``: the timeline of a recent request, by the id below
+  (``altoflow.runtime.timeline``: when each invocation started and ended and each output
+  appeared); 404 with the reason for an id whose timeline is not kept.
 
 Every request has an id: the client's ``X-Request-Id`` when it is 1 to 128 printable ASCII
 characters without spaces, else a new one (32 hex digits). Every answer carries it back in
@@ -141,6 +144,17 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
     async def metrics(request: Request) -> Response:
         return Response(ingress.metrics(), media_type=PROMETHEUS)
 
+    async def timeline(request: Request) -> Response:
+        request_id = request.path_params["request_id"]
+        find = getattr(ingress, "timeline", None)
+        doc = None if find is None else find(request_id)
+        if doc is None:
+            missing = getattr(ingress, "timeline_missing", None)
+            detail = (missing(request_id) if missing is not None else
+                      f"no timeline for request {request_id!r}: this runtime records none")
+            return JSONResponse({"detail": detail}, status_code=404)
+        return JSONResponse(doc)
+
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         async with ingress:
@@ -152,6 +166,7 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
             Route("/v1/graph", get_graph, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            Route("/v1/requests/{request_id:path}/timeline", timeline, methods=["GET"]),
         ],
         middleware=[Middleware(RequestId), Middleware(HostCheck, allowed=hosts)],
         lifespan=lifespan,

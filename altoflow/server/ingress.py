@@ -31,6 +31,7 @@ from altoflow._result import Event
 from altoflow.compiler import CompiledPipeline, load_target
 from altoflow.runtime.local import ensure_instances, execute
 from altoflow.runtime.metrics import ServerMetrics
+from altoflow.runtime.timeline import Recording, TimelineRecorder, plan_replicas, timeline_json
 from altoflow.runtime.stream import RequestStream
 
 logger = logging.getLogger("altoflow.server")
@@ -61,6 +62,11 @@ class Ingress(Protocol):
     def metrics(self) -> bytes:
         """Prometheus text exposition (version 0.0.4) of the families of
         ``altoflow.runtime.metrics.METRICS`` and the process collectors."""
+        ...
+
+    def timeline(self, request_id: str) -> dict[str, Any] | None:
+        """The timeline of a recent request (``GET /v1/requests/{id}/timeline``), or None when
+        none is kept for that id; ``timeline_missing(request_id)`` then says why."""
         ...
 
     async def __aenter__(self) -> Any: ...
@@ -114,7 +120,8 @@ class LocalIngress:
     replicas are its declared ``replicas`` while the ingress runs, as ``health()`` reports them.
     """
 
-    def __init__(self, target: Any, *, max_inflight: int = 64, retry_after: int = 1) -> None:
+    def __init__(self, target: Any, *, max_inflight: int = 64, retry_after: int = 1,
+                 timeline: TimelineRecorder | None = None) -> None:
         if max_inflight < 1:
             raise ValueError(f"max_inflight must be at least 1, got {max_inflight}")
         self.compiled: CompiledPipeline = (
@@ -129,6 +136,9 @@ class LocalIngress:
         self._tg: anyio.abc.TaskGroup | None = None
         self._requests: dict[int, _Request] = {}
         self._next_id = 0
+        # The recent requests' timelines (runtime.timeline), as the served router keeps them.
+        self.timelines = TimelineRecorder() if timeline is None else timeline
+        self._replica_of = plan_replicas(self.compiled.plan)
 
     # -- lifecycle --------------------------------------------------------------------------
 
@@ -178,16 +188,17 @@ class LocalIngress:
                        request_id or new_request_id())
         self._requests[rid] = req
         self.stats.admitted += 1
-        self._tg.start_soon(self._serve, req, values, name=f"altoflow request {rid}")
+        self._tg.start_soon(self._serve, req, values, self.timelines.begin(rid, req.name),
+                            name=f"altoflow request {rid}")
         return RequestStream(receive, lambda: self._stream_closed(req), rid)
 
-    async def _serve(self, req: _Request, values: dict[str, Any]) -> None:
+    async def _serve(self, req: _Request, values: dict[str, Any], timeline: Recording | None) -> None:
         outcome = "cancelled"
         try:
             with req.scope:
                 try:
                     await execute(self.compiled, values, on_event=lambda e: self._on_event(req, e),
-                                  stats=self.stats)
+                                  stats=self.stats, timeline=timeline)
                     outcome = "done"
                 except StageError as exc:
                     outcome = "error"
@@ -206,6 +217,7 @@ class LocalIngress:
         finally:
             req.send.close()
             self.stats.finished(outcome, anyio.current_time() - req.started)
+            self.timelines.end(req.id, outcome)
             self._advance(req, "task_ended")
 
     def _on_event(self, req: _Request, event: Event) -> None:
@@ -247,6 +259,13 @@ class LocalIngress:
 
     def metrics(self) -> bytes:
         return self.stats.render()
+
+    def timeline(self, request_id: str) -> dict[str, Any] | None:
+        rec = self.timelines.get(request_id)
+        return None if rec is None else timeline_json(rec, self.compiled.plan, self._replica_of)
+
+    def timeline_missing(self, request_id: str) -> str:
+        return self.timelines.missing(request_id)
 
     def _replicas_live(self) -> dict[str, int]:
         ready = self._state == "ok"

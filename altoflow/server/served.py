@@ -11,6 +11,7 @@ from altoflow.compiler import load_target
 from altoflow.runtime.router import MAX_BUFFERED
 from altoflow.runtime.stream import RequestStream
 from altoflow.runtime.supervisor import Supervisor
+from altoflow.runtime.timeline import TimelineRecorder
 from altoflow.wire import HANDSHAKE_TIMEOUT
 
 
@@ -37,7 +38,8 @@ class ServedIngress:
                  max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, restart: bool = True,
                  inline: frozenset[str] = frozenset(), max_buffered: int = MAX_BUFFERED,
-                 fuse: bool = True) -> None:
+                 fuse: bool = True, timeline: TimelineRecorder | None = None,
+                 pin_requests: bool = False) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
@@ -45,7 +47,7 @@ class ServedIngress:
                                      max_pending=max_pending, max_connections=max_connections,
                                      replay_limit=replay_limit, heartbeat=heartbeat,
                                      restart=restart, inline=inline, max_buffered=max_buffered,
-                                     fuse=fuse)
+                                     fuse=fuse, timeline=timeline, pin_requests=pin_requests)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
@@ -104,3 +106,9 @@ class ServedIngress:
 
     def metrics(self) -> bytes:
         return self.router.stats.render()
+
+    def timeline(self, request_id: str) -> dict[str, Any] | None:
+        return self.router.timeline_of(request_id)
+
+    def timeline_missing(self, request_id: str) -> str:
+        return self.router.timeline.missing(request_id)
