@@ -11,6 +11,7 @@
   stages) and ``request_schema`` (the request's JSON schema).
 - ``GET /healthz``: the ingress's health; 200 when its status is ``ok``, else 503.
 - ``GET /metrics``: Prometheus text exposition (the ingress's one registry).
+- ``GET /``: the live page, and ``GET /static/{name}`` its files (``altoflow.server.page``).
 
 Every request has an id: the client's ``X-Request-Id`` when it is 1 to 128 printable ASCII
 characters without spaces, else a new one (32 hex digits). Every answer carries it back in
@@ -56,6 +57,7 @@ from altoflow.compiler._request import MAX_DEPTH, MAX_ERRORS
 from altoflow.runtime.metrics import CONTENT_TYPE as PROMETHEUS
 from altoflow.runtime.stream import RequestStream
 from altoflow.server.ingress import Ingress
+from altoflow.server.page import page_routes
 
 NDJSON = "application/x-ndjson"
 
@@ -152,6 +154,7 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
             Route("/v1/graph", get_graph, methods=["GET"]),
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
+            *page_routes(),
         ],
         middleware=[Middleware(RequestId), Middleware(HostCheck, allowed=hosts)],
         lifespan=lifespan,
