@@ -18,6 +18,7 @@ import subprocess
 import tempfile
 import threading
 import time
+from contextlib import ExitStack
 from typing import Any
 
 import httpx
@@ -57,7 +58,9 @@ class Browser:
             if pages or time.monotonic() > deadline:
                 break
             time.sleep(0.05)
-        self.ws = connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout)
+        self.stack = ExitStack()
+        self.ws = self.stack.enter_context(
+            connect(pages[0]["webSocketDebuggerUrl"], max_size=None, open_timeout=timeout))
         self.ids = itertools.count(1)
         self.errors: list[str] = []  # exceptions the page's own scripts threw
         self.timeout = timeout
@@ -132,8 +135,8 @@ class Browser:
             f.write(base64.b64decode(shot["data"]))
 
     def close(self) -> None:
-        if getattr(self, "ws", None) is not None:
-            self.ws.close()
+        if getattr(self, "stack", None) is not None:
+            self.stack.close()
         self.proc.terminate()
         try:
             self.proc.wait(timeout=10)
