@@ -150,3 +150,50 @@ class Browser:
 
     def __exit__(self, *exc_info: object) -> None:
         self.close()
+
+
+def _shoot(target: str, fields_file: str, out: str) -> None:
+    """Serve ``target`` with ``altoflow serve``, run the request in ``fields_file`` from the
+    page, and save a screenshot of the page once it is done."""
+    import socket
+    import sys
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    server = subprocess.Popen([sys.executable, "-c", "from altoflow.cli import main; main()",
+                               "serve", target, "--port", str(port)])
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 120
+        while True:
+            try:
+                if httpx.get(url + "/healthz").status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError(f"altoflow serve {target} did not come up")
+            time.sleep(0.2)
+        fields = json.loads(open(fields_file).read())
+        with Browser(width=1200, height=900, timeout=120) as browser:
+            browser.goto(url + "/")
+            for name, value in fields.items():
+                browser.type_into(f"#field-{name}", str(value))
+            browser.evaluate("document.getElementById('run').click()")
+            browser.wait_for("document.body.dataset.run !== 'running'", "the run", 120)
+            browser.evaluate("const m = [...document.querySelectorAll('.mark.output')].at(-1);"
+                             "if (m) m.click()")
+            time.sleep(1.5)  # a poll of /metrics after the end
+            browser.screenshot(out)
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    # python tests/server/chromium.py examples/claimverify/app.py \
+    #     examples/claimverify/input.json docs/images/live-page.png
+    import sys
+
+    _shoot(*sys.argv[1:4])

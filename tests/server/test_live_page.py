@@ -274,6 +274,9 @@ def test_the_graph_shows_a_stages_running_invocations(serve, page, gate) -> None
     browser.wait_for("document.querySelectorAll('[data-row=checked] .mark').length === 1",
                      "the first output")
     assert browser.evaluate("document.body.dataset.run") == "running"
+    browser.wait_for("document.querySelectorAll('[data-row=claims] .load[data-running=\"1\"]')"
+                     ".length > 0",
+                     "the timeline to shade the running stage")
     gate.release.set()
     browser.wait_for("document.body.dataset.run === 'done'", "the run to end")
     assert marks(browser)["checked"] == ["output", "output"]

@@ -6,7 +6,8 @@
 
 const $ = (id) => document.getElementById(id);
 const SVG_NS = "http://www.w3.org/2000/svg";
-const METRICS_EVERY_MS = 1000;
+const METRICS_EVERY_MS = 1000; // while no request of this page runs
+const METRICS_RUNNING_MS = 400; // while one does, so that its stages' load shows on the timeline
 
 function h(tag, props = {}, ...children) {
   const node = document.createElement(tag);
@@ -53,40 +54,57 @@ function depths(stages) {
   return memo;
 }
 
-const BOX = { w: 156, h: 84, dx: 30, dy: 14, pad: 6 };
-const boxes = new Map(); // stage name -> {group, replicas, live}
+const BOX = { w: 156, h: 84, dx: 30, dy: 14, band: 36, pad: 6 };
+const boxes = new Map(); // stage name -> {group, replicas, live, stage}
 
+// Columns by depth, left to right; when they do not fit the page's width they wrap into bands,
+// one under the other, so that a long chain stays legible instead of shrinking.
 function drawGraph(graph) {
   const depthOf = depths(graph.stages);
   const columns = [];
   for (const st of graph.stages) (columns[depthOf.get(st.name)] ??= []).push(st);
+  const fit = Math.floor(($("graph").clientWidth - 2 * BOX.pad + BOX.dx) / (BOX.w + BOX.dx));
+  const perBand = Math.max(1, Math.min(columns.length, fit));
   const tallest = Math.max(...columns.map((c) => c.length));
-  const width = columns.length * (BOX.w + BOX.dx) - BOX.dx + 2 * BOX.pad;
-  const height = tallest * (BOX.h + BOX.dy) - BOX.dy + 2 * BOX.pad;
-  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, role: "img" });
-  svg.style.maxWidth = "100%";
+  const bandHeight = tallest * (BOX.h + BOX.dy) - BOX.dy;
+  const bands = Math.ceil(columns.length / perBand);
+  const width = perBand * (BOX.w + BOX.dx) - BOX.dx + 2 * BOX.pad;
+  const height = bands * (bandHeight + BOX.band) - BOX.band + 2 * BOX.pad;
+  const svg = s("svg", { viewBox: `0 0 ${width} ${height}`, width, height, role: "img" });
   const defs = s("defs");
   defs.append(arrowHead());
   svg.append(defs);
   const at = new Map();
   columns.forEach((column, i) => column.forEach((st, j) => {
+    const band = Math.floor(i / perBand);
     const offset = ((tallest - column.length) * (BOX.h + BOX.dy)) / 2;
-    at.set(st.name, { x: BOX.pad + i * (BOX.w + BOX.dx), y: BOX.pad + offset + j * (BOX.h + BOX.dy) });
+    at.set(st.name, {
+      band,
+      x: BOX.pad + (i % perBand) * (BOX.w + BOX.dx),
+      y: BOX.pad + band * (bandHeight + BOX.band) + offset + j * (BOX.h + BOX.dy),
+    });
   }));
-  const outputs = new Set(graph.outputs);
   for (const st of graph.stages) {
     for (const input of st.inputs.filter((n) => at.has(n))) {
-      const a = at.get(input), b = at.get(st.name);
-      const x1 = a.x + BOX.w, y1 = a.y + BOX.h / 2, x2 = b.x - 2, y2 = b.y + BOX.h / 2;
-      const bend = Math.max(12, (x2 - x1) / 2);
-      svg.append(s("path", {
-        class: "edge", "marker-end": "url(#arrow)",
-        d: `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`,
-      }));
+      svg.append(s("path", { class: "edge", "marker-end": "url(#arrow)",
+                             d: edge(at.get(input), at.get(st.name)) }));
     }
   }
+  const outputs = new Set(graph.outputs);
   for (const st of graph.stages) svg.append(stageBox(st, at.get(st.name), outputs.has(st.name)));
   $("graph").replaceChildren(svg);
+}
+
+// An edge's path: right side to left side in one band, bottom to top into a later band.
+function edge(a, b) {
+  if (a.band === b.band) {
+    const x1 = a.x + BOX.w, y1 = a.y + BOX.h / 2, x2 = b.x - 2, y2 = b.y + BOX.h / 2;
+    const bend = Math.max(12, (x2 - x1) / 2);
+    return `M${x1},${y1} C${x1 + bend},${y1} ${x2 - bend},${y2} ${x2},${y2}`;
+  }
+  const x1 = a.x + BOX.w / 2, y1 = a.y + BOX.h, x2 = b.x + BOX.w / 2, y2 = b.y - 2;
+  const bend = Math.min(BOX.band * 2, (y2 - y1) / 2);
+  return `M${x1},${y1} C${x1},${y1 + bend} ${x2},${y2 - bend} ${x2},${y2}`;
 }
 
 function arrowHead() {
@@ -153,6 +171,7 @@ function showMetrics(families) {
     const up = live.has(name) ? `${live.get(name)}/${box.stage.replicas} up` : `×${box.stage.replicas}`;
     box.replicas.textContent = clip(`${box.stage.kind} · ${up}`, 25);
   }
+  if (current) sampleLoad(running, waiting);
   const requests = families.get("altoflow_requests_in_flight");
   $("requests-in-flight").textContent = requests ? requests[0].value : "–";
 }
@@ -166,7 +185,7 @@ async function pollMetrics() {
   } catch (err) {
     $("metrics-status").textContent = `metrics: unavailable (${err.message})`;
   }
-  setTimeout(pollMetrics, METRICS_EVERY_MS);
+  setTimeout(pollMetrics, current ? METRICS_RUNNING_MS : METRICS_EVERY_MS);
 }
 
 // -- the form, from the request's JSON schema ----------------------------------------------------
@@ -265,7 +284,8 @@ function requestBody() {
 
 const REQUEST_ROW = "(request)";
 let rows = new Map(); // row name -> {track, count}
-let marks = []; // {node, t}
+let marks = []; // {node, t, until}: an event's mark, or a span of load (until = its end)
+let current = null; // the running request: {start, outputs, ended, sampled}
 let shown = 100; // the ms the timeline's width stands for; grows with the request
 let partials = new Map(); // "stage ancestry" -> <pre>
 
@@ -301,7 +321,10 @@ function resetTimeline() {
 
 function rescale(ms_) {
   shown = ms_;
-  for (const m of marks) m.node.style.left = `${(100 * m.t) / shown}%`;
+  for (const m of marks) {
+    m.node.style.left = `${(100 * m.t) / shown}%`;
+    if (m.until !== undefined) m.node.style.width = `${(100 * (m.until - m.t)) / shown}%`;
+  }
   $("axis-mid").textContent = ms(shown / 2);
   $("axis-end").textContent = ms(shown);
 }
@@ -321,6 +344,26 @@ function addMark(rowName, t, type, title, detail) {
   row.n += 1;
   row.count.textContent = ` (${row.n})`;
   marks.push({ node, t });
+}
+
+// The gauges of a poll during a run, as a shaded span on each busy stage's row since the poll
+// before (they count every request the server runs, not only this page's).
+function sampleLoad(running, waiting) {
+  const t = performance.now() - current.start;
+  const since = current.sampled;
+  current.sampled = t;
+  if (since === undefined) return;
+  for (const [name, row] of rows) {
+    const r = running.get(name) ?? 0, w = waiting.get(name) ?? 0;
+    if (r + w === 0) continue;
+    const node = h("div", { class: "load", title: `${name}: running ${r} · waiting ${w} at ${ms(t)}`,
+                            "data-running": r, "data-waiting": w });
+    node.style.opacity = Math.min(1, 0.35 + 0.15 * (r + w));
+    row.track.prepend(node);
+    marks.push({ node, t: since, until: t });
+  }
+  if (t > shown * 0.95) rescale(Math.max(t * 1.5, shown * 2));
+  else rescale(shown);
 }
 
 function showDetail(text, bad) {
@@ -401,11 +444,12 @@ async function submit(event) {
   try { body = requestBody(); }
   catch (err) { status(err.message, "bad"); return; }
   resetTimeline();
-  const run = { outputs: 0, ended: null };
+  const start = performance.now();
+  const run = { start, outputs: 0, ended: null, sampled: undefined };
+  current = run;
   document.body.dataset.run = "running";
   $("run").disabled = true;
   status("running…");
-  const start = performance.now();
   try {
     const resp = await fetch("/v1/run", {
       method: "POST", body: JSON.stringify(body),
@@ -425,6 +469,7 @@ async function submit(event) {
   } catch (err) {
     status(`the request failed: ${err.message}`, "bad");
   } finally {
+    current = null;
     document.body.dataset.run = run.ended || "broken";
     $("run").disabled = false;
   }
@@ -447,8 +492,8 @@ async function main() {
     $("graph").textContent = `Cannot read the pipeline: ${err.message}`;
     return;
   }
-  const title = (graph.request_schema && graph.request_schema.title) || "";
-  $("pipeline-name").textContent = title.replace(/Request$/, "");
+  $("server-name").textContent = location.host;
+  document.title = `altoflow · ${location.host}`;
   drawGraph(graph);
   buildForm(graph.request_schema || {});
   drawRows(graph);
