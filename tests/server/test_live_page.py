@@ -338,3 +338,25 @@ def test_partial_events_and_unknown_lines_are_shown(page) -> None:
                               "(request)": ["error", "partial", "done"]}
     assert text(browser, "#partials .partial-text") == "Tea is a drink."
     assert text(browser, "#run-status").startswith("done in ")
+
+
+@needs_chromium
+def test_a_long_graph_wraps_into_bands_that_fit_the_window(serve, page) -> None:
+    browser = page(serve(str(PIPELINES / "twelve.py")))
+    fit = browser.evaluate("""(() => {
+        const graph = document.getElementById('graph').getBoundingClientRect();
+        const boxes = [...document.querySelectorAll('#graph g.box rect')].map(
+            r => r.getBoundingClientRect());
+        const apart = (a, b) => a.right <= b.left || b.right <= a.left ||
+                                a.bottom <= b.top || b.bottom <= a.top;
+        return {inside: boxes.every(b => b.left >= graph.left && b.right <= graph.right),
+                apart: boxes.every((a, i) => boxes.slice(i + 1).every(b => apart(a, b))),
+                below: boxes.at(-1).top > boxes[0].bottom,  // report, under outline's band
+                lefts: new Set(boxes.map(b => Math.round(b.left))).size,
+                width: boxes[0].width};
+    })()""")
+    # 11 columns of 156 px boxes do not fit 1200 px: a second band, boxes at their full size
+    assert fit == {"inside": True, "apart": True, "below": True, "lefts": 6, "width": 156}
+    assert browser.evaluate("document.querySelectorAll('#graph g.box').length") == 12
+    assert browser.evaluate("[...document.querySelectorAll('#fields [name]')].map(i => i.name)") \
+        == ["question", "sections"]

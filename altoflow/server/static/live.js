@@ -395,7 +395,7 @@ function onEvent(line, t, run) {
             pretty(ev.value));
   } else if (ev.type === "partial") {
     addMark(ev.stage, t, "partial", `${where}: partial`, String(ev.delta));
-    partialText(where).textContent += ev.delta;
+    partialText(where).textContent += String(ev.delta);
   } else if (ev.type === "error") {
     run.ended = "error";
     const text = `${ev.error}${ev.traceback ? `\n\n${ev.traceback}` : ""}`;
@@ -499,6 +499,7 @@ async function main() {
   drawRows(graph);
   $("request-form").addEventListener("submit", submit);
   $("raw").addEventListener("toggle", openRaw);
+  window.addEventListener("resize", () => drawGraph(graph)); // the bands follow the width
   document.body.dataset.run = "idle";
   pollMetrics();
 }
