@@ -7,7 +7,7 @@
 const $ = (id) => document.getElementById(id);
 const SVG_NS = "http://www.w3.org/2000/svg";
 const METRICS_EVERY_MS = 1000; // while no request of this page runs
-const METRICS_RUNNING_MS = 400; // while one does, so that its stages' load shows on the timeline
+const METRICS_RUNNING_MS = 500; // while one does, so that its stages' load shows on the timeline
 
 function h(tag, props = {}, ...children) {
   const node = document.createElement(tag);
