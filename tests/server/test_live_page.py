@@ -284,7 +284,8 @@ def test_the_graph_shows_a_stages_running_invocations(serve, page, gate) -> None
 
 
 def scripted_app(lines: list[str], body_seen: list) -> Starlette:
-    """The page's routes, and a /v1/run that answers ``lines``, one every 20 ms."""
+    """The page's routes, a /v1/run that answers ``lines``, one every 20 ms, and a request
+    timeline of two invocations (``GET /v1/requests/r-1/timeline``)."""
     graph = {
         "stages": [{"name": "answer", "kind": "source", "inputs": [], "levels_in": [],
                     "levels_out": [], "route_key": None, "replicas": 1}],
@@ -300,7 +301,20 @@ def scripted_app(lines: list[str], body_seen: list) -> Starlette:
                 await anyio.sleep(0.02)
                 yield line + "\n"
 
-        return StreamingResponse(stream(), media_type="application/x-ndjson")
+        return StreamingResponse(stream(), media_type="application/x-ndjson",
+                                 headers={"X-Request-Id": "r-1"})
+
+    async def timeline_(request: Request) -> Response:
+        if request.path_params["rid"] != "r-1":
+            return JSONResponse({"detail": "no such request"}, status_code=404)
+        return JSONResponse({"request_id": "r-1", "duration_s": 0.15, "outcome": "done",
+                             "invocations": [
+            {"stage": "answer", "kind": "call", "replica": 0, "ancestry": {}, "start_s": 0.01,
+             "end_s": 0.12, "outputs_s": [0.06, 0.08], "status": "ok"},
+            {"stage": "answer", "kind": "call", "replica": 1, "ancestry": {}, "start_s": 0.02,
+             "end_s": None, "outputs_s": [], "status": None},
+            {"stage": "gone", "kind": "call", "replica": 0, "ancestry": {}, "start_s": 0.0,
+             "end_s": 0.1, "outputs_s": [], "status": "ok"}]})
 
     async def graph_(request: Request) -> Response:
         return JSONResponse(graph)
@@ -313,11 +327,12 @@ def scripted_app(lines: list[str], body_seen: list) -> Starlette:
                         "altoflow_requests_in_flight 1.0\n", media_type="text/plain")
 
     return Starlette(routes=[Route("/v1/run", run_, methods=["POST"]), Route("/v1/graph", graph_),
-                             Route("/metrics", metrics_), *page_routes()])
+                             Route("/metrics", metrics_),
+                             Route("/v1/requests/{rid}/timeline", timeline_), *page_routes()])
 
 
 @needs_chromium
-def test_partial_events_and_unknown_lines_are_shown(page) -> None:
+def test_partial_events_unknown_lines_and_the_recorded_timeline_are_shown(page) -> None:
     lines = [
         '{"type": "partial", "stage": "answer", "ancestry": {}, "delta": "Tea is "}',
         '{"type": "partial", "stage": "answer", "ancestry": {}, "delta": "a drink."}',
@@ -338,6 +353,13 @@ def test_partial_events_and_unknown_lines_are_shown(page) -> None:
                               "(request)": ["error", "partial", "done"]}
     assert text(browser, "#partials .partial-text") == "Tea is a drink."
     assert text(browser, "#run-status").startswith("done in ")
+    spans = browser.evaluate("""[...document.querySelectorAll('[data-row=answer] .span')].map(
+        s => [s.className, s.title])""")  # the stage "gone" is not in the graph: no row, no bar
+    assert sorted(spans) == [
+        ["span ok", "answer (depth 0): call on replica 0, 10 ms to 120 ms, 2 output(s), ok"],
+        ["span open",
+         "answer (depth 0): call on replica 1, 20 ms to 150 ms, 0 output(s), not acknowledged"],
+    ]
 
 
 @needs_chromium

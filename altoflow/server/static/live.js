@@ -412,6 +412,36 @@ function onEvent(line, t, run) {
   }
 }
 
+// After the request ended, its recorded timeline (GET /v1/requests/{id}/timeline, where the
+// server keeps one) as a bar per invocation on its stage's row, from dispatch to acknowledgement.
+// Its times count from the request's admission, the marks' from the moment the page sent it.
+async function drawRecorded(requestId) {
+  let doc;
+  try {
+    const resp = await fetch(`/v1/requests/${encodeURIComponent(requestId)}/timeline`);
+    if (!resp.ok) return; // a server without timelines, or one that no longer has this request
+    doc = await resp.json();
+  } catch (err) {
+    return;
+  }
+  for (const inv of doc.invocations || []) {
+    const row = rows.get(inv.stage);
+    if (!row || typeof inv.start_s !== "number") continue;
+    const t = 1000 * inv.start_s;
+    const until = 1000 * (inv.end_s ?? doc.duration_s ?? inv.start_s);
+    const outputs = (inv.outputs_s || []).length;
+    const node = h("div", {
+      class: `span ${inv.status || "open"}`, "data-kind": inv.kind,
+      title: `${inv.stage} (${ancestryText(inv.ancestry)}): ${inv.kind} on replica ` +
+             `${inv.replica}, ${ms(t)} to ${ms(until)}, ${outputs} output(s), ` +
+             `${inv.status ?? "not acknowledged"}`,
+    });
+    row.track.prepend(node);
+    marks.push({ node, t, until });
+  }
+  rescale(Math.max(shown, 1050 * (doc.duration_s || 0)));
+}
+
 function partialText(where) {
   if (!partials.has(where)) {
     const pre = h("pre", { class: "partial-text" });
@@ -465,6 +495,7 @@ async function submit(event) {
     } else {
       await readLines(resp.body, (line) => onEvent(line, performance.now() - start, run));
       if (!run.ended) status("the answer ended without a done or error line", "bad");
+      else await drawRecorded(resp.headers.get("X-Request-Id"));
     }
   } catch (err) {
     status(`the request failed: ${err.message}`, "bad");
