@@ -475,6 +475,7 @@ def _banner(plan: Any, host: str, port: int, remote: list[str], inline: list[str
     return "\n".join([
         f"altoflow {__version__} serves {plan.name} on {url}",
         f"  stages: {stages}",
+        f"  page:   {url}/ (the graph, a form, a request's events as they arrive)",
         f"  run:    curl -N {url}/v1/run -H 'Content-Type: application/json' -d '{body}'",
         f"  also:   GET {url}/v1/graph, /healthz, /metrics",
         "  docs:   docs/serving.md and docs/cli.md in the altoflow repository; altoflow serve --help",

@@ -722,6 +722,7 @@ def test_serve_logs_json_with_request_ids_and_replica_names_and_a_banner(tmp_pat
     [banner] = [r for r in records if r["logger"] == "altoflow.serve"]
     assert banner["message"].startswith(f"altoflow ") and f"http://127.0.0.1:{port}" in banner["message"]
     assert "checked x2" in banner["message"] and "docs/serving.md" in banner["message"]
+    assert f"page:   http://127.0.0.1:{port}/ " in banner["message"]
     replicas = {r.get("replica") for r in records if r["logger"] in ("altoflow.worker", "chatty")}
     assert {"words#0", "checked#0", "checked#1"} <= replicas
     [failure] = [r for r in records if r["logger"] == "altoflow.router" and r["level"] == "ERROR"]

@@ -14,6 +14,7 @@
 - ``GET /v1/requests/{id}/timeline``: the timeline of a recent request, by the id below
   (``altoflow.runtime.timeline``: when each invocation started and ended and each output
   appeared); 404 with the reason for an id whose timeline is not kept.
+- ``GET /``: the live page, and ``GET /static/{name}`` its files (``altoflow.server.page``).
 
 Every request has an id: the client's ``X-Request-Id`` when it is 1 to 128 printable ASCII
 characters without spaces, else a new one (32 hex digits). Every answer carries it back in
@@ -59,6 +60,7 @@ from altoflow.compiler._request import MAX_DEPTH, MAX_ERRORS
 from altoflow.runtime.metrics import CONTENT_TYPE as PROMETHEUS
 from altoflow.runtime.stream import RequestStream
 from altoflow.server.ingress import Ingress
+from altoflow.server.page import page_routes
 
 NDJSON = "application/x-ndjson"
 
@@ -167,6 +169,7 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/requests/{request_id:path}/timeline", timeline, methods=["GET"]),
+            *page_routes(),
         ],
         middleware=[Middleware(RequestId), Middleware(HostCheck, allowed=hosts)],
         lifespan=lifespan,
