@@ -25,6 +25,7 @@ class ServedIngress:
     requests (``Overloaded``: 503) while those in flight go on, ``cancel_all`` ends those still
     running (each stream ends there, and the HTTP API sends the ``Cancelled`` error event),
     leaving the block stops the replicas, and ``kill_now`` kills them without waiting.
+    ``ray`` (a ``runtime.ray_placement.RayOptions``) makes the replicas Ray actors.
     """
 
     def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
@@ -35,14 +36,14 @@ class ServedIngress:
                  handshake_timeout: float = HANDSHAKE_TIMEOUT, max_pending: int = 64,
                  max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, restart: bool = True,
-                 inline: frozenset[str] = frozenset()) -> None:
+                 inline: frozenset[str] = frozenset(), ray: Any = None) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
                                      remote=remote, tls=tls, handshake_timeout=handshake_timeout,
                                      max_pending=max_pending, max_connections=max_connections,
                                      replay_limit=replay_limit, heartbeat=heartbeat,
-                                     restart=restart, inline=inline)
+                                     restart=restart, inline=inline, ray=ray)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
