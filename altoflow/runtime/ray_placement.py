@@ -115,8 +115,8 @@ def check_fits(stages: list[StagePlan], nodes: list[dict[str, Any]], where: str)
                            for s in stages if set(replica_resources(s)) & set(short))
         raise RayPlacementError(
             f"the replicas need {_show(short)} in all ({takers}), and the Ray cluster ({where}) has "
-            f"{_show({k: totals.get(k, 0.0) for k in short})}. Lower those stages' --replicas, "
-            f"or add nodes")
+            f"{_show({k: totals.get(k, 0.0) for k in short})}. Lower those stages' --replicas or "
+            f"what one replica takes (cpus=0.25 is a quarter of a CPU), or add nodes")
 
 
 def _show(resources: dict[str, float], only: dict[str, float] | None = None) -> str:

@@ -60,7 +60,7 @@ def test_replicas_past_the_clusters_totals_are_refused_with_the_totals():
         check_fits(_stages(), nodes, "test")
     assert str(info.value).startswith(
         "the replicas need GPU=2 in all (lm x2 (CPU=2, GPU=1 each)), and the Ray cluster (test) "
-        "has GPU=1. Lower those stages' --replicas, or add nodes")
+        "has GPU=1. Lower those stages' --replicas or what one replica takes")
 
 
 def test_the_kuberay_manifest_serves_the_app_with_ray_as_the_head_pods_foreground_process():
