@@ -206,3 +206,31 @@ def test_an_actor_whose_stage_cannot_start_fails_the_start_with_its_error(local_
     assert message.startswith("replica model#0: its Ray actor could not start: ")
     assert "OSError: no weights at /models/x" in message
     assert message.endswith("Fix the stage's imports or __init__ and start again")
+
+
+def test_actors_connect_over_tls_and_one_that_trusts_another_ca_is_not_let_in(local_ray, tmp_path):
+    import shutil
+
+    from altoflow.runtime.tls import server_context
+    from runtime.test_tcp import _self_signed
+
+    if shutil.which("openssl") is None:
+        pytest.skip("the openssl command makes the test certificates")
+    cert, key = _self_signed(tmp_path, "router")
+    other, _ = _self_signed(tmp_path, "other")
+
+    async def main(ca: str):
+        sup = Supervisor(_cheap(load_target(SLOW).compiled), SLOW, listen=("127.0.0.1", 0),
+                         tls=server_context(cert, key), ray=RayOptions(tls_ca=open(ca).read()))
+        await sup.__aenter__()
+        try:
+            await sup.wait_ready(60 if ca == cert else 8)
+            return [e async for e in sup.router.submit({"n": 7})], sup.router.tcp_statistics()
+        finally:
+            await sup.stop()
+
+    events, stats = asyncio.run(main(cert))
+    assert [(e.type, e.value) for e in events] == [("output", _total(7)), ("done", None)]
+    assert stats.authenticated == 5  # items, slow x2, total x2: every replica over the TLS port
+    with pytest.raises(asyncio.TimeoutError):
+        asyncio.run(main(other))  # each actor fails the certificate check, restarts, fails again
