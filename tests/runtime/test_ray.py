@@ -234,3 +234,36 @@ def test_actors_connect_over_tls_and_one_that_trusts_another_ca_is_not_let_in(lo
     assert stats.authenticated == 5  # items, slow x2, total x2: every replica over the TLS port
     with pytest.raises(asyncio.TimeoutError):
         asyncio.run(main(other))  # each actor fails the certificate check, restarts, fails again
+
+
+def test_a_replica_with_two_gpus_gets_a_placement_group_of_its_own(local_ray, tmp_path):
+    from ray.util.state import list_actors, list_placement_groups
+
+    app = tmp_path / "big.py"
+    app.write_text(textwrap.dedent("""
+        import os
+        from altoflow import stage
+
+        @stage(gpus=2, cpus=0.1)
+        def lm(x: int) -> str:
+            return os.environ.get("CUDA_VISIBLE_DEVICES", "")
+    """))
+    target = str(app)
+    name = actor_name(load_target(target).compiled.plan.name, "lm", 0)
+
+    async def main():
+        sup = await _started(target)
+        try:
+            events = [e async for e in sup.router.submit({"x": 1})]
+            [actor] = list_actors(filters=[("name", "=", name), ("state", "=", "ALIVE")],
+                                  detail=True)
+            groups = list_placement_groups(filters=[("name", "=", f"{name}.gpus")], detail=True)
+            return events, actor, groups
+        finally:
+            await sup.stop()
+
+    events, actor, [group] = asyncio.run(main())
+    assert sorted(events[0].value.split(",")) == ["0", "1"]  # both GPUs, seen by the replica
+    assert group.state == "CREATED"
+    assert [b["unit_resources"] for b in group.bundles] == [{"CPU": 0.1, "GPU": 2.0}]
+    assert actor.placement_group_id == group.placement_group_id
