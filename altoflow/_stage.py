@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import inspect
 from dataclasses import dataclass, field
-from typing import Any, Callable, Literal, TypeVar, overload
+from typing import Any, Callable, Literal, Mapping, TypeVar, overload
 
 from altoflow._errors import StageDefinitionError, describe
 from altoflow.ops._base import Aggregator, resolve_aggregator
@@ -70,6 +70,8 @@ class StageSpec:
     concurrency: int = 1
     gpus: float = 0
     cpus: float = 1
+    # Other resources a replica takes on a Ray cluster (``altoflow serve --ray``), sorted by name.
+    resources: tuple[tuple[str, float], ...] = ()
     timeout: float | None = None
     retries: int = 0
     on_error: Literal["fail", "drop"] = "fail"
@@ -149,6 +151,7 @@ class StageOptions:
     concurrency: int | None = None  # None: 1 for a sync function, 64 for an async one
     gpus: float = 0
     cpus: float = 1
+    resources: Any = None  # a mapping of resource name -> amount; ``checked`` makes it sorted pairs
     timeout: float | None = None
     retries: int = 0
     on_error: Literal["fail", "drop"] = "fail"
@@ -167,6 +170,7 @@ class StageOptions:
                          else _check_count("concurrency", self.concurrency, 1, label)),
             gpus=_check_amount("gpus", self.gpus, label),
             cpus=_check_amount("cpus", self.cpus, label),
+            resources=_check_resources(self.resources, label),
             timeout=_check_timeout(self.timeout, label),
             retries=_check_count("retries", self.retries, 0, label),
             on_error=_check_on_error(self.on_error, label),
@@ -202,6 +206,33 @@ def _check_amount(option: str, value: Any, label: str) -> float:
     if not isinstance(value, (int, float)) or value < 0:
         raise StageDefinitionError(f"stage {label}: {option}={value!r} must be a number >= 0.")
     return float(value)
+
+
+def _check_resources(resources: Any, label: str) -> tuple[tuple[str, float], ...]:
+    if resources is None:
+        return ()
+    example = "resources={'retriever_node': 1}"
+    if not isinstance(resources, Mapping):
+        raise StageDefinitionError(
+            f"stage {label}: resources={resources!r} must map resource names to amounts, e.g. "
+            f"{example}.")
+    checked = []
+    for name, amount in resources.items():
+        if not isinstance(name, str) or not name.strip():
+            raise StageDefinitionError(
+                f"stage {label}: resources has the key {name!r}; a resource is named by a "
+                f"non-empty string, e.g. {example}.")
+        if name in ("CPU", "GPU"):
+            option = name.lower() + "s"
+            raise StageDefinitionError(
+                f"stage {label}: resources names {name!r}; give CPUs and GPUs with "
+                f"{option}=..., not in resources.\n  Instead of: resources={{{name!r}: 1}}\n  "
+                f"write:      {option}=1")
+        if isinstance(amount, bool) or not isinstance(amount, (int, float)) or not amount >= 0:
+            raise StageDefinitionError(
+                f"stage {label}: resources[{name!r}]={amount!r} must be a number >= 0.")
+        checked.append((name, float(amount)))
+    return tuple(sorted(checked))
 
 
 def _check_timeout(timeout: Any, label: str) -> float | None:
@@ -250,6 +281,7 @@ def stage(
     concurrency: int | None = None,
     gpus: float = 0,
     cpus: float = 1,
+    resources: Mapping[str, float] | None = None,
     timeout: float | None = None,
     retries: int = 0,
     on_error: Literal["fail", "drop"] = "fail",
@@ -269,6 +301,7 @@ def stage(
     concurrency: int | None = None,
     gpus: float = 0,
     cpus: float = 1,
+    resources: Mapping[str, float] | None = None,
     timeout: float | None = None,
     retries: int = 0,
     on_error: Literal["fail", "drop"] = "fail",
@@ -282,8 +315,8 @@ def stage(
     """
     options = StageOptions(
         fanout=fanout, aggregate=aggregate, over=over, replicas=replicas,
-        concurrency=concurrency, gpus=gpus, cpus=cpus, timeout=timeout, retries=retries,
-        on_error=on_error, name=name, output=output,
+        concurrency=concurrency, gpus=gpus, cpus=cpus, resources=resources, timeout=timeout,
+        retries=retries, on_error=on_error, name=name, output=output,
     )
 
     def decorate(obj: Any) -> Any:
@@ -325,6 +358,7 @@ def _make_spec(obj: Any, options: StageOptions) -> StageSpec:
         concurrency=concurrency,
         gpus=checked.gpus,
         cpus=checked.cpus,
+        resources=checked.resources,
         timeout=checked.timeout,
         retries=checked.retries,
         on_error=checked.on_error,

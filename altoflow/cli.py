@@ -352,6 +352,16 @@ def serve(
     fuse: bool = typer.Option(True, "--fuse/--no-fuse",
                               help="An inline fan-out folds its items into the inline aggregate "
                                    "that takes only them, skipping the router for each item."),
+    ray: bool = typer.Option(False, "--ray",
+                             help="Run the replicas as Ray actors, placed by their cpus, gpus and "
+                                  "resources and restarted by Ray (docs/ray.md)."),
+    ray_address: Optional[str] = typer.Option(
+        None, "--ray-address", envvar="RAY_ADDRESS",
+        help="With --ray: the cluster, HOST:PORT of its head (or auto); default: the cluster "
+             "this machine has joined with `ray start`, else a Ray of its own."),
+    tls_ca: Optional[str] = typer.Option(None, "--tls-ca",
+                                         help="With --ray and --tls-cert: the CA certificate the "
+                                              "actors trust (default: --tls-cert itself)."),
     log_level: LogLevel = _log_level(LogLevel.info),
     log_format: LogFormat = _log_format(),
 ) -> None:
@@ -391,7 +401,8 @@ def serve(
         _check_port("--listen", int(listen_port))
         address = (listen_host or "0.0.0.0", int(listen_port))
     secret = _secret(secret_file)
-    if address is not None and not secret:
+    ray_options = _ray_options(ray, ray_address, tls_cert, tls_ca, allow_pickle)
+    if address is not None and not secret and ray_options is None:
         _fail("--listen needs a shared secret: --secret-file PATH or ALTOFLOW_SECRET", 2)
     if remote and address is None:
         _fail("--remote stages connect over TCP: add --listen HOST:PORT", 2)
@@ -403,7 +414,7 @@ def serve(
     if tls_cert is not None:
         from altoflow.runtime.tls import TlsConfigError, server_context
 
-        if address is None:
+        if address is None and ray_options is None:
             _fail("--tls-cert and --tls-key are for the --listen port: add --listen HOST:PORT", 2)
         try:
             tls = server_context(tls_cert, tls_key)  # type: ignore[arg-type]
@@ -439,7 +450,8 @@ def serve(
                                 max_connections=max_connections, replay_limit=replay_limit,
                                 max_buffered=int(max_buffered_mib * 1024 * 1024),
                                 inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()),
-                                fuse=fuse, timeline=recorder, pin_requests=route_by_request)
+                                fuse=fuse, timeline=recorder, pin_requests=route_by_request,
+                                ray=ray_options)
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:
@@ -451,14 +463,16 @@ def serve(
     # The --host name is one the Host header may carry (an address is taken anyway).
     names = [host, *allowed_host] if host not in ("0.0.0.0", "::", "") else list(allowed_host)
     app = create_app(ingress, max_body=max_body, allowed_hosts=names)
-    app = _Banner(app, _banner(with_replicas(compiled, counts).plan, host, port, remote, inline),
+    app = _Banner(app, _banner(with_replicas(compiled, counts).plan, host, port, remote, inline,
+                               on_ray=ray_options is not None),
                   as_record=log_format is LogFormat.json)
     if not serve_with_grace(app, ingress, host=host, port=port, loop=loop, grace=grace,
                             log_level=log_level.value):
         raise typer.Exit(3)  # the startup failed (its message is above), as uvicorn exits
 
 
-def _banner(plan: Any, host: str, port: int, remote: list[str], inline: list[str]) -> str:
+def _banner(plan: Any, host: str, port: int, remote: list[str], inline: list[str],
+            on_ray: bool = False) -> str:
     """What serve prints on stderr once it takes requests."""
     from altoflow import __version__
 
@@ -467,6 +481,8 @@ def _banner(plan: Any, host: str, port: int, remote: list[str], inline: list[str
     if "all" in inlined:
         inlined = {s.name for s in plan.stages} - set(where)
     where.update({n: " inline" for n in inlined})
+    if on_ray:
+        where.update({s.name: " on Ray" for s in plan.stages if s.name not in where})
     shown = f"[{host}]" if ":" in host else host
     url = f"http://{shown}:{port}"
     stages = ", ".join(f"{s.name} x{s.replicas}{where.get(s.name, '')}" for s in plan.stages)
@@ -509,6 +525,33 @@ class _Banner:
                     typer.echo(self.banner, err=True)
 
         await self.app(scope, receive, send_and_tell)
+
+
+def _ray_options(ray: bool, address: Optional[str], tls_cert: Optional[str],
+                 tls_ca: Optional[str], allow_pickle: bool) -> Any:
+    """``--ray`` as a ``RayOptions`` (None without it); exits 2 on what cannot work."""
+    if not ray:
+        if tls_ca is not None:
+            _fail("serve's --tls-ca is the CA its Ray actors trust: add --ray, or give --tls-ca to "
+                  "each `altoflow worker` instead", 2)
+        return None
+    from altoflow.runtime.ray_placement import RayOptions, RayUnavailable, import_ray
+
+    try:
+        import_ray()
+    except RayUnavailable as exc:
+        _fail(str(exc), 2)
+    if allow_pickle:
+        _fail("--allow-pickle is for local sockets only; Ray replicas connect over TCP, so it "
+              "cannot be used with --ray", 2)
+    ca = None
+    if tls_cert is not None:
+        path = tls_ca or tls_cert
+        try:
+            ca = open(path).read()
+        except OSError as exc:
+            _fail(f"cannot read --tls-ca {path}: {exc}", 2)
+    return RayOptions(address=(address or "").strip() or None, tls_ca=ca)
 
 
 def _check_port(option: str, port: int) -> None:

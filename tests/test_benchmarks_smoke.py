@@ -7,6 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -88,3 +90,23 @@ def test_flow_benchmark_quick(tmp_path):
     assert reader["small_requests"] >= 1 and reader["buffered_mib"] is not None
     for scenario in ("fanout", "reader"):
         assert scenario in proc.stdout  # one row of the table per scenario
+
+
+@pytest.mark.ray
+def test_ray_benchmark_quick(tmp_path):
+    pytest.importorskip("ray")
+    out = tmp_path / "ray.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ray.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=290,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "ray" and record["settings"]["repeat"] == 1
+    assert set(record["runs"]["hop"]) == {"processes", "tcp", "ray"}
+    assert set(record["runs"]["flagship"]) == {"processes", "ray"}
+    for runs in record["runs"]["hop"].values():
+        assert len(runs) == 1 and 0 < runs[0]["p50_us"] <= runs[0]["p99_us"]
+    for runs in record["runs"]["flagship"].values():
+        assert len(runs) == 1 and runs[0]["requests_per_s"] > 0
+    assert "hop p50 us" in proc.stdout and "flagship requests/s" in proc.stdout

@@ -730,3 +730,51 @@ def test_serve_logs_json_with_request_ids_and_replica_names_and_a_banner(tmp_pat
     assert failure["traceback"].splitlines()[1].startswith(f'  File "{CHATTY}", line ')
     access = [r for r in records if r["logger"] == "uvicorn.access"]
     assert [r["request_id"] for r in access] == ["e2e-1"]
+
+
+# -- serve --ray -------------------------------------------------------------------------------
+
+def test_serve_ray_passes_the_cluster_address_and_the_ca_to_the_ingress(monkeypatch, tmp_path):
+    import altoflow.server.served as served_mod
+    import altoflow.server.shutdown as shutdown_mod
+    from altoflow.runtime.ray_placement import RayOptions
+
+    seen: dict = {}
+    monkeypatch.setattr("altoflow.runtime.ray_placement.import_ray", lambda: None)  # no Ray needed
+    monkeypatch.setattr(served_mod, "ServedIngress", lambda target, **kw: seen.update(ingress=kw))
+    monkeypatch.setattr("altoflow.server.http.create_app", lambda ingress, **kw: ingress)
+    monkeypatch.setattr(shutdown_mod, "serve_with_grace", lambda app, ingress, **kw: True)
+    monkeypatch.delenv("ALTOFLOW_SECRET", raising=False)
+    result = cli("serve", WORDCOUNT, "--port", "8127", "--ray", "--ray-address", "head:6379")
+    assert result.exit_code == 0, result.output
+    assert seen["ingress"]["ray"] == RayOptions(address="head:6379")
+    assert seen["ingress"]["listen"] is None and seen["ingress"]["secret"] == b""  # both made later
+
+    ca = tmp_path / "ca.pem"
+    ca.write_text("-----BEGIN CERTIFICATE-----\n")
+    monkeypatch.setattr("altoflow.runtime.tls.server_context", lambda cert, key: "tls")
+    result = cli("serve", WORDCOUNT, "--port", "8127", "--ray", "--tls-cert", str(ca),
+                 "--tls-key", str(ca))
+    assert result.exit_code == 0, result.output
+    assert seen["ingress"]["ray"] == RayOptions(tls_ca="-----BEGIN CERTIFICATE-----\n")
+    assert seen["ingress"]["tls"] == "tls"
+
+
+@pytest.mark.parametrize(("args", "words"), [
+    (["--tls-ca", "ca.pem"], ["serve's --tls-ca is the CA its Ray actors trust: add --ray"]),
+    (["--ray", "--allow-pickle"], ["--allow-pickle is for local sockets only", "with --ray"]),
+])
+def test_serve_ray_refuses_what_cannot_work_in_one_line(no_start, monkeypatch, args, words):
+    monkeypatch.setattr("altoflow.runtime.ray_placement.import_ray", lambda: None)
+    result = cli("serve", WORDCOUNT, *args)
+    assert result.exit_code == 2, result.output
+    for w in words:
+        assert w in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def test_serve_ray_without_ray_installed_says_what_to_install(no_start, monkeypatch):
+    monkeypatch.setitem(sys.modules, "ray", None)  # `import ray` raises ImportError
+    result = cli("serve", WORDCOUNT, "--ray")
+    assert result.exit_code == 2, result.output
+    assert "--ray needs Ray on this machine and every node: pip install 'altoflow[ray]'" in result.stderr

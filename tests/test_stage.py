@@ -15,7 +15,7 @@ from altoflow._stage import StageOptions, get_spec
 
 # The keyword arguments of @stage(...) that code outside altoflow relies on.
 CONTRACT_OPTIONS = ["fanout", "aggregate", "over", "replicas", "concurrency", "gpus", "cpus",
-                    "timeout", "retries", "on_error", "name", "output"]
+                    "resources", "timeout", "retries", "on_error", "name", "output"]
 
 
 def test_stage_returns_the_function_unchanged():
@@ -194,6 +194,11 @@ def test_parameter_named_like_the_stage():
         ({"timeout": "5"}, "timeout='5' must be seconds > 0 or None"),
         ({"output": "yes"}, "output='yes' must be True, False or None"),
         ({"name": 7}, "name=7 is not a valid identifier"),
+        ({"resources": ["retriever"]}, "resources=['retriever'] must map resource names to amounts"),
+        ({"resources": {"retriever": -1}}, "resources['retriever']=-1 must be a number >= 0"),
+        ({"resources": {"retriever": True}}, "resources['retriever']=True must be a number >= 0"),
+        ({"resources": {"": 1}}, "resources has the key ''"),
+        ({"resources": {"GPU": 1}}, "give CPUs and GPUs with gpus=..., not in resources"),
     ],
 )
 def test_bad_arguments(kwargs, pattern):
@@ -262,3 +267,22 @@ def test_an_unnamed_function_needs_a_name():
     _raises(lambda: stage(lambda x: x), "name='<lambda>' is not a valid identifier")
     spec = get_spec(stage(name="double")(lambda x: 2 * x))
     assert spec.name == "double"
+
+
+def test_resources_are_recorded_sorted_and_reach_the_plan():
+    @stage(resources={"tpu_slice": 2, "accelerator_type:A100": 0.01}, gpus=1)
+    def lm(x: int) -> int:
+        return x
+
+    assert get_spec(lm).resources == (("accelerator_type:A100", 0.01), ("tpu_slice", 2.0))
+    plan = af.Pipeline([lm]).compiled.plan
+    assert plan.stage("lm").resources == {"accelerator_type:A100": 0.01, "tpu_slice": 2.0}
+    assert plan.stage("lm").gpus == 1.0
+
+
+def test_a_cpu_or_gpu_in_resources_shows_the_option_to_use_instead():
+    with pytest.raises(af.StageDefinitionError) as info:
+        @stage(resources={"CPU": 2})
+        def f(x: int) -> int:
+            return x
+    assert "Instead of: resources={'CPU': 1}\n  write:      cpus=1" in str(info.value)

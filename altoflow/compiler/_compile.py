@@ -384,6 +384,7 @@ def build_plan(
                 concurrency=spec.concurrency,
                 gpus=spec.gpus,
                 cpus=spec.cpus,
+                resources=dict(spec.resources),
                 timeout=spec.timeout,
                 retries=spec.retries,
                 on_error=spec.on_error,

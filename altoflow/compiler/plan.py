@@ -34,6 +34,8 @@ class StagePlan(BaseModel):
     concurrency: int
     gpus: float
     cpus: float
+    # Custom Ray resources one replica takes (``@stage(resources=)``; ``altoflow serve --ray``).
+    resources: dict[str, float] = {}
     timeout: float | None
     retries: int
     on_error: Literal["fail", "drop"]

@@ -12,6 +12,10 @@ replica exits when its socket to the router closes, and the socket directory, na
 ``altoflow-*`` under the temp dir and holding an ``owner`` file with the supervisor's pid, is
 removed by the next supervisor to start (``remove_stale_socket_dirs``).
 ``altoflow.server.served.ServedIngress`` puts the HTTP API in front of it (``altoflow serve``).
+
+A replica process of a stage with ``gpus=`` is started with ``CUDA_VISIBLE_DEVICES`` set to
+devices of its own (``runtime.gpus``). With ``ray=`` the replicas are Ray actors instead, which
+connect back over TCP (``runtime.ray_placement``); Ray restarts them.
 """
 
 from __future__ import annotations
@@ -20,6 +24,7 @@ import asyncio
 import dataclasses
 import logging
 import os
+import secrets
 import shutil
 import signal
 import ssl
@@ -27,13 +32,17 @@ import sys
 import tempfile
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from altoflow.compiler import CompiledPipeline
 from altoflow.wire import FANOUT_WINDOW, HANDSHAKE_TIMEOUT, Codec
 from altoflow.runtime.fusion import fusable
 from altoflow.runtime.router import MAX_BUFFERED, Router
 from altoflow.runtime.timeline import TimelineRecorder
+
+if TYPE_CHECKING:
+    from altoflow.runtime.gpus import Gpus
+    from altoflow.runtime.ray_placement import RayOptions, RayReplicas
 
 logger = logging.getLogger("altoflow.supervisor")
 
@@ -133,6 +142,22 @@ def with_replicas(compiled: CompiledPipeline, replicas: dict[str, int]) -> Compi
     return dataclasses.replace(compiled, plan=compiled.plan.model_copy(update={"stages": stages}))
 
 
+def _local_devices(compiled: CompiledPipeline, remote: frozenset[str], inline: frozenset[str],
+                   gpus: Gpus | None) -> dict[tuple[str, int], tuple[str, ...]]:
+    """The devices of each local replica process that needs GPUs; ``ValueError`` (a
+    ``GpuShortage``) when they are not there, before anything starts."""
+    needing = [s for s in compiled.plan.stages if s.gpus > 0 and s.name not in remote]
+    inlined = sorted(s.name for s in needing if s.name in inline)
+    if inlined:
+        raise ValueError(f"{', '.join(inlined)}: a stage with gpus= runs its replicas as processes, "
+                         f"each on devices of its own, so it cannot be --inline")
+    if not needing:
+        return {}
+    from altoflow.runtime.gpus import assign_gpus, detect_gpus
+
+    return assign_gpus(needing, gpus if gpus is not None else detect_gpus())
+
+
 class Supervisor:
     """Runs a router and its replicas; ``async with Supervisor(...) as sup: sup.router...``."""
 
@@ -145,7 +170,20 @@ class Supervisor:
                  max_connections: int = 1024, replay_limit: int = 100_000,
                  heartbeat: float = 1.0, inline: frozenset[str] = frozenset(),
                  max_buffered: int = MAX_BUFFERED, fuse: bool = True,
-                 timeline: TimelineRecorder | None = None, pin_requests: bool = False) -> None:
+                 timeline: TimelineRecorder | None = None, pin_requests: bool = False,
+                 ray: RayOptions | None = None, gpus: Gpus | None = None) -> None:
+        # With `ray` (altoflow.runtime.ray_placement) every replica that is not remote or inline
+        # is a Ray actor that connects back over TCP: a TCP port and a secret are implied.
+        self.ray_options = ray
+        self._ray: RayReplicas | None = None
+        if ray is not None:
+            if allow_pickle:
+                raise ValueError("--allow-pickle is for local sockets only; Ray replicas connect "
+                                 "over TCP, so it cannot be used with --ray")
+            if tls is not None and ray.tls_ca is None:
+                raise ValueError("--ray with --tls-cert needs the CA the actors trust: --tls-ca PATH")
+            listen = listen or ("0.0.0.0", 0)
+            secret = secret or secrets.token_bytes(32)
         self.barrier = barrier
         # Inline stages run their replicas in this process: their items never touch a socket.
         # "all" names every stage that is not remote: the whole pipeline in one process.
@@ -168,6 +206,11 @@ class Supervisor:
             raise ValueError("--allow-pickle is for local sockets only; it cannot be used with --listen")
         self.compiled = with_replicas(compiled, replicas or {})
         compiled = self.compiled
+        # Without Ray, each replica process of a stage with gpus= gets devices of its own
+        # (CUDA_VISIBLE_DEVICES), from `gpus` or the machine's (runtime.gpus); with Ray, Ray does.
+        self.devices: dict[tuple[str, int], tuple[str, ...]] = {}
+        if ray is None:
+            self.devices = _local_devices(compiled, remote, inline, gpus)
         self.target = target
         self.restart = restart
         self.allow_pickle = allow_pickle
@@ -199,7 +242,10 @@ class Supervisor:
         if unknown:
             raise ValueError(f"--remote names no stage: {', '.join(unknown)}")
         if ALL_INLINE in self.inline:
-            self.inline = (self.inline - {ALL_INLINE}) | (set(self.compiled.plan.names) - self.remote)
+            # Every stage but the remote ones and those that need GPUs (processes, for devices).
+            processes = {s.name for s in self.compiled.plan.stages if s.gpus > 0}
+            self.inline = (self.inline - {ALL_INLINE}) | (
+                set(self.compiled.plan.names) - self.remote - processes)
         unknown = sorted(self.inline - set(self.compiled.plan.names))
         if unknown:
             raise ValueError(f"--inline names no stage: {', '.join(unknown)}; stages: "
@@ -211,6 +257,8 @@ class Supervisor:
         # Inline fan-outs that fold into their aggregate themselves (runtime.fusion).
         self.fused = fusable(self.compiled.plan, self.inline) if self.fuse else {}
         self.router.fuse(self.fused)
+        if self.ray_options is not None:
+            await self._start_ray()
         for stage in self.compiled.plan.stages:
             if stage.name in self.remote:
                 continue
@@ -218,6 +266,8 @@ class Supervisor:
                 for slot in range(stage.replicas):
                     self._start_inline(stage.name, slot)
                 continue
+            if self._ray is not None:
+                continue  # Ray actors, started above
             for slot in range(stage.replicas):
                 child = _Child(stage.name, slot)
                 self.children.append(child)
@@ -226,6 +276,28 @@ class Supervisor:
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
+
+    async def _start_ray(self) -> None:
+        # Imported here: the core never imports Ray unless --ray asks for it.
+        from altoflow.runtime.ray_placement import RayReplicas
+
+        assert self.ray_options is not None and self.listen is not None
+        self._ray = RayReplicas(self.ray_options, self.compiled, self.target,
+                                barrier=self.barrier, heartbeat=self.heartbeat)
+        try:
+            where = self._ray.connect()  # blocks while Ray starts or connects: before any request
+            placed = [s for s in self.compiled.plan.stages
+                      if s.name not in self.remote and s.name not in self.inline]
+            self._ray.check_fits(placed, where)
+            address = f"{self._ray.router_host(self.listen[0])}:{self.tcp_port}"
+            for stage in placed:
+                for slot in range(stage.replicas):
+                    self._ray.start(stage, slot, address, self.secret)
+        except BaseException:
+            await self.stop()  # the router too, and the actors made so far
+            raise
+        logger.info("replicas of %s are Ray actors (%s), connecting back to %s",
+                    ", ".join(s.name for s in placed) or "no stage", where, address)
 
     async def wait_ready(self, timeout: float = 60) -> None:
         """Until every replica of every stage has connected."""
@@ -238,6 +310,10 @@ class Supervisor:
                     child.connected = child.connected or (child.stage, child.slot) in live
                 if self.router.ready() == want:
                     return
+                failed = self._ray.failed() if self._ray is not None else []
+                if failed:
+                    raise RuntimeError(f"{'; '.join(failed)}. Fix the stage's imports or __init__ "
+                                       f"and start again")
                 for child in self.children:
                     code = child.process.returncode if child.process is not None else None
                     if not child.connected and (child.restarts or code not in (None, 0)):
@@ -291,6 +367,9 @@ class Supervisor:
         # raising the thresholds keeps those blocks in its heap for reuse.
         env.setdefault("MALLOC_MMAP_THRESHOLD_", "1073741824")
         env.setdefault("MALLOC_TRIM_THRESHOLD_", "1073741824")
+        devices = self.devices.get((child.stage, child.slot))
+        if devices is not None:
+            env["CUDA_VISIBLE_DEVICES"] = ",".join(devices)
         # Its own session: a Ctrl-C at the terminal reaches the supervisor, which shuts replicas
         # down in order; a replica whose router vanishes exits when its socket closes.
         child.process = await asyncio.create_subprocess_exec(*args, env=env, start_new_session=True)
@@ -322,6 +401,8 @@ class Supervisor:
         # The router marked this replica down (no heartbeat): a stopped or wedged process. Its
         # work has gone elsewhere; kill it (SIGKILL reaches a stopped process too) so that it
         # restarts, rather than wake up later to a closed socket.
+        if self._ray is not None:
+            self._ray.restart(stage, slot)  # Ray starts the actor again
         for child in self.children:
             if (child.stage, child.slot) == (stage, slot) and child.process is not None \
                     and child.process.returncode is None:
@@ -333,7 +414,10 @@ class Supervisor:
         return [f"{c.stage}#{c.slot}" for c in self.children if c.crash_looping(now)]
 
     def kill(self, stage: str, slot: int = 0) -> int:
-        """Kill -9 a replica (for fault tests); returns its pid. The supervisor restarts it."""
+        """Kill -9 a replica (for fault tests); returns its pid. The supervisor (or Ray, for an
+        actor on this machine) restarts it."""
+        if self._ray is not None and (stage, slot) in self._ray.replicas:
+            return self._ray.kill(stage, slot)
         for child in self.children:
             if child.stage == stage and child.slot == slot and child.process is not None:
                 child.process.send_signal(signal.SIGKILL)
@@ -356,6 +440,8 @@ class Supervisor:
                     os.kill(process.pid, signal.SIGKILL)
                 except ProcessLookupError:
                     pass  # it has exited already
+        if self._ray is not None:
+            self._ray.stop(shutdown=False)  # in a signal handler: the process's exit ends Ray
         if hasattr(self, "dir"):
             shutil.rmtree(self.dir, ignore_errors=True)
 
@@ -378,4 +464,6 @@ class Supervisor:
         for task in inline:
             task.cancel()
         await asyncio.gather(*inline, return_exceptions=True)
+        if self._ray is not None:
+            self._ray.stop()
         shutil.rmtree(self.dir, ignore_errors=True)

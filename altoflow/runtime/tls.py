@@ -30,13 +30,15 @@ def server_context(cert: str, key: str) -> ssl.SSLContext:
     return context
 
 
-def client_context(ca: str) -> ssl.SSLContext:
-    """A replica's context: the router's certificate must chain to ``ca`` and name its host."""
+def client_context(ca: str | None = None, *, cadata: str | None = None) -> ssl.SSLContext:
+    """A replica's context: the router's certificate must chain to the CA in the file ``ca``
+    (or the PEM text ``cadata``: a Ray actor's, ``runtime.ray_placement``) and name its host."""
     try:
-        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca)
+        context = ssl.create_default_context(ssl.Purpose.SERVER_AUTH, cafile=ca, cadata=cadata)
     except (OSError, ssl.SSLError) as exc:
+        where = ca if ca is not None else "(the CA handed over by serve --ray)"
         raise TlsConfigError(
-            f"cannot load --tls-ca {ca} ({exc}); give the PEM certificate of the CA that signed "
+            f"cannot load --tls-ca {where} ({exc}); give the PEM certificate of the CA that signed "
             f"the router's --tls-cert (for a self-signed one, that certificate itself)") from exc
     context.minimum_version = ssl.TLSVersion.TLSv1_2
     return context

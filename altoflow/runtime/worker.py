@@ -213,6 +213,7 @@ class Worker:
             self.challenge = frame.body.nonce  # type: ignore[union-attr]
             self._hello(nonce=os.urandom(fr.NONCE_SIZE))
         elif frame.kind == fr.Kind.SHUTDOWN:
+            self.shut_down = True  # the router's word, not a lost connection (runtime.ray_placement)
             self.done.set()
         elif frame.kind != fr.Kind.HEARTBEAT:
             raise fr.RemoteProtocolError(f"a replica does not take {frame.kind.name} frames")
@@ -349,7 +350,7 @@ class Worker:
                 worker.done.set()
 
         self.secret, self.challenge, self.hello = None, b"", None
-        self.ready, self.error = False, None
+        self.ready, self.error, self.shut_down = False, None, False
         me = f"replica {self.stage.name}#{self.slot}"
         try:
             if connect is not None:

@@ -27,6 +27,7 @@ class ServedIngress:
     requests (``Overloaded``: 503) while those in flight go on, ``cancel_all`` ends those still
     running (each stream ends there, and the HTTP API sends the ``Cancelled`` error event),
     leaving the block stops the replicas, and ``kill_now`` kills them without waiting.
+    ``ray`` (a ``runtime.ray_placement.RayOptions``) makes the replicas Ray actors.
     """
 
     def __init__(self, target: str, *, replicas: dict[str, int] | None = None,
@@ -39,7 +40,7 @@ class ServedIngress:
                  heartbeat: float = 1.0, restart: bool = True,
                  inline: frozenset[str] = frozenset(), max_buffered: int = MAX_BUFFERED,
                  fuse: bool = True, timeline: TimelineRecorder | None = None,
-                 pin_requests: bool = False) -> None:
+                 pin_requests: bool = False, ray: Any = None) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
@@ -47,7 +48,7 @@ class ServedIngress:
                                      max_pending=max_pending, max_connections=max_connections,
                                      replay_limit=replay_limit, heartbeat=heartbeat,
                                      restart=restart, inline=inline, max_buffered=max_buffered,
-                                     fuse=fuse, timeline=timeline, pin_requests=pin_requests)
+                                     fuse=fuse, timeline=timeline, pin_requests=pin_requests, ray=ray)
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
