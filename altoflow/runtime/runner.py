@@ -11,6 +11,10 @@ in a row took under ``INLINE_BELOW_S``; one inline call that takes longer sends 
 back to threads. A stage with a ``timeout`` always runs in threads (an inline call cannot be
 abandoned), and an inline generator passes through a checkpoint every ``INLINE_YIELD_EVERY``
 items, so a long one lets other tasks run.
+
+Every invocation runs with its mark in ``altoflow._partial._CURRENT`` (the stage, the input's
+ancestry and where partials go), so that ``altoflow.partial`` works in its code; ``partial``,
+the runner's callback for them, is ``None`` where nobody watches them.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from altoflow._errors import format_exception
+from altoflow._partial import _CURRENT, Invocation, PartialCallback, PartialSink
 from altoflow._stage import DROP, StageSpec
 from altoflow.compiler.plan import StagePlan
 from altoflow.runtime.core import ErrorInfo, Status
@@ -59,8 +64,11 @@ class StageRunner:
     """One replica's view of a stage. ``fn`` is the function (or the instance's ``__call__``)."""
 
     def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: OutputCallback,
-                 *, barrier: bool = False) -> None:
+                 *, barrier: bool = False, partial: PartialCallback | None = None) -> None:
         self.spec = spec
+        # Where the stage's altoflow.partial() deltas go: (ancestry, delta) on the loop's thread.
+        self.partial = partial
+        self._sink: PartialSink | None = None
         # Barrier mode holds an invocation's outputs until it returns: the "wait for the whole
         # LM output" baseline that streaming is measured against. Nothing else changes.
         self.barrier = barrier
@@ -110,30 +118,42 @@ class StageRunner:
 
     # -- invocations ---------------------------------------------------------------------------
 
+    def _mark(self, anc: Ancestry) -> Invocation:
+        sink = self._sink
+        if sink is None and self.partial is not None:
+            sink = self._sink = PartialSink(self.partial)  # on the loop: it notes the loop
+        return Invocation(self.plan.name, anc, sink)
+
     async def invoke(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
         """Run the stage on one input; outputs go to ``emit`` the moment they exist."""
-        if self._plain:
-            try:
-                value = await self.fn(**kwargs)
-            except Exception as exc:
-                failed = self._failure(self.plan.levels_in, anc, exc)
-                return failed.status, failed.error
-            if value is DROP:
-                return "dropped", None
-            self.emit(anc, value)
-            return "ok", None
-        held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
-        emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
+        mark = self._mark(anc)
+        token = _CURRENT.set(mark)
         try:
-            if self.spec.is_generator:
-                await self._fan_out(anc, kwargs, emit)
+            if self._plain:
+                try:
+                    value = await self.fn(**kwargs)
+                except Exception as exc:
+                    failed = self._failure(self.plan.levels_in, anc, exc)
+                    return failed.status, failed.error
+                if value is DROP:
+                    return "dropped", None
+                self.emit(anc, value)
                 return "ok", None
-            return self._returned(anc, await self._attempts(anc, kwargs), emit), None
-        except _Failed as failed:
-            return failed.status, failed.error
+            held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
+            emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
+            try:
+                if self.spec.is_generator:
+                    await self._fan_out(anc, kwargs, emit)
+                    return "ok", None
+                return self._returned(anc, await self._attempts(anc, kwargs), emit), None
+            except _Failed as failed:
+                return failed.status, failed.error
+            finally:
+                for a, v in held or ():
+                    self.emit(a, v)
         finally:
-            for a, v in held or ():
-                self.emit(a, v)
+            mark.live = False
+            _CURRENT.reset(token)
 
     @property
     def runs_now(self) -> bool:
@@ -146,11 +166,15 @@ class StageRunner:
         ``invoke`` does then (its calls would run inline), a task's creation and steps saved."""
         held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
         emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
+        mark = self._mark(anc)
+        token = _CURRENT.set(mark)
         try:
             return self._returned(anc, self._attempts_now(anc, kwargs), emit), None
         except _Failed as failed:
             return failed.status, failed.error
         finally:
+            mark.live = False
+            _CURRENT.reset(token)
             for a, v in held or ():
                 self.emit(a, v)
 

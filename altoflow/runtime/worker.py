@@ -12,6 +12,9 @@ then serves frames until the router goes away or says SHUTDOWN:
 - CANCEL: the request is over: its invocations are cancelled (and acknowledged as dropped) and
   its groups forgotten.
 
+A stage's ``altoflow.partial(delta)`` goes to the router as a PARTIAL frame, before the
+invocation's outputs and ACK.
+
 Frames out are coalesced and written once per event-loop turn, or at once when the invocation
 that wrote them was the only one running (nothing could join the write).
 """
@@ -35,7 +38,7 @@ from altoflow.runtime.pipe import FrameList, Local
 from altoflow.runtime.runner import StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
 
-_DATA = fr.Kind.DATA
+_DATA, _PARTIAL = fr.Kind.DATA, fr.Kind.PARTIAL
 
 logger = logging.getLogger("altoflow.worker")
 
@@ -71,7 +74,8 @@ class Worker:
         self.codec = codec
         self.annotations = {p.name: p.annotation for p in self.spec.params}
         fn = self.spec.obj().__call__ if self.spec.is_class else self.spec.obj
-        self.runner = StageRunner(self.spec, self.stage, fn, self._emit, barrier=barrier)
+        self.runner = StageRunner(self.spec, self.stage, fn, self._emit, barrier=barrier,
+                                  partial=self._partial)
         self.writer: fr.FrameWriter | FrameList = fr.FrameWriter()
         self.reader: fr.FrameReader | FrameList = fr.FrameReader()
         self.local_out = local_out
@@ -101,6 +105,13 @@ class Worker:
     def _emit(self, anc: tuple[int, ...], value: Any) -> None:
         payload = Local(value) if self.local_out else self.codec.encode(value)
         self.writer.item(_DATA, self.stage_index, anc[0], anc[1:], payload)
+        self._queued()
+
+    def _partial(self, anc: tuple[int, ...], delta: str) -> None:
+        """The stage's ``altoflow.partial(delta)``: a PARTIAL frame, ahead of the invocation's
+        output and ACK on the same FIFO link. An inline replica hands the str over as it is."""
+        payload: Any = delta if type(self.writer) is FrameList else delta.encode("utf-8", "backslashreplace")
+        self.writer.item(_PARTIAL, self.stage_index, anc[0], anc[1:], payload)
         self._queued()
 
     def _status(self, kind: fr.Kind, anc: tuple[int, ...], status: Status, error: ErrorInfo | None) -> None:

@@ -20,6 +20,7 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     HEARTBEAT: _ClassVar[Kind]
     OPEN: _ClassVar[Kind]
     FLUSH_DONE: _ClassVar[Kind]
+    PARTIAL: _ClassVar[Kind]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -38,6 +39,7 @@ SHUTDOWN: Kind
 HEARTBEAT: Kind
 OPEN: Kind
 FLUSH_DONE: Kind
+PARTIAL: Kind
 OK: Status
 DROPPED: Status
 FAILED: Status
