@@ -180,7 +180,11 @@ def encode_event(event: Event, *, request_id: str | None = None,
     """
     obj = event.to_json()
     if event.type == "partial":
-        return _line(obj), False
+        try:
+            return _line(obj), False
+        except UnicodeEncodeError:  # a lone surrogate, from an inline stage: escaped, as errors are
+            obj["delta"] = obj["delta"].encode("utf-8", "backslashreplace").decode("utf-8")
+            return _line(obj), False
     if event.type == "output":
         try:
             obj["value"] = jsonable(event.value)
