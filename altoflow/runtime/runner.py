@@ -30,7 +30,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from altoflow._errors import format_exception
-from altoflow._partial import _CURRENT, Invocation, PartialCallback, PartialSink
+from altoflow._partial import _CURRENT, Mark, PartialCallback, PartialSink
 from altoflow._stage import DROP, StageSpec
 from altoflow.compiler.plan import StagePlan
 from altoflow.runtime.core import ErrorInfo, Status
@@ -69,6 +69,7 @@ class StageRunner:
         # Where the stage's altoflow.partial() deltas go: (ancestry, delta) on the loop's thread.
         self.partial = partial
         self._sink: PartialSink | None = None
+        self.name = plan.name
         # Barrier mode holds an invocation's outputs until it returns: the "wait for the whole
         # LM output" baseline that streaming is measured against. Nothing else changes.
         self.barrier = barrier
@@ -118,11 +119,10 @@ class StageRunner:
 
     # -- invocations ---------------------------------------------------------------------------
 
-    def _mark(self, anc: Ancestry) -> Invocation:
-        sink = self._sink
-        if sink is None and self.partial is not None:
-            sink = self._sink = PartialSink(self.partial)  # on the loop: it notes the loop
-        return Invocation(self.plan.name, anc, sink)
+    def _mark(self, anc: Ancestry) -> Mark:
+        if self._sink is None and self.partial is not None:
+            self._sink = PartialSink(self.partial)  # on the loop, on first use: it notes the loop
+        return [self.name, anc, self._sink]
 
     async def invoke(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
         """Run the stage on one input; outputs go to ``emit`` the moment they exist."""
@@ -152,7 +152,7 @@ class StageRunner:
                 for a, v in held or ():
                     self.emit(a, v)
         finally:
-            mark.live = False
+            mark.clear()  # the invocation is over: a late partial() is refused
             _CURRENT.reset(token)
 
     @property
@@ -173,7 +173,7 @@ class StageRunner:
         except _Failed as failed:
             return failed.status, failed.error
         finally:
-            mark.live = False
+            mark.clear()  # the invocation is over: a late partial() is refused
             _CURRENT.reset(token)
             for a, v in held or ():
                 self.emit(a, v)
