@@ -36,6 +36,10 @@ def key(event: Event) -> tuple:
     return event.stage, tuple(event.ancestry.items())
 
 
+async def _read(stream) -> list[Event]:
+    return [e async for e in stream]
+
+
 def check_events(events: list[Event], question: str) -> None:
     """Partials before their item's output, joining to the value; outputs as altoflow.run's."""
     joined: dict[tuple, str] = {}
@@ -71,8 +75,7 @@ def test_the_router_delivers_partials_before_outputs_from_every_kind_of_replica(
         async with Supervisor(compiled, PARTIALS, replicas={"shout": 2}, inline=inline) as sup:
             await sup.wait_ready()
             streams = [sup.router.submit({"question": q}) for q in QUESTIONS]  # at once
-            return await asyncio.wait_for(
-                asyncio.gather(*([e async for e in s] for s in streams)), 60)
+            return await asyncio.wait_for(asyncio.gather(*map(_read, streams)), 60)
 
     for question, events in zip(QUESTIONS, asyncio.run(main())):
         check_events(events, question)
