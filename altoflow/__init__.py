@@ -14,6 +14,7 @@ from altoflow._errors import (
     StageError,
     TargetError,
 )
+from altoflow._partial import partial
 from altoflow._result import Event, Result
 from altoflow._stage import DROP, stage
 from altoflow.client import Client
@@ -37,6 +38,7 @@ __all__ = [
     "TargetError",
     "arun",
     "ops",
+    "partial",
     "run",
     "stage",
 ]

@@ -15,7 +15,7 @@ from typing import Any, Iterator, Literal
 
 import pydantic
 
-EventType = Literal["output", "done", "error"]
+EventType = Literal["output", "partial", "done", "error"]
 
 
 @dataclass(frozen=True)
@@ -35,6 +35,8 @@ class Event:
     # the served request's id (done and error events), and a stage failure's traceback.
     request_id: str | None = field(default=None, compare=False)
     traceback: str | None = field(default=None, compare=False, repr=False)
+    delta: str | None = None  # partial events only
+
 
     def __getitem__(self, key: str) -> Any:
         if key not in self.__dataclass_fields__:
@@ -49,6 +51,9 @@ class Event:
         if self.type == "output":
             return {"type": "output", "stage": self.stage, "ancestry": self.ancestry,
                     "value": self.value}
+        if self.type == "partial":
+            return {"type": "partial", "stage": self.stage, "ancestry": self.ancestry,
+                    "delta": self.delta}
         # request_id and traceback are added only when known: a request served over HTTP has
         # an id, a stage failure a traceback (unless the server keeps tracebacks to itself).
         if self.type == "error":
@@ -73,6 +78,7 @@ class Event:
             exc_type=obj.get("exc_type"),
             request_id=obj.get("request_id"),
             traceback=obj.get("traceback"),
+            delta=obj.get("delta"),
         )
 
 
@@ -84,7 +90,16 @@ def output_event(stage: str, ancestry: dict[str, int], value: Any) -> Event:
     ``__init__`` (1 us against 2.8 here; the router builds one per output item)."""
     event = _new(Event)
     event.__dict__.update(type="output", stage=stage, ancestry=ancestry, value=value, error=None,
-                          exc_type=None, request_id=None, traceback=None)
+                          exc_type=None, request_id=None, traceback=None, delta=None)
+    return event
+
+
+def partial_event(stage: str, ancestry: dict[str, int], delta: str) -> Event:
+    """``Event("partial", stage, ancestry, delta=delta)``, built as ``output_event`` builds its
+    event (one per streamed delta)."""
+    event = _new(Event)
+    event.__dict__.update(type="partial", stage=stage, ancestry=ancestry, value=None, error=None,
+                          exc_type=None, request_id=None, traceback=None, delta=delta)
     return event
 
 
@@ -92,7 +107,7 @@ def done_event() -> Event:
     """``Event("done")``, built as ``output_event`` builds its event."""
     event = _new(Event)
     event.__dict__.update(type="done", stage=None, ancestry={}, value=None, error=None, exc_type=None,
-                          request_id=None, traceback=None)
+                          request_id=None, traceback=None, delta=None)
     return event
 
 
@@ -101,7 +116,8 @@ class Result(Mapping[str, Any]):
 
     ``result[stage]`` is the single value of a depth-0 output stage, and the list of a nested
     output stage's values in ancestry order (lexicographic by index). ``result.events`` keeps
-    every output event in arrival order.
+    every output event in arrival order; ``partial`` events are not kept (they preview values
+    that the outputs hold whole), so a served result equals ``altoflow.run``'s.
     """
 
     def __init__(self, events: list[Event], output_levels: Mapping[str, list[str]]) -> None:
@@ -163,6 +179,12 @@ def encode_event(event: Event, *, request_id: str | None = None,
     leaves an error's traceback out.
     """
     obj = event.to_json()
+    if event.type == "partial":
+        try:
+            return _line(obj), False
+        except UnicodeEncodeError:  # a lone surrogate, from an inline stage: escaped, as errors are
+            obj["delta"] = obj["delta"].encode("utf-8", "backslashreplace").decode("utf-8")
+            return _line(obj), False
     if event.type == "output":
         try:
             obj["value"] = jsonable(event.value)

@@ -1,8 +1,9 @@
 """``Client``: run requests on an altoflow server, as ``altoflow.run`` runs them in-process.
 
 ``Client(url).run(**fields)`` returns the same ``Result`` and raises the same ``StageError`` as
-``altoflow.run``; ``stream`` yields each event the moment its NDJSON line arrives. ``arun`` and
-``astream`` are the async twins. The server's ``/v1/graph`` is fetched once, for the output
+``altoflow.run``; ``stream`` yields each event the moment its NDJSON line arrives, ``partial``
+events included (``run`` leaves them out of its ``Result``, as ``altoflow.run`` does). ``arun``
+and ``astream`` are the async twins. The server's ``/v1/graph`` is fetched once, for the output
 stages' levels that ``Result[stage]`` needs.
 
 A ``503`` (every request slot of the server is taken) is retried after its ``Retry-After``, at
@@ -94,7 +95,8 @@ class Client:
         return Result(list(self.stream(**fields)), outputs)
 
     def stream(self, /, **fields: Any) -> Iterator[Event]:
-        """Each event as it arrives: the outputs, then ``done``. A served ``error`` event raises
+        """Each event as it arrives: the outputs (and the ``partial`` events of stages that
+        call ``altoflow.partial``), then ``done``. A served ``error`` event raises
         ``StageError`` after the events before it. Leaving the loop early cancels the request."""
         body = _encode_fields(fields)
         parser = _EventParser(self._url("/v1/run"))
@@ -360,7 +362,7 @@ class _EventParser:
         except (ValueError, KeyError, TypeError, AttributeError) as exc:
             raise ServerError(f"{self.url} sent a line that is not an event ({exc}): "
                               f"{line[:200]!r}") from exc
-        if event.type == "output":
+        if event.type == "output" or event.type == "partial":
             return event
         if event.type == "done":
             self.ended = True

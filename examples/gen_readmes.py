@@ -10,7 +10,8 @@ is replaced by:
 - ``run``: ``altoflow run examples/<app>/app.py --input "$(cat examples/<app>/input.json)"``;
 - ``curl``: the NDJSON lines that
   ``curl -N localhost:8000/v1/run -H 'Content-Type: application/json' -d @examples/<app>/input.json``
-  gets from ``altoflow serve examples/<app>/app.py``, which this script starts on a free port;
+  gets from ``altoflow serve examples/<app>/app.py``, which this script starts on a free port
+  (of a run of ``partial`` lines, the first ``SHOWN_PARTIALS``, and how many more there were);
 - ``client``: a short ``altoflow.Client`` snippet against that server, and what it prints.
 
 In the top-level README.md the names are ``<app>:NAME``. The script also draws
@@ -58,6 +59,24 @@ with altoflow.Client("http://127.0.0.1:8000") as client:
 print("stages:", ", ".join(result.to_dict()))
 """
 WIDTH = 90  # characters of each value the client snippet prints
+SHOWN_PARTIALS = 3  # partial lines of a run of them that the curl block shows
+
+
+def _elide_partials(lines: list[str]) -> list[str]:
+    """The NDJSON lines with the ``partial`` ones past the first ``SHOWN_PARTIALS`` left out
+    (one line says how many): an LM stage that streams its tokens sends one line per token."""
+    out, partials = [], 0
+    for line in lines:
+        if json.loads(line).get("type") == "partial":
+            partials += 1
+            if partials > SHOWN_PARTIALS:
+                continue
+        else:
+            if partials > SHOWN_PARTIALS:
+                out.append(f"... ({partials - SHOWN_PARTIALS} more partial lines)")
+            partials = 0
+        out.append(line)
+    return out
 
 
 def _altoflow() -> str:
@@ -110,7 +129,7 @@ class App:
                           headers={"Content-Type": "application/json"}) as response:
             response.raise_for_status()
             lines = [line for line in response.iter_lines() if line]
-        return "\n".join(lines)
+        return "\n".join(_elide_partials(lines))
 
     @cached_property
     def client(self) -> str:

@@ -24,6 +24,8 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
+from altoflow._partial import MAX_DELTA_CHARS, in_stage as _in_stage, partial as _partial
+
 from ._text import JsonListParser, LineSplitter
 
 __all__ = [
@@ -348,12 +350,23 @@ class LM(_Closes, abc.ABC):
         """Stream the text deltas of one generation (empty deltas are dropped)."""
         return LMStream(self._deltas(normalize_prompt(prompt), self.sampling.replace(**sampling)))
 
-    async def complete(self, prompt: Prompt, **sampling: Any) -> str:
-        """Generate and return the whole text."""
+    async def complete(self, prompt: Prompt, *, partial: bool = False, **sampling: Any) -> str:
+        """Generate and return the whole text.
+
+        ``partial=True`` also streams each text delta, as the engine writes it, to the client
+        as ``altoflow.partial`` events of the stage that calls this (an answer shown token by
+        token in a chat UI, while the next stages get the whole text). Outside a stage's
+        invocation (a stage called as a plain function, in a unit test) there is nobody to
+        stream to, and it only returns the text.
+        """
+        send = _partial if partial and _in_stage() else None
         parts = []
         async with self.stream(prompt, **sampling) as deltas:
             async for delta in deltas:
                 parts.append(delta)
+                if send is not None:
+                    for start in range(0, len(delta), MAX_DELTA_CHARS):  # one piece, but for
+                        send(delta[start:start + MAX_DELTA_CHARS])      # an engine's odd delta
         return "".join(parts)
 
     def stream_lines(

@@ -23,7 +23,10 @@ The rules of the programming model, as they are implemented:
   ``l`` and finished there; it emits once, when no work that could reach it is left (or earlier,
   when its operator says the answer is decided), and its identity when it stayed empty;
 - a join fires for each ancestry of its deepest inputs once all inputs are there, and gives the
-  ancestry up when an input can no longer arrive.
+  ancestry up when an input can no longer arrive;
+- a stage's ``altoflow.partial(delta)`` is a ``partial`` event for ``on_event`` only (``altoflow
+  run --events`` prints it, ``LocalIngress`` streams it): no stage sees it, the ``Result`` does
+  not keep it, and ``altoflow.run`` (which watches no events) drops it.
 """
 
 from __future__ import annotations
@@ -41,7 +44,7 @@ import anyio.to_thread
 
 from altoflow._errors import StageError, format_exception, user_traceback
 from altoflow._logging import REQUEST_ID, log_stage_failure
-from altoflow._result import Event, Result
+from altoflow._result import Event, Result, partial_event
 from altoflow.compiler import CompiledPipeline, load_target
 from altoflow.runtime.core import (
     Abort, Ack, Emit, Finish, Flush, FlushDone, Invoke, Open, Output, ReplicaUp, RouterCore, Submit,
@@ -86,8 +89,12 @@ class _Execution:
         for sp in self.plan.stages:
             spec = compiled.specs[sp.name]
             fn = compiled.instances[sp.name].__call__ if spec.is_class else spec.obj
+            # Partials go to whoever watches the events; with nobody watching (altoflow.run),
+            # altoflow.partial() in a stage is a check and nothing more.
+            partial = None if on_event is None else functools.partial(self._partial, sp.name, sp.levels_in)
             for slot in range(sp.replicas):
-                self.runners[rid] = StageRunner(spec, sp, fn, functools.partial(self._output, rid, sp.name))
+                self.runners[rid] = StageRunner(spec, sp, fn, functools.partial(self._output, rid, sp.name),
+                                                partial=partial)
                 self._queue.append(ReplicaUp(rid, sp.name, slot, replay=False))
                 self.inbox[rid], self.active[rid], self.limit[rid] = deque(), 0, sp.concurrency
                 rid += 1
@@ -117,6 +124,12 @@ class _Execution:
         if self.timeline is not None:
             self.timeline.add(time.perf_counter(), tl.code(tl.OUTPUT, rid), anc)
         self._event(Output(rid, stage, anc, value))
+
+    def _partial(self, stage: str, levels: list[str], anc: Any, delta: str) -> None:
+        """A stage's ``altoflow.partial(delta)``: to ``on_event`` at once, not to the core (no
+        stage gets it) and not into the result."""
+        if self.error is None and not self.done.is_set():
+            self.on_event(partial_event(stage, dict(zip(levels, anc[1:])), delta))  # type: ignore[misc]
 
     def _handle(self) -> None:
         if self._handling:
@@ -214,7 +227,8 @@ async def execute(
     stats: ServerMetrics | None = None,
     timeline: tl.Recording | None = None,
 ) -> Result:
-    """Run one request of a compiled pipeline in this process; ``on_event`` sees each event live.
+    """Run one request of a compiled pipeline in this process; ``on_event`` sees each event live,
+    the stages' ``partial`` events included (which the ``Result`` leaves out).
 
     ``stats``, a server's metrics, counts the request's stage items, errors and invocation times,
     and sees its queues while it runs (``LocalIngress`` passes its own). ``timeline`` records

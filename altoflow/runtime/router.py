@@ -35,7 +35,7 @@ from typing import Any, Callable, NamedTuple
 
 from altoflow._errors import Overloaded, user_traceback
 from altoflow._logging import log_stage_failure
-from altoflow._result import Event, done_event, output_event
+from altoflow._result import Event, done_event, output_event, partial_event
 from altoflow.compiler import CompiledPipeline
 from altoflow import wire as fr
 from altoflow.wire import Codec, DecodeError
@@ -46,6 +46,7 @@ from altoflow.runtime.core import (
 from altoflow.runtime import pipe
 from altoflow.runtime.fusion import FusedErrorBody
 from altoflow.runtime.metrics import ServerMetrics
+from altoflow.runtime.partials import PartialBuffer
 from altoflow.runtime.stream import EventChannel, RequestStream
 from altoflow.runtime import timeline as tl
 
@@ -57,6 +58,7 @@ MAX_BUFFERED = 4 * 1024 * 1024
 """The default bound of one request's unread answer, in bytes (``altoflow serve --max-buffered-mib``)."""
 
 _DATA, _ACK, _FLUSH_DONE, _HEARTBEAT = fr.Kind.DATA, fr.Kind.ACK, fr.Kind.FLUSH_DONE, fr.Kind.HEARTBEAT
+_PARTIAL = fr.Kind.PARTIAL
 
 
 def _output_hint(spec: Any) -> Any:
@@ -412,6 +414,7 @@ class Router:
         encoded = {name: self.codec.encode(v) for name, v in values.items()}
         request = next(self._ids)
         channel = EventChannel(self.max_buffered, lambda full: self._pressure(request, full))
+        channel.partials = PartialBuffer()
         self.requests[request] = channel
         self.streams[request] = channel
         if request_id is not None:
@@ -421,7 +424,8 @@ class Router:
         self.stats.admitted += 1
         self._apply(self.core.handle(Submit(request, encoded)))
         self._flush_soon()
-        return RequestStream(channel, lambda: self._cancel(request), request, self._decode_output)
+        return RequestStream(channel, lambda: self._cancel(request), request, self._decode_output,
+                             channel.partials)
 
     def _decode_output(self, event: Event) -> Event:
         """Run by the request's consumer as it reads ``event``: its payload bytes become its value."""
@@ -537,8 +541,24 @@ class Router:
             else:
                 self._failed(anc[0], error, frame.body)
             self._apply(self.core.handle(FlushDone(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error)))  # type: ignore[arg-type]
+        elif kind is _PARTIAL:
+            self._partial(stage, anc, frame.payload)
         elif kind is not _HEARTBEAT:
             raise fr.RemoteProtocolError(f"the router does not take {kind.name} frames from replicas")
+
+    def _partial(self, stage: str, anc: tuple, payload: Any) -> None:
+        """A stage's ``altoflow.partial`` delta: for its request's events only. The core never
+        hears of it (no routing, no credit, no progress), and a request that has ended or was
+        cancelled drops it; its ``PartialBuffer`` merges it or drops it at the cap."""
+        channel = self.requests.get(anc[0])
+        if channel is None:
+            return
+        # An inline replica's delta is the str itself; a process's is UTF-8 (a peer's bad
+        # bytes become U+FFFD rather than an error).
+        delta = payload if type(payload) is str else bytes(payload).decode("utf-8", "replace")
+        event = partial_event(stage, dict(zip(self.core.stages[stage].levels_in, anc[1:])), delta)
+        if channel.partials.offer(event):  # type: ignore[union-attr]
+            channel.send_nowait(event)
 
     def _on_hello(self, conn: _Conn, frame: fr.Frame) -> None:
         hello = frame.body

@@ -16,6 +16,10 @@ A fan-out may be paced (``pace``, which a served replica gives, see ``worker.py`
 each item is pulled from the generator, ``pace(ancestry, items emitted so far)`` says whether
 the invocation may go on (None) or must wait (an awaitable, done when the router has granted
 more credit). A paused generator is not advanced at all: an LM stage stops generating.
+
+Every invocation runs with its mark in ``altoflow._partial._CURRENT`` (the stage, the input's
+ancestry and where partials go), so that ``altoflow.partial`` works in its code; ``partial``,
+the runner's callback for them, is ``None`` where nobody watches them.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ import anyio.lowlevel
 import anyio.to_thread
 
 from altoflow._errors import format_exception
+from altoflow._partial import _CURRENT, Mark, PartialCallback, PartialSink
 from altoflow._stage import DROP, StageSpec
 from altoflow.compiler.plan import StagePlan
 from altoflow.runtime.core import ErrorInfo, Status
@@ -65,8 +70,13 @@ class StageRunner:
     """One replica's view of a stage. ``fn`` is the function (or the instance's ``__call__``)."""
 
     def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: OutputCallback,
-                 *, barrier: bool = False, pace: PaceCallback | None = None) -> None:
+                 *, barrier: bool = False, pace: PaceCallback | None = None,
+                 partial: PartialCallback | None = None) -> None:
         self.spec = spec
+        # Where the stage's altoflow.partial() deltas go: (ancestry, delta) on the loop's thread.
+        self.partial = partial
+        self._sink: PartialSink | None = None
+        self.name = plan.name
         # Barrier mode holds an invocation's outputs until it returns: the "wait for the whole
         # LM output" baseline that streaming is measured against. Nothing else changes (and
         # nothing is paced: the outputs that credit is granted for are held back).
@@ -118,30 +128,41 @@ class StageRunner:
 
     # -- invocations ---------------------------------------------------------------------------
 
+    def _mark(self, anc: Ancestry) -> Mark:
+        if self._sink is None and self.partial is not None:
+            self._sink = PartialSink(self.partial)  # on the loop, on first use: it notes the loop
+        return [self.name, anc, self._sink]
+
     async def invoke(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
         """Run the stage on one input; outputs go to ``emit`` the moment they exist."""
-        if self._plain:
-            try:
-                value = await self.fn(**kwargs)
-            except Exception as exc:
-                failed = self._failure(self.plan.levels_in, anc, exc)
-                return failed.status, failed.error
-            if value is DROP:
-                return "dropped", None
-            self.emit(anc, value)
-            return "ok", None
-        held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
-        emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
+        mark = self._mark(anc)
+        token = _CURRENT.set(mark)
         try:
-            if self.spec.is_generator:
-                await self._fan_out(anc, kwargs, emit)
+            if self._plain:
+                try:
+                    value = await self.fn(**kwargs)
+                except Exception as exc:
+                    failed = self._failure(self.plan.levels_in, anc, exc)
+                    return failed.status, failed.error
+                if value is DROP:
+                    return "dropped", None
+                self.emit(anc, value)
                 return "ok", None
-            return self._returned(anc, await self._attempts(anc, kwargs), emit), None
-        except _Failed as failed:
-            return failed.status, failed.error
+            held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
+            emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
+            try:
+                if self.spec.is_generator:
+                    await self._fan_out(anc, kwargs, emit)
+                    return "ok", None
+                return self._returned(anc, await self._attempts(anc, kwargs), emit), None
+            except _Failed as failed:
+                return failed.status, failed.error
+            finally:
+                for a, v in held or ():
+                    self.emit(a, v)
         finally:
-            for a, v in held or ():
-                self.emit(a, v)
+            mark.clear()  # the invocation is over: a late partial() is refused
+            _CURRENT.reset(token)
 
     @property
     def runs_now(self) -> bool:
@@ -154,11 +175,15 @@ class StageRunner:
         ``invoke`` does then (its calls would run inline), a task's creation and steps saved."""
         held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
         emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
+        mark = self._mark(anc)
+        token = _CURRENT.set(mark)
         try:
             return self._returned(anc, self._attempts_now(anc, kwargs), emit), None
         except _Failed as failed:
             return failed.status, failed.error
         finally:
+            mark.clear()  # the invocation is over: a late partial() is refused
+            _CURRENT.reset(token)
             for a, v in held or ():
                 self.emit(a, v)
 

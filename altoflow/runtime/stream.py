@@ -1,7 +1,8 @@
 """A request's events on their way to its consumer: ``EventSource``, ``EventChannel``, ``RequestStream``.
 
-Every runtime hands out the same ``RequestStream`` of ``altoflow.Event``: outputs as they
-happen, then exactly one ``done`` or ``error`` event, unless the request was cancelled first.
+Every runtime hands out the same ``RequestStream`` of ``altoflow.Event``: outputs (and the
+stages' ``partial`` events) as they happen, then exactly one ``done`` or ``error`` event,
+unless the request was cancelled first.
 The runtime fills a buffer (an ``EventChannel``, or an anyio memory stream) and the consumer,
 say the HTTP layer, reads the stream; closing the stream cancels the request.
 
@@ -23,6 +24,7 @@ from typing import NamedTuple, Protocol
 import anyio
 
 from altoflow._result import Event
+from altoflow.runtime.partials import PartialBuffer
 
 
 class EventSource(Protocol):
@@ -69,11 +71,13 @@ class EventChannel:
     """
 
     __slots__ = ("_bytes", "_closed", "_ended", "_full", "_items", "_peak", "_waiter", "limit",
-                 "on_pressure")
+                 "on_pressure", "partials")
 
     def __init__(self, limit: int | None = None,
                  on_pressure: Callable[[bool], None] | None = None) -> None:
         self._items: deque[Event] = deque()
+        # The request's PartialBuffer, where its producer keeps one (the router does).
+        self.partials: PartialBuffer | None = None
         self._ended = False  # the producer is done: EndOfStream once the buffer is empty
         self._closed = False  # the consumer is gone: events are dropped
         self._waiter: asyncio.Future[None] | None = None
@@ -167,17 +171,23 @@ class RequestStream:
 
     ``decode``, if given, turns each output event into the one the consumer sees; it returns an
     ``error`` event for an output it cannot decode, and the stream then ends (and the request is
-    cancelled) after that event.
+    cancelled) after that event. ``partials``, the request's ``PartialBuffer``, is told of each
+    partial event read (``altoflow.runtime.partials``: coalescing and the cap).
     """
 
     YIELD_EVERY = 32
 
     def __init__(self, receive: EventSource, on_close: Callable[[], None], request_id: int,
-                 decode: Callable[[Event], Event] | None = None) -> None:
+                 decode: Callable[[Event], Event] | None = None,
+                 partials: PartialBuffer | None = None) -> None:
         self.request_id = request_id
         self._receive = receive
         self._on_close: Callable[[], None] | None = on_close
         self._decode = decode
+        self._partials = partials
+        # Whether events go to the reader as they come out of the buffer (no decode step and
+        # no partials to account for): the per-event path is then one test shorter.
+        self._as_is = decode is None and partials is None
         self._unyielded = 0
 
     def __aiter__(self) -> RequestStream:
@@ -192,18 +202,22 @@ class RequestStream:
                     pass
                 else:
                     self._unyielded += 1
-                    return event if self._decode is None else self._decoded(event)
+                    return event if self._as_is else self._decoded(event)
             self._unyielded = 0
             event = await self._receive.receive()  # a checkpoint
         except (anyio.EndOfStream, anyio.ClosedResourceError):
             self.close()  # read to the end: the same as closing it
             raise StopAsyncIteration from None
-        return event if self._decode is None else self._decoded(event)
+        return event if self._as_is else self._decoded(event)
 
     def _decoded(self, event: Event) -> Event:
         if event.type != "output":
+            if event.type == "partial" and self._partials is not None:
+                return self._partials.read(event)  # its merged deltas, joined
             return event
-        event = self._decode(event)  # type: ignore[misc]
+        if self._decode is None:
+            return event
+        event = self._decode(event)
         if event.type == "error":
             self.close()  # an output that could not be decoded ends the request here
         return event

@@ -16,6 +16,9 @@ then serves frames until the router goes away or says SHUTDOWN:
   comes (the router grants it as the items' downstream work leaves its queues). While it waits
   it does not count against ``concurrency``: the router lends its place to other work.
 
+A stage's ``altoflow.partial(delta)`` goes to the router as a PARTIAL frame, before the
+invocation's outputs and ACK.
+
 Frames out are coalesced and written once per event-loop turn, or at once when the invocation
 that wrote them was the only one running (nothing could join the write).
 """
@@ -40,8 +43,7 @@ from altoflow.runtime.fusion import FusedErrorBody, FusedRunner
 from altoflow.runtime.runner import StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
 
-_DATA = fr.Kind.DATA
-_CREDIT = fr.Kind.CREDIT
+_DATA, _CREDIT, _PARTIAL = fr.Kind.DATA, fr.Kind.CREDIT, fr.Kind.PARTIAL
 
 logger = logging.getLogger("altoflow.worker")
 
@@ -86,7 +88,7 @@ class Worker:
         self.waiting: dict[tuple[int, ...], asyncio.Future[None]] = {}
         self.runner: StageRunner | FusedRunner = StageRunner(
             self.spec, self.stage, fn, self._emit, barrier=barrier,
-            pace=self._pace if self.paced else None)
+            pace=self._pace if self.paced else None, partial=self._partial)
         if fuse is not None:
             # This fan-out folds its items into the aggregate `fuse` itself (runtime.fusion):
             # what goes out is that stage's result, as its own replica would send it.
@@ -130,6 +132,13 @@ class Worker:
     def _emit(self, anc: tuple[int, ...], value: Any) -> None:
         payload = Local(value) if self.local_out else self.codec.encode(value)
         self.writer.item(_DATA, self.stage_index, anc[0], anc[1:], payload)
+        self._queued()
+
+    def _partial(self, anc: tuple[int, ...], delta: str) -> None:
+        """The stage's ``altoflow.partial(delta)``: a PARTIAL frame, ahead of the invocation's
+        output and ACK on the same FIFO link. An inline replica hands the str over as it is."""
+        payload: Any = delta if type(self.writer) is FrameList else delta.encode("utf-8", "backslashreplace")
+        self.writer.item(_PARTIAL, self.stage_index, anc[0], anc[1:], payload)
         self._queued()
 
     def _status(self, kind: fr.Kind, anc: tuple[int, ...], status: Status, error: ErrorInfo | None) -> None:

@@ -6,7 +6,8 @@
   line. 413 for a body over ``max_body`` bytes; 422 for a body that is not a JSON object, nests
   deeper than request values may, or does not fit the request schema (the first
   ``MAX_ERRORS`` errors, and their count); 503 with ``Retry-After`` when the ingress is full. A
-  client that disconnects cancels its request.
+  client that disconnects cancels its request. With ``Accept: text/event-stream`` the same
+  events come as server-sent events instead (``altoflow.server.sse``).
 - ``GET /v1/graph``: ``altoflow compile --format json``'s document, plus ``outputs`` (the output
   stages) and ``request_schema`` (the request's JSON schema).
 - ``GET /healthz``: the ingress's health; 200 when its status is ``ok``, else 503.
@@ -61,8 +62,7 @@ from altoflow.runtime.metrics import CONTENT_TYPE as PROMETHEUS
 from altoflow.runtime.stream import RequestStream
 from altoflow.server.ingress import Ingress
 from altoflow.server.page import page_routes
-
-NDJSON = "application/x-ndjson"
+from altoflow.server.sse import NDJSON, SSE, sse_frame, wants_sse
 
 MAX_BODY = 1024 * 1024
 """The default limit of a ``POST /v1/run`` body, in bytes (``altoflow serve --max-body``)."""
@@ -134,7 +134,8 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
             retry_after = exc.retry_after
             return JSONResponse({"detail": str(exc)}, status_code=503,
                                 headers={"Retry-After": str(retry_after)})
-        return EventStreamResponse(stream, request_id, tracebacks=tracebacks)
+        return EventStreamResponse(stream, request_id, tracebacks=tracebacks,
+                                   sse=wants_sse(request.headers.get("accept", "")))
 
     async def get_graph(request: Request) -> Response:
         return JSONResponse(graph)
@@ -291,8 +292,8 @@ def _json_kind(value: Any) -> str:
 
 
 class EventStreamResponse:
-    """Streams a ``RequestStream`` as NDJSON, one write per event, and cancels the request
-    when the client goes away.
+    """Streams a ``RequestStream`` as NDJSON (or, with ``sse``, as server-sent events), one
+    write per event, and cancels the request when the client goes away.
 
     It listens for ``http.disconnect`` itself rather than trusting ``send`` to fail: with ASGI
     2.3 servers (uvicorn) a send to a closed connection is silently dropped, and a request whose
@@ -300,10 +301,11 @@ class EventStreamResponse:
     """
 
     def __init__(self, stream: RequestStream, request_id: str | None = None, *,
-                 tracebacks: bool = True) -> None:
+                 tracebacks: bool = True, sse: bool = False) -> None:
         self.stream = stream
         self.request_id = request_id
         self.tracebacks = tracebacks
+        self.sse = sse  # the same events as server-sent events (altoflow.server.sse)
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
@@ -333,7 +335,7 @@ class EventStreamResponse:
             "type": "http.response.start",
             "status": 200,
             "headers": [
-                (b"content-type", NDJSON.encode()),
+                (b"content-type", (SSE if self.sse else NDJSON).encode()),
                 (b"cache-control", b"no-cache"),
                 (b"x-accel-buffering", b"no"),  # tell proxies (nginx) not to buffer the stream
             ],
@@ -342,6 +344,8 @@ class EventStreamResponse:
         async for event in self.stream:
             line, ended = encode_event(event, request_id=self.request_id,
                                        tracebacks=self.tracebacks)
+            if self.sse:  # an output that had no JSON form became an error line, and ended
+                line = sse_frame("error" if ended and event.type != "done" else event.type, line)
             await send({"type": "http.response.body", "body": line, "more_body": True})
             if ended:
                 break
@@ -349,6 +353,8 @@ class EventStreamResponse:
             line, _ = encode_event(Event(
                 "error", None, {}, error="the request was cancelled before it ended (the server "
                 "is shutting down)", exc_type="Cancelled"), request_id=self.request_id)
+            if self.sse:
+                line = sse_frame("error", line)
             await send({"type": "http.response.body", "body": line, "more_body": True})
         await send({"type": "http.response.body", "body": b"", "more_body": False})
 

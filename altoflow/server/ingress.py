@@ -32,6 +32,7 @@ from altoflow.compiler import CompiledPipeline, load_target
 from altoflow.runtime.local import ensure_instances, execute
 from altoflow.runtime.metrics import ServerMetrics
 from altoflow.runtime.timeline import Recording, TimelineRecorder, plan_replicas, timeline_json
+from altoflow.runtime.partials import PartialBuffer
 from altoflow.runtime.stream import RequestStream
 
 logger = logging.getLogger("altoflow.server")
@@ -104,6 +105,7 @@ class _Request:
     scope: anyio.CancelScope
     started: float
     name: str  # its request id (X-Request-Id), for the log
+    partials: PartialBuffer
     state: SlotState = "running"
 
 
@@ -183,14 +185,15 @@ class LocalIngress:
         rid, self._next_id = self._next_id, self._next_id + 1
         # Unbounded buffer: the executor keeps every output of the request anyway (for its
         # Result), so a bound here would save nothing; max_inflight is what bounds memory.
+        # Partial events, which the executor does not keep, are bounded by req.partials.
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         req = _Request(rid, send, anyio.CancelScope(), anyio.current_time(),
-                       request_id or new_request_id())
+                       request_id or new_request_id(), PartialBuffer())
         self._requests[rid] = req
         self.stats.admitted += 1
         self._tg.start_soon(self._serve, req, values, self.timelines.begin(rid, req.name),
                             name=f"altoflow request {rid}")
-        return RequestStream(receive, lambda: self._stream_closed(req), rid)
+        return RequestStream(receive, lambda: self._stream_closed(req), rid, partials=req.partials)
 
     async def _serve(self, req: _Request, values: dict[str, Any], timeline: Recording | None) -> None:
         outcome = "cancelled"
@@ -222,6 +225,8 @@ class LocalIngress:
 
     def _on_event(self, req: _Request, event: Event) -> None:
         if event.type in ("output", "done"):
+            self._send(req, event)
+        elif event.type == "partial" and req.partials.offer(event):  # merged or capped otherwise
             self._send(req, event)
         # The executor's own error event is left out: _serve sends one built from the
         # StageError it raises next, whose ``detail`` is kept apart from the stage and ancestry.

@@ -21,7 +21,7 @@ without parsing protobuf. The router decodes every frame it reads: it routes on 
 the envelope, which its core hashes for the stages that keep state (see core.py); only the
 bare-forwarder baseline of benchmarks/router.py forwards raw frames.
 
-`encode_item` writes the per-item frames (DATA, ACK, OPEN, FLUSH, FLUSH_DONE, CANCEL, CREDIT) that the
+`encode_item` writes the per-item frames (DATA, ACK, OPEN, FLUSH, FLUSH_DONE, CANCEL, CREDIT, PARTIAL) that the
 router and the workers send, the same bytes as `encode_frame`, without protobuf; decoding reads
 such envelopes without protobuf too (`_decode_plain_envelope`). Both are on the path of every
 item, which is why they are written out by hand.
@@ -102,6 +102,11 @@ class Kind(IntEnum):
     HEARTBEAT is a replica's "still alive", sent every heartbeat interval; the router takes it
     as a sign of life and nothing more (and a replica ignores one from the router). CREDIT is
     the router's "the fan-out invocation at this ancestry may send FANOUT_CREDIT more outputs".
+
+    PARTIAL is a replica's ``altoflow.partial(delta)``: the payload is the delta as UTF-8, the
+    header and envelope name the request, stage and the ancestry of the input being worked on.
+    The router passes it to the request's events only: no stage gets it, and the core (credits,
+    progress) never sees it. It always travels before the output and the ACK of its invocation.
     """
 
     HELLO = 1
@@ -116,6 +121,7 @@ class Kind(IntEnum):
     OPEN = 11
     FLUSH_DONE = 12
     CREDIT = 13
+    PARTIAL = 14
 
 
 # Indexed by the kind byte: a tuple lookup is several times faster than Kind(byte).
@@ -427,7 +433,7 @@ def encode_frame(
 
 # The kinds `encode_item` takes: per-item frames whose body, if any, is optional.
 _ITEM_KINDS = frozenset((Kind.DATA, Kind.ACK, Kind.OPEN, Kind.FLUSH, Kind.FLUSH_DONE, Kind.CANCEL,
-                         Kind.CREDIT))
+                         Kind.CREDIT, Kind.PARTIAL))
 _BYTE = tuple(bytes((i,)) for i in range(256))
 _OPENED = b"\x38\x01"  # field 7, varint 1
 _FLUSH = Kind.FLUSH

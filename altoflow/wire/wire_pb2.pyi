@@ -21,6 +21,7 @@ class Kind(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     OPEN: _ClassVar[Kind]
     FLUSH_DONE: _ClassVar[Kind]
     CREDIT: _ClassVar[Kind]
+    PARTIAL: _ClassVar[Kind]
 
 class Status(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     __slots__ = ()
@@ -40,6 +41,7 @@ HEARTBEAT: Kind
 OPEN: Kind
 FLUSH_DONE: Kind
 CREDIT: Kind
+PARTIAL: Kind
 OK: Status
 DROPPED: Status
 FAILED: Status

@@ -189,8 +189,11 @@ def lm(pool: str) -> LM:
 
 @stage(output=True)
 async def answer(question: str) -> str:
-    """The LM's answer to the question, one paragraph."""
-    return (await lm("answer").complete(ANSWER_PROMPT.format(question=question), max_tokens=200, temperature=0)).strip()
+    """The LM's answer to the question, one paragraph, streamed to the client token by token
+    (``partial`` events) while the claims stage waits for the whole of it."""
+    text = await lm("answer").complete(ANSWER_PROMPT.format(question=question), partial=True,
+                                       max_tokens=200, temperature=0)
+    return text.strip()
 
 
 @stage(fanout="claim")

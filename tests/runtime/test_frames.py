@@ -313,6 +313,7 @@ def test_encode_item_writes_item_frames_without_encode_frame(monkeypatch: pytest
         encode_frame(Kind.ACK, stage=2, request_id=7, ancestry=(3, 300), status=1),
         encode_frame(Kind.FLUSH, stage=1, request_id=9, ancestry=(2**32 - 1,), opened=True),
         encode_frame(Kind.FLUSH_DONE, stage=1, request_id=9, ancestry=(5,), status=2),
+        encode_frame(Kind.PARTIAL, stage=3, request_id=9, ancestry=(0, 4), payload="tok é".encode()),
     ]
     monkeypatch.setattr(frames, "encode_frame", None)
     got = [
@@ -320,8 +321,13 @@ def test_encode_item_writes_item_frames_without_encode_frame(monkeypatch: pytest
         encode_item(Kind.ACK, 2, 7, (3, 300), status=1),
         encode_item(Kind.FLUSH, 1, 9, (2**32 - 1,), opened=True),
         encode_item(Kind.FLUSH_DONE, 1, 9, (5,), status=2),
+        encode_item(Kind.PARTIAL, 3, 9, (0, 4), "tok é".encode()),
     ]
     assert got == expected
+    # A stage's partial delta reads back as it was sent: request, stage, ancestry, the text.
+    (partial,) = FrameReader().feed(got[-1])
+    assert (partial.kind, partial.stage, partial.request_id, partial.ancestry) == (Kind.PARTIAL, 3, 9, (0, 4))
+    assert partial.payload.decode() == "tok é"
 
 
 def _varint(n: int) -> bytes:
