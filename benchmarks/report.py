@@ -413,8 +413,31 @@ def figure4(d: dict) -> list[str]:
     return lines + ["", "![Figure 4](../benchmarks/results/figure4.png)", ""]
 
 
+def faults(d: dict) -> list[str]:
+    st = d["settings"]
+    lines = _head("Faults and hostile inputs under load", d)
+    lines += [f"`altoflow serve benchmarks/apps/faults.py` (a fan-out, a map that may crash, a map, "
+              f"a TCP-remote map, an `ops.sum`) under Poisson load of {_fmt(st['rate'])} requests/s "
+              f"for {_fmt(st['duration'])} s per scenario; a request is correct when its outputs are "
+              f"`altoflow.run`'s, hung with no end in {_fmt(st['deadline'])} s; the scenarios and "
+              "the verdicts: the docstring of `benchmarks/faults.py`. Router RSS is the serve "
+              "process' own.", "",
+              "| scenario | tried | correct | clean error | hung | wrong | router RSS MB before / peak / after | clean errors |",
+              "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+    for r in d["scenarios"]:
+        kinds = ", ".join(f"{k} x{n}" for k, n in sorted(r["clean_kinds"].items())) or "-"
+        rss = " / ".join(f"{r[k] / 2**20:.0f}" for k in ("rss_before", "rss_peak", "rss_after"))
+        lines.append(f"| {r['scenario']} | {r['tried']} | {r['correct']} | {r['clean']} | "
+                     f"{r['hung']} | {r['wrong']} | {rss} | {kinds} |")
+    goals = d["goals"]
+    lines += ["", f"Goal 0 hung, 0 wrong: {'met' if goals['met'] else 'not met'} "
+                  f"({goals['hung']} hung, {goals['wrong']} wrong).", ""]
+    return lines
+
+
 SECTIONS = [("e2e", e2e), ("timeline", timeline), ("figure4", figure4), ("placement", placement),
-            ("router", router), ("executor", executor), ("frames", frames), ("retrieval", retrieval)]
+            ("router", router), ("executor", executor), ("frames", frames), ("retrieval", retrieval),
+            ("faults", faults)]
 
 
 def main() -> None:

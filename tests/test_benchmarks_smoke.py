@@ -110,3 +110,24 @@ def test_ray_benchmark_quick(tmp_path):
     for runs in record["runs"]["flagship"].values():
         assert len(runs) == 1 and runs[0]["requests_per_s"] > 0
     assert "hop p50 us" in proc.stdout and "flagship requests/s" in proc.stdout
+
+
+def test_faults_benchmark_quick(tmp_path):
+    out = tmp_path / "faults.json"
+    scenarios = ["baseline", "hostile-bodies"]
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "faults.py"), "--quick", "--duration", "1.5",
+         "--only", ",".join(scenarios), "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "faults"
+    assert [r["scenario"] for r in record["scenarios"]] == scenarios
+    for row in record["scenarios"]:
+        assert row["tried"] == row["correct"] + row["clean"] + row["hung"] + row["wrong"] > 0
+        assert 0 < row["rss_before"] <= row["rss_peak"]
+        assert f"{row['scenario']:<16} {row['tried']:>6} {row['correct']:>8}" in proc.stdout
+    hostile = record["scenarios"][1]
+    assert hostile["clean_kinds"].get("HTTP 422", 0) >= 1  # the bodies were sent and answered
+    assert "goal 0 hung, 0 wrong:" in proc.stdout

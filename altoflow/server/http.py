@@ -49,7 +49,7 @@ from typing import Any
 import anyio
 from starlette.applications import Starlette
 from starlette.middleware import Middleware
-from starlette.requests import Request
+from starlette.requests import ClientDisconnect, Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -66,6 +66,9 @@ from altoflow.server.sse import NDJSON, SSE, sse_frame, wants_sse
 
 MAX_BODY = 1024 * 1024
 """The default limit of a ``POST /v1/run`` body, in bytes (``altoflow serve --max-body``)."""
+#: Bytes of a body over the limit read (and thrown away) before its 413, so that a client that
+#: sends all of its body before it reads the answer gets the 413 rather than a reset.
+DISCARD_MAX = 64 * 1024 * 1024
 
 
 def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
@@ -101,8 +104,13 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
                 status_code=415)
         try:
             body = await _read_body(request, max_body)
-        except _TooLarge:
-            # The rest of the body is not read: the connection is closed after this answer.
+        except _TooLarge as exc:
+            # The connection is closed after this answer. Most clients (httpx, requests) send
+            # all of the body before they read the answer, and a close with the body unread
+            # resets the connection, losing the 413 with it: the rest is read and thrown away,
+            # up to DISCARD_MAX bytes (nothing of it is kept).
+            if exc.more:
+                await _discard(request, DISCARD_MAX)
             return JSONResponse(
                 {"detail": f"the body is larger than this server takes ({max_body} bytes; "
                            f"altoflow serve --max-body raises the limit)", "errors": []},
@@ -257,7 +265,9 @@ def _host_ok(name: str, server: tuple[str, int] | None, allowed: frozenset[str])
 
 
 class _TooLarge(Exception):
-    pass
+    def __init__(self, more: bool) -> None:
+        super().__init__()
+        self.more = more  # the client has more of the body to send
 
 
 async def _read_body(request: Request, limit: int) -> bytes:
@@ -265,13 +275,32 @@ async def _read_body(request: Request, limit: int) -> bytes:
     is announced (``Content-Length``) or not (chunked)."""
     length = request.headers.get("content-length", "")
     if length.isdigit() and int(length) > limit:
-        raise _TooLarge
+        raise _TooLarge(more=True)
     body = bytearray()
-    async for chunk in request.stream():
-        body += chunk
+    while True:
+        message = await request.receive()
+        if message["type"] != "http.request":
+            raise ClientDisconnect
+        body += message.get("body", b"")
+        more = message.get("more_body", False)
         if len(body) > limit:
-            raise _TooLarge
-    return bytes(body)
+            raise _TooLarge(more)
+        if not more:
+            return bytes(body)
+
+
+async def _discard(request: Request, most: int) -> None:
+    """Read the rest of a body that is over the limit, keeping none of it, unless it is (or
+    turns out to be) more than ``most`` bytes."""
+    length = request.headers.get("content-length", "")
+    if length.isdigit() and int(length) > most:
+        return
+    seen = 0
+    while seen <= most:
+        message = await request.receive()
+        if message["type"] != "http.request" or not message.get("more_body", False):
+            return  # the client went away, or sent it all
+        seen += len(message.get("body", b""))
 
 
 def _unprocessable(detail: str, errors: tuple[list[dict[str, Any]], int] = ([], 0)) -> JSONResponse:

@@ -10,7 +10,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, event, given, settings
 from hypothesis import strategies as st
 
 import altoflow as af
@@ -57,7 +57,10 @@ def _serve_and_compare(target: str, requests: list[dict], replicas=None, barrier
             handles = [sup.router.submit(fields) for fields in requests]
             return await asyncio.wait_for(asyncio.gather(*(_collect(h) for h in handles)), 60)
 
-    got = asyncio.run(serve())
+    _compare(target, requests, asyncio.run(serve()), expectations)
+
+
+def _compare(target: str, requests: list[dict], got: list, expectations: list) -> None:
     for fields, (outputs, events), (expected, error) in zip(requests, got, expectations):
         last = events[-1]
         if error is not None:
@@ -312,6 +315,55 @@ def test_random_pipelines_served_match_reference(tmp_path_factory, case, xs, pla
     names = load_target(target).compiled.plan.names
     inline = frozenset(n for n, here in zip(names, placement) if here)
     _serve_and_compare(target, [{"x": x} for x in xs], inline=inline)
+
+
+# A replica of a random aggregate stage is killed (kill -9) a random moment into the run: the
+# router replays the groups it held to its restarted replica, so every request still gets what
+# altoflow.run returns. Stages are slowed a little so that groups are open when the kill comes.
+@settings(max_examples=int(os.environ.get("ALTOFLOW_SERVED_EXAMPLES", "3")), deadline=None,
+          suppress_health_check=[HealthCheck.too_slow, HealthCheck.function_scoped_fixture])
+@given(case=__import__("randompipes").pipelines(max_stages=5),
+       xs=st.lists(st.integers(0, 50), min_size=1, max_size=4),
+       data=st.data())
+def test_random_pipelines_served_match_reference_when_an_aggregate_replica_is_killed(
+        tmp_path_factory, case, xs, data):
+    from dataclasses import replace
+
+    defs, _ = case
+    aggregates = [d for d in defs if d.kind in ("agg", "aggfan")]
+    assume(aggregates)
+    defs = [replace(d, delay=max(d.delay, 0.02)) for d in defs]
+    victim = data.draw(st.sampled_from(aggregates), label="victim")
+    after = data.draw(st.sampled_from([0.0, 0.02, 0.05]), label="kill after s")
+    pick = data.draw(st.integers(0, 2), label="which replica")  # drawn here: never from state
+    target = _write_random(tmp_path_factory.mktemp("app"), defs)
+    requests = [{"x": x} for x in xs]
+    expectations = [_expected(target, **fields) for fields in requests]
+    compiled = load_target(target).compiled
+
+    async def serve():
+        async with Supervisor(compiled, target) as sup:
+            await sup.wait_ready()
+            tasks = [asyncio.ensure_future(_collect(sup.router.submit(fields))) for fields in requests]
+            await asyncio.sleep(after)
+            # The victim's replicas that hold a group now (soon, if none does yet), if any.
+            holding: list[int] = []
+            for _ in range(100):
+                holding = sorted(rep.slot for rep in sup.router.core.replicas.values()
+                                 if rep.stage == victim.name and rep.state == "ready" and rep.groups)
+                if holding or all(t.done() for t in tasks):
+                    break
+                await asyncio.sleep(0.01)
+            candidates = holding or list(range(victim.replicas))
+            slot = candidates[pick % len(candidates)]
+            sup.kill(victim.name, slot)
+            got = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            story = sup.router.core.story()
+            event("groups replayed" if any(e.what == "replay" for e in story)
+                  else "no group open on the killed replica")
+            return got
+
+    _compare(target, requests, asyncio.run(serve()), expectations)
 
 
 # -- values that cross the wire -----------------------------------------------------------------

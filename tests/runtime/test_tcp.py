@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import shutil
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -47,6 +48,64 @@ def test_remote_replicas_over_tcp():
                 w.wait(timeout=30)  # they exit when the router goes away
 
     asyncio.run(main())
+
+
+def test_a_stopped_tcp_worker_is_marked_down_its_work_runs_elsewhere_and_sigcont_adds_nothing():
+    from altoflow.server.served import ServedIngress
+
+    def worker(port: int, slot: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "altoflow", "worker", "--target", TARGET, "--stage", "slow",
+             "--slot", str(slot), "--connect", f"127.0.0.1:{port}", "--heartbeat", "0.1"],
+            env={**os.environ, "ALTOFLOW_SECRET": "s3cret"}, stderr=subprocess.PIPE, text=True)
+
+    async def main():
+        ingress = ServedIngress(TARGET, listen=("127.0.0.1", 0), secret=b"s3cret",
+                                remote=frozenset({"slow"}), heartbeat=0.1)
+        sup = ingress.supervisor
+        await sup.__aenter__()
+        workers = [worker(sup.tcp_port, slot) for slot in range(2)]
+        try:
+            await sup.wait_ready(60)
+            # 48 invocations of 0.3 s on 2 x 4 credits: seconds of work, in flight on both.
+            handles = [ingress.submit({"n": 12, "delay": 0.3}) for _ in range(4)]
+            tasks = [asyncio.ensure_future(asyncio.wait_for(_events(h), 60)) for h in handles]
+            await asyncio.sleep(0.5)
+            os.kill(workers[0].pid, signal.SIGSTOP)
+            while ("slow", 0) not in sup.router.silent:  # 5 heartbeats of 0.1 s without a word
+                await asyncio.sleep(0.02)
+            health = ingress.health()
+            assert health["status"] == "degraded" and health["silent"] == ["slow#0"], health
+            assert health["replicas"]["slow"] == {"ready": 1, "desired": 2}
+            assert not all(t.done() for t in tasks)  # requests were still running when it woke
+            # Woken, it finds its connection closed and exits; what it had computed meanwhile
+            # never reaches a request (each output once: the sums are the reference's).
+            os.kill(workers[0].pid, signal.SIGCONT)
+            code = await asyncio.to_thread(workers[0].wait, 30)
+            assert code >= 0, "it exited on its own, not by a signal"
+            for events in await asyncio.gather(*tasks):
+                assert events[-1].type == "done", events[-1]
+                assert [e.value for e in events if e.type == "output"] == [sum(i * 10 for i in range(12))]
+            assert any(e.what == "redispatch" and e.stage == "slow" for e in sup.router.core.story())
+            # A worker for the slot connects again: healthy, and it serves.
+            workers[0] = worker(sup.tcp_port, 0)
+            await sup.wait_ready(60)
+            assert ingress.health()["status"] == "ok" and ingress.health()["silent"] == []
+            events = await asyncio.wait_for(_events(ingress.submit({"n": 6})), 30)
+            assert events[0].value == sum(i * 10 for i in range(6))
+        finally:
+            for w in workers:
+                if w.poll() is None:
+                    os.kill(w.pid, signal.SIGCONT)
+            await sup.stop()
+            for w in workers:
+                w.wait(timeout=30)
+
+    asyncio.run(main())
+
+
+async def _events(handle) -> list:
+    return [e async for e in handle]
 
 
 def test_a_replica_with_the_wrong_secret_is_turned_away():

@@ -16,6 +16,7 @@ import altoflow as af
 from altoflow import stage
 from altoflow.compiler._request import MAX_DEPTH, MAX_ERRORS
 from altoflow.server import LocalIngress, create_app, serve_in_thread
+from altoflow.server.http import DISCARD_MAX
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -185,8 +186,30 @@ def test_a_chunked_body_over_max_body_gets_413(url) -> None:
     assert resp.status_code == 413
 
 
-def test_reading_stops_at_max_body() -> None:
-    # Straight to the ASGI app: an endless body is read no further than the limit.
+@pytest.mark.parametrize("chunked", [False, True])
+def test_a_client_that_sends_all_of_a_large_body_reads_its_413(url, chunked) -> None:
+    # httpx, requests and urllib send the whole body before they read the answer: a server
+    # that closes with the body unread resets the connection, and the 413 is lost with it.
+    body = json.dumps({"blob": "x" * (32 * MAX_BODY)}).encode()
+
+    async def chunks():
+        for i in range(0, len(body), 65536):
+            yield body[i:i + 65536]
+
+    async def main() -> None:
+        async with httpx.AsyncClient(timeout=30) as client:
+            for _ in range(3):
+                resp = await client.post(url + "/v1/run", content=chunks() if chunked else body,
+                                         headers=JSON)
+                assert resp.status_code == 413, resp.text
+                assert "--max-body" in resp.json()["detail"]
+
+    anyio.run(main)
+
+
+def test_reading_an_endless_body_stops() -> None:
+    # Straight to the ASGI app: an endless body is kept no further than the limit, and read
+    # (thrown away, for the client's sake) no further than DISCARD_MAX past it.
     app = create_app(LocalIngress(measure), max_body=10_000)
     pulled = 0
     sent: list[dict] = []
@@ -207,7 +230,28 @@ def test_reading_stops_at_max_body() -> None:
                          (b"transfer-encoding", b"chunked")]}
     anyio.run(app, scope, receive, send)
     assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
-    assert pulled <= 11
+    assert pulled <= (10_000 + DISCARD_MAX) // 1000 + 2
+
+
+def test_a_body_announced_far_past_the_limit_is_not_read() -> None:
+    # Content-Length says it is more than DISCARD_MAX bytes over: answered 413 at once.
+    app = create_app(LocalIngress(measure), max_body=10_000)
+    sent: list[dict] = []
+
+    async def receive() -> dict:
+        raise AssertionError("read a body whose Content-Length is past what is discarded")
+
+    async def send(message: dict) -> None:
+        sent.append(message)
+
+    scope = {"type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1",
+             "method": "POST", "scheme": "http", "path": "/v1/run", "raw_path": b"/v1/run",
+             "query_string": b"", "root_path": "", "server": ("127.0.0.1", 8000),
+             "client": ("127.0.0.1", 5000),
+             "headers": [(b"host", b"127.0.0.1:8000"), (b"content-type", b"application/json"),
+                         (b"content-length", str(DISCARD_MAX + 1).encode())]}
+    anyio.run(app, scope, receive, send)
+    assert sent[0]["type"] == "http.response.start" and sent[0]["status"] == 413
 
 
 # -- Host and content type -------------------------------------------------------------------
