@@ -71,6 +71,26 @@ def _log_format() -> Any:
                              "level, logger, message, request_id, stage, ancestry, replica).")
 
 
+def _otel() -> Any:
+    return typer.Option(False, "--otel", envvar="ALTOFLOW_OTEL",
+                        help="OpenTelemetry spans of requests and stage invocations, exported as "
+                             "the OTEL_* variables say (OTLP by default); needs altoflow[otel].")
+
+
+def _enable_tracing(otel: bool) -> None:
+    """``--otel``: tracing on in this process, or exit 2 with what to install or fix."""
+    if not otel:
+        return
+    from altoflow import _tracing
+
+    try:
+        _tracing.enable()
+    except ImportError as exc:
+        _fail(f"--otel: {exc}", 2)
+    except ValueError as exc:
+        _fail(f"--otel: {exc}", 2)
+
+
 class GraphFormat(str, Enum):
     text = "text"
     json = "json"
@@ -172,6 +192,7 @@ def run(
                                         help="When a stage fails, print its traceback (on stderr)."),
     log_level: LogLevel = _log_level(LogLevel.warning),
     log_format: LogFormat = _log_format(),
+    otel: bool = _otel(),
 ) -> None:
     """Run one request in this process (the reference executor) and print its result as JSON.
 
@@ -184,6 +205,7 @@ def run(
     from altoflow._result import encode_event, jsonable
 
     _logging.configure(log_level.value, log_format.value)
+    _enable_tracing(otel)
 
     try:
         fields = json.loads(input)
@@ -286,6 +308,7 @@ def serve(
                                           "a socket."),
     log_level: LogLevel = _log_level(LogLevel.info),
     log_format: LogFormat = _log_format(),
+    otel: bool = _otel(),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run).
 
@@ -352,6 +375,7 @@ def serve(
     # The replicas (`python -m altoflow worker`) inherit the environment: the same logs.
     os.environ["ALTOFLOW_LOG_LEVEL"], os.environ["ALTOFLOW_LOG_FORMAT"] = (
         log_level.value, log_format.value)
+    _enable_tracing(otel)  # the supervisor then starts the replicas with --otel
     try:
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
@@ -477,6 +501,7 @@ def worker(
                                          "silent for 5 of them as down."),
     log_level: LogLevel = _log_level(LogLevel.info),
     log_format: LogFormat = _log_format(),
+    otel: bool = _otel(),
 ) -> None:
     """Run one replica of a stage, connected to a router (`serve` starts local ones for you).
 
@@ -488,6 +513,7 @@ def worker(
     from altoflow.runtime.worker import WorkerError, run_worker
 
     _logging.configure(log_level.value, log_format.value, replica=f"{stage}#{slot}")
+    _enable_tracing(otel)
     secret = _secret(secret_file)
     _cwd_on_path()
     try:

@@ -39,6 +39,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import anyio
 import anyio.to_thread
 
+from altoflow import _tracing
 from altoflow._errors import StageError, format_exception, user_traceback
 from altoflow._logging import REQUEST_ID, log_stage_failure
 from altoflow._result import Event, Result
@@ -61,8 +62,12 @@ class _Execution:
         fields: dict[str, Any],
         on_event: Callable[[Event], None] | None,
         stats: ServerMetrics | None = None,
+        trace: Any = None,
     ) -> None:
         self.plan = compiled.plan
+        # While tracing is on: the context of the request's span, the parent of stage spans.
+        self.trace = trace
+        self.replica_names: dict[int, str] = {}
         # No replica of its own can die: nothing is kept for a replay.
         self.core = RouterCore(self.plan, seed=0, replay_limit=0)
         self.on_event = on_event
@@ -83,6 +88,7 @@ class _Execution:
             fn = compiled.instances[sp.name].__call__ if spec.is_class else spec.obj
             for slot in range(sp.replicas):
                 self.runners[rid] = StageRunner(spec, sp, fn, functools.partial(self._output, rid, sp.name))
+                self.replica_names[rid] = f"{sp.name}#{slot}"
                 self._queue.append(ReplicaUp(rid, sp.name, slot))
                 self.inbox[rid], self.active[rid], self.limit[rid] = deque(), 0, sp.concurrency
                 rid += 1
@@ -159,7 +165,11 @@ class _Execution:
         try:
             while inbox:
                 ins, dispatched = inbox.popleft()
-                status, error = await runner.invoke(ins.ancestry, ins.args)
+                if self.trace is None:
+                    status, error = await runner.invoke(ins.ancestry, ins.args)
+                else:
+                    status, error = await runner.invoke_traced(ins.ancestry, ins.args, self.trace,
+                                                               self.replica_names[rid])
                 if status == "dropped" and error is not None:
                     _log_drop(error)
                 if self.stats is not None:
@@ -195,16 +205,29 @@ async def execute(
     *,
     on_event: Callable[[Event], None] | None = None,
     stats: ServerMetrics | None = None,
+    request_id: str | None = None,
 ) -> Result:
     """Run one request of a compiled pipeline in this process; ``on_event`` sees each event live.
 
     ``stats``, a server's metrics, counts the request's stage items, errors and invocation times,
-    and sees its queues while it runs (``LocalIngress`` passes its own).
+    and sees its queues while it runs (``LocalIngress`` passes its own). While tracing is on
+    (``altoflow._tracing``) the request has a span, a child of the current context, named by
+    ``request_id`` (``REQUEST_ID`` when None), and every invocation a span under it.
     """
     values = compiled.validate_request(fields)
     await ensure_instances(compiled)
-    ex = _Execution(compiled, values, on_event, stats)
-    await ex.run()
+    if _tracing.TRACER is None:
+        ex = _Execution(compiled, values, on_event, stats)
+        await ex.run()
+    else:
+        span = _tracing.start_request(compiled.plan.name, request_id or REQUEST_ID.get())
+        ex = _Execution(compiled, values, on_event, stats, trace=_tracing.context_of(span))
+        outcome = "cancelled"
+        try:
+            await ex.run()
+            outcome = "error" if ex.error is not None else "done"
+        finally:
+            _tracing.end_request(span, outcome, ex.error)
     if ex.error is not None:
         raise ex.error
     if on_event is not None:

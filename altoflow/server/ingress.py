@@ -187,7 +187,7 @@ class LocalIngress:
             with req.scope:
                 try:
                     await execute(self.compiled, values, on_event=lambda e: self._on_event(req, e),
-                                  stats=self.stats)
+                                  stats=self.stats, request_id=req.name)
                     outcome = "done"
                 except StageError as exc:
                     outcome = "error"
