@@ -382,7 +382,8 @@ def serve(
                                 remote=frozenset(remote), tls=tls,
                                 handshake_timeout=handshake_timeout, max_pending=max_pending,
                                 max_connections=max_connections, replay_limit=replay_limit,
-                                inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()))
+                                inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()),
+                                wait_ready=False)  # the port opens first; /healthz: starting
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:
@@ -395,7 +396,7 @@ def serve(
     names = [host, *allowed_host] if host not in ("0.0.0.0", "::", "") else list(allowed_host)
     app = create_app(ingress, max_body=max_body, allowed_hosts=names)
     app = _Banner(app, _banner(with_replicas(compiled, counts).plan, host, port, remote, inline),
-                  as_record=log_format is LogFormat.json)
+                  as_record=log_format is LogFormat.json, ingress=ingress)
     if not serve_with_grace(app, ingress, host=host, port=port, loop=loop, grace=grace,
                             log_level=log_level.value):
         raise typer.Exit(3)  # the startup failed (its message is above), as uvicorn exits
@@ -426,14 +427,16 @@ def _banner(plan: Any, host: str, port: int, remote: list[str], inline: list[str
 
 
 class _Banner:
-    """ASGI wrapper: prints ``banner`` on stderr once the app has started (every replica is
-    in), just before uvicorn listens; ``as_record``: as a log record instead (JSON logs stay
-    one object per line)."""
+    """ASGI wrapper: prints ``banner`` on stderr once the app has started and, with an
+    ``ingress`` that starts behind the open port, once every replica is in (a start that fails
+    prints none); ``as_record``: as a log record instead (JSON logs stay one object per line)."""
 
-    def __init__(self, app: Any, banner: str, as_record: bool = False) -> None:
+    def __init__(self, app: Any, banner: str, as_record: bool = False, ingress: Any = None) -> None:
         self.app = app
         self.banner = banner
         self.as_record = as_record
+        self.ingress = ingress
+        self._waiting: Any = None  # the task that prints it once the replicas are in
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
@@ -443,14 +446,30 @@ class _Banner:
         async def send_and_tell(message: Any) -> None:
             await send(message)
             if message["type"] == "lifespan.startup.complete":
-                if self.as_record:
-                    import logging
-
-                    logging.getLogger("altoflow.serve").info(self.banner)
+                if getattr(self.ingress, "wait_started", None) is None:
+                    self._tell()
                 else:
-                    typer.echo(self.banner, err=True)
+                    import asyncio
 
-        await self.app(scope, receive, send_and_tell)
+                    self._waiting = asyncio.get_running_loop().create_task(self._tell_when_started())
+
+        try:
+            await self.app(scope, receive, send_and_tell)
+        finally:
+            if self._waiting is not None:
+                self._waiting.cancel()
+
+    async def _tell_when_started(self) -> None:
+        if await self.ingress.wait_started():
+            self._tell()
+
+    def _tell(self) -> None:
+        if self.as_record:
+            import logging
+
+            logging.getLogger("altoflow.serve").info(self.banner)
+        else:
+            typer.echo(self.banner, err=True)
 
 
 def _check_port(option: str, port: int) -> None:
