@@ -96,6 +96,7 @@ class GraphFormat(str, Enum):
     json = "json"
     mermaid = "mermaid"
     dot = "dot"
+    svg = "svg"
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -175,12 +176,15 @@ def compile(
 
     altoflow compile app.py --format dot | dot -Tpng > graph.png
     """
-    from altoflow.compiler.render import FORMATS
+    from altoflow.compiler.render import FORMATS, terminal_width, to_text
 
     if show_graph and format is not GraphFormat.text:
         _fail(f"--show-graph prints the text picture; drop it, or drop --format {format.value}", 2)
     compiled = _load(target)
-    typer.echo(FORMATS[format.value](compiled.plan), nl=False)
+    if format is GraphFormat.text:  # as wide as the terminal (80 columns when not a terminal)
+        typer.echo(to_text(compiled.plan, terminal_width()), nl=False)
+    else:
+        typer.echo(FORMATS[format.value](compiled.plan), nl=False)
 
 
 @app.command()
