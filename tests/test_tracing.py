@@ -312,14 +312,17 @@ assert not loaded, loaded
     assert proc.returncode == 0, proc.stderr
 
 
-def test_otel_with_an_unknown_exporter_exits_2_naming_the_variable() -> None:
-    env = {**os.environ, "OTEL_TRACES_EXPORTER": "zipkin-please", "PYTHONPATH": str(TESTS.parent)}
-    proc = subprocess.run([sys.executable, "-m", "altoflow", "run", TRACED, "--otel",
-                           "--input", json.dumps({"text": "a"})],
-                          capture_output=True, text=True, env=env, timeout=60)
-    assert proc.returncode == 2
-    assert "OTEL_TRACES_EXPORTER='zipkin-please'" in proc.stderr
-    assert "otlp (the default), console or none" in proc.stderr
+def test_otel_with_an_unknown_exporter_exits_2_naming_the_variable(monkeypatch) -> None:
+    from typer.testing import CliRunner
+
+    from altoflow.cli import app
+
+    monkeypatch.setenv("OTEL_TRACES_EXPORTER", "zipkin-please")
+    result = CliRunner().invoke(app, ["run", TRACED, "--otel", "--input", json.dumps({"text": "a"})])
+    assert result.exit_code == 2
+    assert "OTEL_TRACES_EXPORTER='zipkin-please'" in result.stderr
+    assert "otlp (the default), console or none" in result.stderr
+    assert not altoflow.tracing.enabled()
 
 
 def test_altoflow_run_otel_exports_the_spans(tmp_path) -> None:
@@ -346,3 +349,17 @@ def _json_objects(text: str) -> list[str]:
             return out
         obj, pos = decoder.raw_decode(text, start)
         out.append(json.dumps(obj))
+
+
+def test_tracing_benchmark_runs_on_a_tiny_setting(tmp_path) -> None:
+    out = tmp_path / "tracing.json"
+    proc = subprocess.run([sys.executable, str(TESTS.parent / "benchmarks" / "tracing.py"), "--quick",
+                           "--out", str(out)], capture_output=True, text=True, timeout=120,
+                          cwd=TESTS.parent, env={**os.environ, "PYTHONPATH": str(TESTS.parent)})
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "tracing" and record["invocations"] == 3 * record["items"] + 2
+    assert [len(record["run_seconds"][v]) for v in ("off", "on")] == [record["repeat"]] * 2
+    assert set(record["frames"]) == {f"{op}_{kind}_us" for op in ("encode", "decode")
+                                     for kind in ("plain", "traced")}
+    assert "tracing on costs" in proc.stdout
