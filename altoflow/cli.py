@@ -72,11 +72,32 @@ def _log_format() -> Any:
                              "level, logger, message, request_id, stage, ancestry, replica).")
 
 
+def _otel() -> Any:
+    return typer.Option(False, "--otel", envvar="ALTOFLOW_OTEL",
+                        help="OpenTelemetry spans of requests and stage invocations, exported as "
+                             "the OTEL_* variables say (OTLP by default); needs altoflow[otel].")
+
+
+def _enable_tracing(otel: bool) -> None:
+    """``--otel``: tracing on in this process, or exit 2 with what to install or fix."""
+    if not otel:
+        return
+    from altoflow import _tracing
+
+    try:
+        _tracing.enable()
+    except ImportError as exc:
+        _fail(f"--otel: {exc}", 2)
+    except ValueError as exc:
+        _fail(f"--otel: {exc}", 2)
+
+
 class GraphFormat(str, Enum):
     text = "text"
     json = "json"
     mermaid = "mermaid"
     dot = "dot"
+    svg = "svg"
 
 
 def _fail(message: str, code: int) -> NoReturn:
@@ -156,12 +177,15 @@ def compile(
 
     altoflow compile app.py --format dot | dot -Tpng > graph.png
     """
-    from altoflow.compiler.render import FORMATS
+    from altoflow.compiler.render import FORMATS, terminal_width, to_text
 
     if show_graph and format is not GraphFormat.text:
         _fail(f"--show-graph prints the text picture; drop it, or drop --format {format.value}", 2)
     compiled = _load(target)
-    typer.echo(FORMATS[format.value](compiled.plan), nl=False)
+    if format is GraphFormat.text:  # as wide as the terminal (80 columns when not a terminal)
+        typer.echo(to_text(compiled.plan, terminal_width()), nl=False)
+    else:
+        typer.echo(FORMATS[format.value](compiled.plan), nl=False)
 
 
 @app.command()
@@ -177,6 +201,7 @@ def run(
              ".html is self-contained, .png needs matplotlib."),
     log_level: LogLevel = _log_level(LogLevel.warning),
     log_format: LogFormat = _log_format(),
+    otel: bool = _otel(),
 ) -> None:
     """Run one request in this process (the reference executor) and print its result as JSON.
 
@@ -191,6 +216,7 @@ def run(
     from altoflow._result import encode_event, jsonable
 
     _logging.configure(log_level.value, log_format.value)
+    _enable_tracing(otel)
 
     try:
         fields = json.loads(input)
@@ -364,6 +390,7 @@ def serve(
                                               "actors trust (default: --tls-cert itself)."),
     log_level: LogLevel = _log_level(LogLevel.info),
     log_format: LogFormat = _log_format(),
+    otel: bool = _otel(),
 ) -> None:
     """Serve a pipeline over HTTP: a router and one process per replica (POST /v1/run).
 
@@ -442,6 +469,7 @@ def serve(
     # The replicas (`python -m altoflow worker`) inherit the environment: the same logs.
     os.environ["ALTOFLOW_LOG_LEVEL"], os.environ["ALTOFLOW_LOG_FORMAT"] = (
         log_level.value, log_format.value)
+    _enable_tracing(otel)  # the supervisor then starts the replicas with --otel
     try:
         ingress = ServedIngress(target, replicas=counts, max_inflight=max_inflight, barrier=barrier,
                                 allow_pickle=allow_pickle, listen=address, secret=secret,
@@ -451,7 +479,8 @@ def serve(
                                 max_buffered=int(max_buffered_mib * 1024 * 1024),
                                 inline=frozenset(n.strip() for v in inline for n in v.split(",") if n.strip()),
                                 fuse=fuse, timeline=recorder, pin_requests=route_by_request,
-                                ray=ray_options)
+                                ray=ray_options,
+                                wait_ready=False)  # the port opens first; /healthz: starting
     except ValueError as exc:  # options that do not go together, e.g. --allow-pickle with --listen
         _fail(str(exc), 2)
     try:
@@ -465,7 +494,7 @@ def serve(
     app = create_app(ingress, max_body=max_body, allowed_hosts=names)
     app = _Banner(app, _banner(with_replicas(compiled, counts).plan, host, port, remote, inline,
                                on_ray=ray_options is not None),
-                  as_record=log_format is LogFormat.json)
+                  as_record=log_format is LogFormat.json, ingress=ingress)
     if not serve_with_grace(app, ingress, host=host, port=port, loop=loop, grace=grace,
                             log_level=log_level.value):
         raise typer.Exit(3)  # the startup failed (its message is above), as uvicorn exits
@@ -500,14 +529,16 @@ def _banner(plan: Any, host: str, port: int, remote: list[str], inline: list[str
 
 
 class _Banner:
-    """ASGI wrapper: prints ``banner`` on stderr once the app has started (every replica is
-    in), just before uvicorn listens; ``as_record``: as a log record instead (JSON logs stay
-    one object per line)."""
+    """ASGI wrapper: prints ``banner`` on stderr once the app has started and, with an
+    ``ingress`` that starts behind the open port, once every replica is in (a start that fails
+    prints none); ``as_record``: as a log record instead (JSON logs stay one object per line)."""
 
-    def __init__(self, app: Any, banner: str, as_record: bool = False) -> None:
+    def __init__(self, app: Any, banner: str, as_record: bool = False, ingress: Any = None) -> None:
         self.app = app
         self.banner = banner
         self.as_record = as_record
+        self.ingress = ingress
+        self._waiting: Any = None  # the task that prints it once the replicas are in
 
     async def __call__(self, scope: Any, receive: Any, send: Any) -> None:
         if scope["type"] != "lifespan":
@@ -517,14 +548,30 @@ class _Banner:
         async def send_and_tell(message: Any) -> None:
             await send(message)
             if message["type"] == "lifespan.startup.complete":
-                if self.as_record:
-                    import logging
-
-                    logging.getLogger("altoflow.serve").info(self.banner)
+                if getattr(self.ingress, "wait_started", None) is None:
+                    self._tell()
                 else:
-                    typer.echo(self.banner, err=True)
+                    import asyncio
 
-        await self.app(scope, receive, send_and_tell)
+                    self._waiting = asyncio.get_running_loop().create_task(self._tell_when_started())
+
+        try:
+            await self.app(scope, receive, send_and_tell)
+        finally:
+            if self._waiting is not None:
+                self._waiting.cancel()
+
+    async def _tell_when_started(self) -> None:
+        if await self.ingress.wait_started():
+            self._tell()
+
+    def _tell(self) -> None:
+        if self.as_record:
+            import logging
+
+            logging.getLogger("altoflow.serve").info(self.banner)
+        else:
+            typer.echo(self.banner, err=True)
 
 
 def _ray_options(ray: bool, address: Optional[str], tls_cert: Optional[str],
@@ -602,6 +649,7 @@ def worker(
                                          "silent for 5 of them as down."),
     log_level: LogLevel = _log_level(LogLevel.info),
     log_format: LogFormat = _log_format(),
+    otel: bool = _otel(),
 ) -> None:
     """Run one replica of a stage, connected to a router (`serve` starts local ones for you).
 
@@ -613,6 +661,7 @@ def worker(
     from altoflow.runtime.worker import WorkerError, run_worker
 
     _logging.configure(log_level.value, log_format.value, replica=f"{stage}#{slot}")
+    _enable_tracing(otel)
     secret = _secret(secret_file)
     _cwd_on_path()
     try:

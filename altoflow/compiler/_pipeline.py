@@ -63,6 +63,30 @@ class Pipeline:
     def __repr__(self) -> str:
         return f"Pipeline({self.name!r}, stages=[{', '.join(s.name for s in self.specs)}])"
 
+    def draw(self, format: str = "text", *, width: int | None = None) -> str:
+        """The graph, as ``altoflow compile --format`` prints it: ``text`` (wrapped at ``width``
+        columns, the terminal's by default), ``json``, ``mermaid``, ``dot`` or ``svg``.
+
+        Raises ``CompileError`` for a pipeline that does not compile, and ``ValueError`` for
+        another format.
+        """
+        from altoflow.compiler import render
+
+        if format not in render.FORMATS:
+            raise ValueError(f"Pipeline.draw(format={format!r}): take one of "
+                             f"{', '.join(map(repr, render.FORMATS))}")
+        if format == "text":
+            return render.to_text(self.compiled.plan, width or render.terminal_width())
+        return render.FORMATS[format](self.compiled.plan)
+
+    def _repr_svg_(self) -> str:
+        # A notebook shows a Pipeline as its graph (IPython's rich display); a pipeline that
+        # does not compile falls back to the plain repr, and the error shows when it is run.
+        try:
+            return self.draw("svg")
+        except Exception:  # noqa: BLE001  # a display hook must not raise
+            return None  # type: ignore[return-value]
+
 
 def _definition_order(obj: Any) -> tuple[str, int]:
     code = getattr(obj, "__code__", None) or getattr(getattr(obj, "__call__", None), "__code__", None)

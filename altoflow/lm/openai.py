@@ -5,6 +5,11 @@ A completion prompt (``str``) goes to ``POST {base_url}/completions``, a chat pr
 events and is passed on delta by delta. One :class:`httpx.AsyncClient` per engine pools the
 connections. Aborting a generation closes its HTTP response, which closes the connection; the
 servers named above stop generating for a request whose client has gone.
+
+While tracing is on (``altoflow serve --otel``; ``altoflow._tracing``), each generation is a
+``chat <model>`` or ``text_completion <model>`` span, a child of the span of the stage that
+asks for it, and its HTTP request carries that span's ``traceparent``, so the server's own
+spans join the trace.
 """
 
 from __future__ import annotations
@@ -15,6 +20,8 @@ from contextlib import aclosing
 from typing import Any
 
 import httpx
+
+from altoflow import _tracing
 
 from ._base import (
     LM,
@@ -162,11 +169,42 @@ class OpenAILM(LM):
             self.model = self.name = served[0]
         return self.model
 
-    async def _generate(
+    def _generate(
         self, prompt: str | tuple[ChatMessage, ...], sampling: Sampling
     ) -> AsyncGenerator[str, None]:
+        if _tracing.TRACER is None:
+            return self._stream(prompt, sampling, None)
+        return self._traced(prompt, sampling)
+
+    def _url(self, chat: bool) -> str:
+        return f"{self.base_url}/chat/completions" if chat else f"{self.base_url}/completions"
+
+    async def _traced(
+        self, prompt: str | tuple[ChatMessage, ...], sampling: Sampling
+    ) -> AsyncGenerator[str, None]:
+        """``_stream`` in a span of its own, whose context the HTTP request carries."""
         chat = not isinstance(prompt, str)
-        url = f"{self.base_url}/chat/completions" if chat else f"{self.base_url}/completions"
+        span, headers = _tracing.start_lm_call("chat" if chat else "text_completion",
+                                               await self._model_name(), self._url(chat))
+        failure: BaseException | None = None
+        n = 0
+        try:
+            async with aclosing(self._stream(prompt, sampling, headers)) as deltas:
+                async for delta in deltas:
+                    n += 1
+                    yield delta
+        except Exception as exc:
+            failure = exc
+            raise
+        finally:
+            _tracing.end_lm_call(span, failure, n)
+
+    async def _stream(
+        self, prompt: str | tuple[ChatMessage, ...], sampling: Sampling,
+        headers: dict[str, str] | None,
+    ) -> AsyncGenerator[str, None]:
+        chat = not isinstance(prompt, str)
+        url = self._url(chat)
         body: dict[str, Any] = {"model": await self._model_name(), "stream": True}
         if chat:
             body["messages"] = [m.as_dict() for m in prompt]  # type: ignore[union-attr]
@@ -175,7 +213,7 @@ class OpenAILM(LM):
         body.update(sampling.as_openai())
         body.update(self.extra_body)
         try:
-            async with self._client.stream("POST", url, json=body) as response:
+            async with self._client.stream("POST", url, json=body, headers=headers) as response:
                 if response.status_code >= 400:
                     text = (await response.aread()).decode("utf-8", "replace")
                     raise self._status_error(

@@ -27,6 +27,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
+from altoflow import _tracing
 from altoflow.compiler.plan import Plan, StagePlan
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.progress import Ancestry
@@ -158,6 +159,22 @@ class FusedRunner:
             self.b.groups.pop(anc, None)
             for table in (self._waiting, self._wake, self._failed, self._tasks):
                 table.pop(anc, None)
+
+    async def invoke_traced(self, anc: Ancestry, kwargs: dict[str, Any], parent: Any,
+                            replica: str) -> tuple[Status, ErrorInfo | None]:
+        """``invoke`` inside a ``stage`` span of ``A`` (``StageRunner.invoke_traced``); its one
+        output, when it ends well, is ``B``'s result for the group."""
+        plan = self.a.plan
+        span = _tracing.start_stage(parent, plan.name, replica, plan.levels_in, anc, len(plan.inputs))
+        token = _tracing.attach(_tracing.context_of(span))
+        status: Status = "cancelled"  # type: ignore[assignment]
+        error: ErrorInfo | None = None
+        try:
+            status, error = await self.invoke(anc, kwargs)
+            return status, error
+        finally:
+            _tracing.detach(token)
+            _tracing.end_stage(span, status, error, 1 if status == "ok" else 0)
 
     def invoke_now(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
         raise RuntimeError("a fused invocation always awaits; check runs_now first")

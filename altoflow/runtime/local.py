@@ -42,6 +42,7 @@ from typing import TYPE_CHECKING, Any, Callable
 import anyio
 import anyio.to_thread
 
+from altoflow import _tracing
 from altoflow._errors import StageError, format_exception, user_traceback
 from altoflow._logging import REQUEST_ID, log_stage_failure
 from altoflow._result import Event, Result, partial_event
@@ -66,11 +67,15 @@ class _Execution:
         on_event: Callable[[Event], None] | None,
         stats: ServerMetrics | None = None,
         timeline: tl.Recording | None = None,
+        trace: Any = None,
     ) -> None:
         self.plan = compiled.plan
         # Where each invocation starts and ends and each output appears (runtime.timeline);
         # replica ids are counted as timeline.plan_replicas expects.
         self.timeline = timeline
+        # While tracing is on: the context of the request's span, the parent of stage spans.
+        self.trace = trace
+        self.replica_names: dict[int, str] = {}
         # No replica of its own can die: nothing is kept for a replay.
         self.core = RouterCore(self.plan, seed=0, replay_limit=0)
         self.on_event = on_event
@@ -95,6 +100,7 @@ class _Execution:
             for slot in range(sp.replicas):
                 self.runners[rid] = StageRunner(spec, sp, fn, functools.partial(self._output, rid, sp.name),
                                                 partial=partial)
+                self.replica_names[rid] = f"{sp.name}#{slot}"
                 self._queue.append(ReplicaUp(rid, sp.name, slot, replay=False))
                 self.inbox[rid], self.active[rid], self.limit[rid] = deque(), 0, sp.concurrency
                 rid += 1
@@ -186,7 +192,11 @@ class _Execution:
                 ins, dispatched = inbox.popleft()
                 if self.timeline is not None:
                     self.timeline.add(time.perf_counter(), tl.code(tl.DISPATCH, rid), ins.ancestry)
-                status, error = await runner.invoke(ins.ancestry, ins.args)
+                if self.trace is None:
+                    status, error = await runner.invoke(ins.ancestry, ins.args)
+                else:
+                    status, error = await runner.invoke_traced(ins.ancestry, ins.args, self.trace,
+                                                               self.replica_names[rid])
                 if self.timeline is not None:
                     self.timeline.add(time.perf_counter(), tl.code(
                         tl.ACK, rid, tl.STATUS_CODES[status]), ins.ancestry)
@@ -226,6 +236,7 @@ async def execute(
     on_event: Callable[[Event], None] | None = None,
     stats: ServerMetrics | None = None,
     timeline: tl.Recording | None = None,
+    request_id: str | None = None,
 ) -> Result:
     """Run one request of a compiled pipeline in this process; ``on_event`` sees each event live,
     the stages' ``partial`` events included (which the ``Result`` leaves out).
@@ -233,17 +244,27 @@ async def execute(
     ``stats``, a server's metrics, counts the request's stage items, errors and invocation times,
     and sees its queues while it runs (``LocalIngress`` passes its own). ``timeline`` records
     when each invocation started and ended and each output appeared (``runtime.timeline``;
-    ``altoflow run --timeline`` draws it); it is told the outcome when the request ends.
+    ``altoflow run --timeline`` draws it); it is told the outcome when the request ends. While
+    tracing is on (``altoflow._tracing``) the request has a span, a child of the current
+    context, named by ``request_id`` (``REQUEST_ID`` when None), and every invocation a span
+    under it.
     """
     values = compiled.validate_request(fields)
     await ensure_instances(compiled)
-    ex = _Execution(compiled, values, on_event, stats, timeline)
+    span = None
+    if _tracing.TRACER is not None:
+        span = _tracing.start_request(compiled.plan.name, request_id or REQUEST_ID.get())
+    ex = _Execution(compiled, values, on_event, stats, timeline,
+                    trace=None if span is None else _tracing.context_of(span))
+    outcome = "cancelled"
     try:
         await ex.run()
+        outcome = "error" if ex.error is not None else "done" if ex.done.is_set() else "cancelled"
     finally:
         if timeline is not None:
-            timeline.end("error" if ex.error is not None else "done" if ex.done.is_set()
-                         else "cancelled")
+            timeline.end(outcome)
+        if span is not None:
+            _tracing.end_request(span, outcome, ex.error)
     if ex.error is not None:
         raise ex.error
     if on_event is not None:

@@ -63,8 +63,10 @@ class FrameList:
              payload: Any = b"", **fields: Any) -> None:
         self._frames.append(Frame(kind, stage, request_id, tuple(ancestry), payload, **fields))
 
-    def inputs(self, stage: int, request_id: int, ancestry: tuple[int, ...], parts: list[Any]) -> None:
-        self._frames.append(_Inputs(Kind.DATA, stage, request_id, tuple(ancestry), tuple(parts)))
+    def inputs(self, stage: int, request_id: int, ancestry: tuple[int, ...], parts: list[Any],
+               trace: bytes = b"") -> None:
+        self._frames.append(_Inputs(Kind.DATA, stage, request_id, tuple(ancestry), tuple(parts),
+                                    trace=trace))
 
     def flush(self) -> list[Frame]:
         frames, self._frames = self._frames, []

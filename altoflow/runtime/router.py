@@ -33,6 +33,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
+from altoflow import _tracing
 from altoflow._errors import Overloaded, user_traceback
 from altoflow._logging import log_stage_failure
 from altoflow._result import Event, done_event, output_event, partial_event
@@ -59,6 +60,7 @@ MAX_BUFFERED = 4 * 1024 * 1024
 
 _DATA, _ACK, _FLUSH_DONE, _HEARTBEAT = fr.Kind.DATA, fr.Kind.ACK, fr.Kind.FLUSH_DONE, fr.Kind.HEARTBEAT
 _PARTIAL = fr.Kind.PARTIAL
+_UNTRACED = (None, b"")  # a request admitted before tracing was turned on
 
 
 def _output_hint(spec: Any) -> Any:
@@ -261,6 +263,8 @@ class Router:
         # A request's id for the log (its X-Request-Id), and its latest failure from a replica
         # with that failure's traceback, for the error event if the failure ends the request.
         self._names: dict[int, str] = {}
+        # While tracing is on: request -> (its span, that span's context as DATA frames carry it).
+        self._traces: dict[int, tuple[Any, bytes]] = {}
         self._failures: dict[int, tuple[ErrorInfo, str]] = {}
         self.server: asyncio.AbstractServer | None = None
         # Replicas send a HEARTBEAT every `heartbeat` seconds; one silent for SILENT_BEATS of
@@ -419,6 +423,9 @@ class Router:
         self.streams[request] = channel
         if request_id is not None:
             self._names[request] = request_id
+        if _tracing.TRACER is not None:
+            span = _tracing.start_request(self.plan.name, request_id)
+            self._traces[request] = (span, _tracing.to_bytes(span))
         self._admitted[request] = now = time.perf_counter()
         self.timeline.begin(request, str(request) if request_id is None else request_id, now)
         self.stats.admitted += 1
@@ -465,7 +472,11 @@ class Router:
         self._apply(self.core.handle(Cancel(request)))
         self._schedule_flush()
 
-    def _finished(self, request: int, outcome: str) -> None:
+    def _finished(self, request: int, outcome: str, error: ErrorInfo | None = None) -> None:
+        if self._traces:
+            trace = self._traces.pop(request, None)
+            if trace is not None:
+                _tracing.end_request(trace[0], outcome, error)
         self._names.pop(request, None)
         self._failures.pop(request, None)
         started = self._admitted.pop(request)
@@ -659,7 +670,8 @@ class Router:
                 if conn is None:
                     continue  # it died; the core has been told (ReplicaDown) and re-routes
                 conn.writer.inputs(self.stage_index[ins.stage], anc[0], anc[1:],
-                                   [ins.args[p] for p in self.core.stages[ins.stage].params])
+                                   [ins.args[p] for p in self.core.stages[ins.stage].params],
+                                   self._traces.get(anc[0], _UNTRACED)[1] if self._traces else b"")
                 self._dirty.add(ins.replica)
             elif t is Emit:
                 channel = self.requests.get(ins.request)
@@ -683,7 +695,7 @@ class Router:
                                           e.stage, e.ancestry, e.detail, None)
                     channel.send_nowait(Event("error", e.stage, e.ancestry, error=e.detail,
                                               exc_type=e.exc_type, traceback=traceback))
-                    self._finished(ins.request, "error")
+                    self._finished(ins.request, "error", e)
                 channel.end()
             elif t is Open:
                 self._item(ins.replica, fr.Kind.OPEN, self.stage_index[ins.stage], ins.prefix)

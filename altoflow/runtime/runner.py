@@ -34,6 +34,7 @@ import anyio
 import anyio.lowlevel
 import anyio.to_thread
 
+from altoflow import _tracing
 from altoflow._errors import format_exception
 from altoflow._partial import _CURRENT, Mark, PartialCallback, PartialSink
 from altoflow._stage import DROP, StageSpec
@@ -133,8 +134,11 @@ class StageRunner:
             self._sink = PartialSink(self.partial)  # on the loop, on first use: it notes the loop
         return [self.name, anc, self._sink]
 
-    async def invoke(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
-        """Run the stage on one input; outputs go to ``emit`` the moment they exist."""
+    async def invoke(self, anc: Ancestry, kwargs: dict[str, Any],
+                     out: OutputCallback | None = None) -> tuple[Status, ErrorInfo | None]:
+        """Run the stage on one input; outputs go to ``emit`` (or ``out``) the moment they exist."""
+        if out is None:
+            out = self.emit
         mark = self._mark(anc)
         token = _CURRENT.set(mark)
         try:
@@ -146,10 +150,10 @@ class StageRunner:
                     return failed.status, failed.error
                 if value is DROP:
                     return "dropped", None
-                self.emit(anc, value)
+                out(anc, value)
                 return "ok", None
             held: list[tuple[Ancestry, Any]] | None = [] if self.barrier else None
-            emit = self.emit if held is None else (lambda a, v: held.append((a, v)))
+            emit = out if held is None else (lambda a, v: held.append((a, v)))
             try:
                 if self.spec.is_generator:
                     await self._fan_out(anc, kwargs, emit)
@@ -159,10 +163,34 @@ class StageRunner:
                 return failed.status, failed.error
             finally:
                 for a, v in held or ():
-                    self.emit(a, v)
+                    out(a, v)
         finally:
             mark.clear()  # the invocation is over: a late partial() is refused
             _CURRENT.reset(token)
+
+    async def invoke_traced(self, anc: Ancestry, kwargs: dict[str, Any], parent: Any,
+                            replica: str) -> tuple[Status, ErrorInfo | None]:
+        """``invoke`` inside a ``stage`` span, a child of the context ``parent`` (the request's
+        span), which is the current span while the stage's code runs (``altoflow._tracing``)."""
+        span = _tracing.start_stage(parent, self.plan.name, replica, self.plan.levels_in, anc,
+                                    len(self.plan.inputs))
+        emitted = 0
+        emit = self.emit
+
+        def counted(a: Ancestry, v: Any) -> None:
+            nonlocal emitted
+            emitted += 1
+            emit(a, v)
+
+        token = _tracing.attach(_tracing.context_of(span))
+        status: str = "cancelled"
+        error: ErrorInfo | None = None
+        try:
+            status, error = await self.invoke(anc, kwargs, counted)
+            return status, error  # type: ignore[return-value]
+        finally:
+            _tracing.detach(token)
+            _tracing.end_stage(span, status, error, emitted)
 
     @property
     def runs_now(self) -> bool:

@@ -34,6 +34,7 @@ import time
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
+from altoflow import _tracing
 from altoflow.compiler import CompiledPipeline
 from altoflow.wire import FANOUT_WINDOW, HANDSHAKE_TIMEOUT, Codec
 from altoflow.runtime.fusion import fusable
@@ -361,6 +362,8 @@ class Supervisor:
         if self.barrier:
             args.append("--barrier")
         args += ["--heartbeat", str(self.heartbeat)]
+        if _tracing.TRACER is not None:  # the router traces: so do its replicas
+            args.append("--otel")
         env = dict(os.environ)
         # glibc serves every block above its mmap threshold with a fresh mmap and unmaps it on
         # free, so a replica passing large payloads would map and fault in new pages per item;

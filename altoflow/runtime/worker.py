@@ -33,6 +33,7 @@ import sys
 from collections import deque
 from typing import Any, Callable
 
+from altoflow import _tracing
 from altoflow._errors import user_traceback
 from altoflow.compiler import load_target
 from altoflow import wire as fr
@@ -77,6 +78,7 @@ class Worker:
         self.stage_index = self.plan.names.index(stage)
         self.spec = self.compiled.specs[stage]
         self.slot = slot
+        self.replica = f"{stage}#{slot}"
         self.codec = codec
         self.annotations = {p.name: p.annotation for p in self.spec.params}
         fn = self.spec.obj().__call__ if self.spec.is_class else self.spec.obj
@@ -109,7 +111,7 @@ class Worker:
         self.tasks: dict[int, set[asyncio.Task]] = {}  # request id -> its running invocations
         self.running: dict[asyncio.Task, tuple[int, ...]] = {}  # invocation -> its ancestry
         # Inputs beyond `concurrency`, from a router that does not keep to its credits.
-        self.backlog: deque[tuple[tuple[int, ...], tuple[bytes, ...]]] = deque()
+        self.backlog: deque[tuple[tuple[int, ...], tuple[bytes, ...], bytes]] = deque()
         self._flush_scheduled = False
 
     # -- output ---------------------------------------------------------------------------
@@ -178,11 +180,11 @@ class Worker:
         if frame.kind is _DATA:
             # An invocation that waits for credit does not count: the router lends its place.
             if len(self.running) - len(self.waiting) < self.stage.concurrency:
-                self._start(anc, frame.parts())
+                self._start(anc, frame.parts(), frame.trace)
             else:
                 # The router keeps to the credits it gave (concurrency), so this only happens
                 # if a peer does not; the input waits for a free slot all the same.
-                self.backlog.append((anc, frame.parts()))
+                self.backlog.append((anc, frame.parts(), frame.trace))
         elif frame.kind is _CREDIT:
             if anc in self.credit:  # not for an invocation that has ended
                 self.credit[anc] += fr.FANOUT_CREDIT
@@ -203,7 +205,7 @@ class Worker:
             if self.backlog:
                 waiting = self.backlog
                 self.backlog = deque(w for w in waiting if w[0][0] != frame.request_id)
-                for anc_, _parts in waiting:
+                for anc_, _parts, _trace in waiting:
                     if anc_[0] == frame.request_id:
                         self._status(fr.Kind.ACK, anc_, "dropped", None)
         elif frame.kind == fr.Kind.READY:
@@ -237,8 +239,11 @@ class Worker:
                 self.stage.name, dict(zip(self.stage.route_key or [], anc[1:])),
                 f"cannot send the group's result: {exc}", type(exc).__name__)
 
-    def _start(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
-        if self.runner.runs_now:
+    def _start(self, anc: tuple[int, ...], parts: tuple[bytes, ...], trace: bytes = b"") -> None:
+        # A trace context (the router traces) is used only if this replica traces too.
+        if trace and _tracing.TRACER is None:
+            trace = b""
+        if not trace and self.runner.runs_now:
             # A short sync call: run it here and now, with no task (StageRunner.invoke_now).
             try:
                 status, error = self.runner.invoke_now(anc, self._kwargs(parts))
@@ -248,7 +253,7 @@ class Worker:
             return
         if self.paced:
             self.credit[anc] = fr.FANOUT_WINDOW
-        task = asyncio.get_running_loop().create_task(self._invoke(anc, parts))
+        task = asyncio.get_running_loop().create_task(self._invoke(anc, parts, trace))
         self.running[task] = anc
         tasks = self.tasks.get(anc[0])
         if tasks is None:
@@ -273,9 +278,13 @@ class Worker:
         while self.backlog and len(self.running) - len(self.waiting) < self.stage.concurrency:
             self._start(*self.backlog.popleft())
 
-    async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...]) -> None:
+    async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...], trace: bytes = b"") -> None:
         try:
-            status, error = await self.runner.invoke(anc, self._kwargs(parts))
+            if trace:
+                status, error = await self.runner.invoke_traced(
+                    anc, self._kwargs(parts), _tracing.from_bytes(trace), self.replica)
+            else:
+                status, error = await self.runner.invoke(anc, self._kwargs(parts))
         except asyncio.CancelledError:
             status, error = "dropped", None  # the request was cancelled: acknowledge, quietly
         except Exception as exc:
@@ -458,6 +467,7 @@ def run_worker(target: str, stage: str, slot: int = 0, *, connect: str, secret: 
         asyncio.run(worker.serve(connect, secret, tls, heartbeat))
     else:
         uvloop.run(worker.serve(connect, secret, tls, heartbeat))
+    _tracing.flush()  # before an os._exit, or the spans of the last invocations are lost
     if worker.runner.threads_busy:
         # Python waits for every thread at exit, and a sync stage's call may never end (or not
         # for an hour): a replica whose router has gone, or said SHUTDOWN, must not live on.

@@ -20,7 +20,9 @@
 Every request has an id: the client's ``X-Request-Id`` when it is 1 to 128 printable ASCII
 characters without spaces, else a new one (32 hex digits). Every answer carries it back in
 ``X-Request-Id``, the ``done`` or ``error`` line of ``POST /v1/run`` has it as ``request_id``,
-and every log record about the request has it (``altoflow._logging``).
+and every log record about the request has it (``altoflow._logging``). While tracing is on
+(``altoflow._tracing``), the request's W3C ``traceparent`` (and ``tracestate``) header is the
+parent of the request's span, whose ``altoflow.request_id`` attribute is that id.
 
 Every route answers 400 to a ``Host`` header that names neither the address the connection
 came in on, nor (on a loopback address) ``localhost``, nor one of ``allowed_hosts``: a web page
@@ -54,6 +56,7 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from altoflow import _tracing
 from altoflow._errors import InputError, Overloaded
 from altoflow._logging import REQUEST_ID, new_request_id, valid_request_id
 from altoflow._result import Event, encode_event
@@ -188,7 +191,8 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
 class RequestId:
     """ASGI middleware: gives every HTTP request its id (see the module's docstring), as
     ``scope["altoflow.request_id"]`` and ``REQUEST_ID`` for the request's task, and sends it
-    back in the ``X-Request-Id`` header of the answer."""
+    back in the ``X-Request-Id`` header of the answer. While tracing is on it also makes the
+    request's incoming trace context (``traceparent``) the current one for the request's task."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -208,9 +212,14 @@ class RequestId:
             await send(message)
 
         token = REQUEST_ID.set(request_id)
+        traced = None
+        if _tracing.TRACER is not None:
+            traced = _tracing.attach(_tracing.extract(scope["headers"]))
         try:
             await self.app(scope, receive, send_with_id)
         finally:
+            if traced is not None:
+                _tracing.detach(traced)
             REQUEST_ID.reset(token)
 
 

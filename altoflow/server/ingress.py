@@ -201,7 +201,7 @@ class LocalIngress:
             with req.scope:
                 try:
                     await execute(self.compiled, values, on_event=lambda e: self._on_event(req, e),
-                                  stats=self.stats, timeline=timeline)
+                                  stats=self.stats, timeline=timeline, request_id=req.name)
                     outcome = "done"
                 except StageError as exc:
                     outcome = "error"

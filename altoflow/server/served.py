@@ -3,6 +3,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import logging
 import ssl
 from typing import Any
 
@@ -14,12 +16,18 @@ from altoflow.runtime.supervisor import Supervisor
 from altoflow.runtime.timeline import TimelineRecorder
 from altoflow.wire import HANDSHAKE_TIMEOUT
 
+logger = logging.getLogger("altoflow.server")
+
 
 class ServedIngress:
     """The ``Ingress`` of the served runtime: a supervised router and its replica processes.
 
     ``async with`` starts them and waits until every replica has connected (a replica that
     cannot start, say because the target does not import, fails the start with its message).
+    With ``wait_ready=False`` (``altoflow serve``, whose HTTP port then opens at once) it
+    returns as soon as the router listens and the replicas are starting: until every replica
+    is in, ``health()`` says ``starting`` and ``submit`` raises ``Overloaded`` (503 with
+    ``Retry-After``); if the start fails, ``start_error`` holds why (``wait_started``).
     Output values are decoded as the consumer reads each request's stream, not in the router;
     with ``allow_pickle`` that is also where pickled values are loaded.
 
@@ -40,7 +48,8 @@ class ServedIngress:
                  heartbeat: float = 1.0, restart: bool = True,
                  inline: frozenset[str] = frozenset(), max_buffered: int = MAX_BUFFERED,
                  fuse: bool = True, timeline: TimelineRecorder | None = None,
-                 pin_requests: bool = False, ray: Any = None) -> None:
+                 pin_requests: bool = False, ray: Any = None,
+                 wait_ready: bool = True) -> None:
         self.supervisor = Supervisor(load_target(target).compiled, target, replicas=replicas,
                                      max_inflight=max_inflight, barrier=barrier,
                                      allow_pickle=allow_pickle, listen=listen, secret=secret,
@@ -52,18 +61,50 @@ class ServedIngress:
         self.compiled = self.supervisor.compiled
         self.router = self.supervisor.router
         self.ready_timeout = ready_timeout
+        self.wait_ready = wait_ready
         self.draining = False
+        self.started = False  # every replica has been in (the start is over)
+        self.start_error: BaseException | None = None
+        self._starting: asyncio.Task | None = None
 
     async def __aenter__(self) -> ServedIngress:
         await self.supervisor.__aenter__()
+        if not self.wait_ready:
+            self._starting = asyncio.get_running_loop().create_task(self._start())
+            return self
         try:
-            await self.supervisor.wait_ready(self.ready_timeout)
+            await self._wait()
         except BaseException:
             await self.supervisor.stop()
             raise
         return self
 
+    async def _wait(self) -> None:
+        try:
+            await self.supervisor.wait_ready(self.ready_timeout)
+        except asyncio.TimeoutError:
+            live, desired = self._counts()
+            raise RuntimeError(f"{live} of {desired} replicas connected within {self.ready_timeout:g} s; "
+                               f"a class stage's __init__ may still be loading (the replicas' logs "
+                               f"say), or a replica cannot reach the router") from None
+        self.started = True
+
+    async def _start(self) -> None:
+        try:
+            await self._wait()
+        except Exception as exc:
+            self.start_error = exc
+            logger.error("the server could not start: %s", exc)
+
+    async def wait_started(self) -> bool:
+        """Until the start is over: True once every replica is in, False if it failed."""
+        if self._starting is not None:
+            await asyncio.shield(self._starting)
+        return self.started
+
     async def __aexit__(self, *exc: Any) -> None:
+        if self._starting is not None and not self._starting.done():
+            self._starting.cancel()
         self.cancel_all()
         await self.supervisor.stop()
 
@@ -86,15 +127,29 @@ class ServedIngress:
         if self.draining:
             raise Overloaded("the server is shutting down and takes no new requests; send this "
                              "one to another server, or retry once it is back")
+        if not self.started:
+            if self.start_error is not None:
+                raise Overloaded(f"the server could not start ({self.start_error}) and is stopping")
+            live, desired = self._counts()
+            raise Overloaded(f"the server is starting: {live} of {desired} replicas are in; "
+                             f"retry in 1 s (GET /healthz says ok once it takes requests)")
         return self.router.submit(fields, request_id=request_id)
+
+    def _counts(self) -> tuple[int, int]:
+        live = self.router.ready()
+        return sum(live.values()), sum(s.replicas for s in self.compiled.plan.stages)
 
     def health(self) -> dict[str, Any]:
         live = self.router.ready()
         desired = {s.name: s.replicas for s in self.compiled.plan.stages}
         crash_loop = self.supervisor.crash_looping()
         silent = sorted(f"{stage}#{slot}" for stage, slot in self.router.silent)
-        status = "stopping" if self.draining or self.supervisor._stopping else (
-            "ok" if live == desired and not crash_loop and not silent else "degraded")
+        if self.draining or self.supervisor._stopping or self.start_error is not None:
+            status = "stopping"
+        elif not self.started:
+            status = "starting"
+        else:
+            status = "ok" if live == desired and not crash_loop and not silent else "degraded"
         return {
             "status": status,
             "runtime": "served",

@@ -63,6 +63,15 @@ class GracefulServer(uvicorn.Server):
         self.ingress = ingress
         self.grace = grace
         self.signalled_at: float | None = None  # time.monotonic() of the first signal
+        self.start_failed = False
+
+    async def on_tick(self, counter: int) -> bool:
+        # An ingress that starts behind the open port (ServedIngress(wait_ready=False)) and
+        # fails to: stop serving, as a failed lifespan startup would have.
+        if getattr(self.ingress, "start_error", None) is not None:
+            self.start_failed = True
+            return True
+        return await super().on_tick(counter)
 
     @contextlib.contextmanager
     def capture_signals(self) -> Iterator[None]:
@@ -114,9 +123,10 @@ class GracefulServer(uvicorn.Server):
 def serve_with_grace(app: Any, ingress: Drainable, *, host: str, port: int, grace: float,
                      loop: str = "auto", log_level: str = "info") -> bool:
     """Serve ``app`` on ``host:port`` until a signal, then shut down as the module's docstring
-    says; returns whether the server had started (``False``: its startup failed)."""
+    says; returns whether the server had started (``False``: its startup failed, or, for an
+    ingress that starts behind the open port, its ``start_error`` was set)."""
     # log_config=None: uvicorn's records go to the handler altoflow._logging.configure set.
     config = uvicorn.Config(app, host=host, port=port, loop=loop, log_level=log_level, log_config=None)
     server = GracefulServer(config, ingress, grace)
     server.run()
-    return server.started
+    return server.started and not server.start_failed

@@ -12,7 +12,8 @@ Every message between the router and a replica is one frame. All integers are li
     12      4     envelope size   u32  E
     16      8     request id      u64
     24      E     envelope        wire.proto Envelope: ancestry, part sizes, status or opened,
-                                  the body of a control frame; E = 0 when all are empty
+                                  the body of a control frame, a DATA frame's trace context
+                                  (only while tracing is on); E = 0 when all are empty
     24+E    rest  payload         opaque bytes, (de)serialised by codec.py in the workers only
 
 The fixed header says how long the frame is, what kind it is and which stage and request it
@@ -25,6 +26,10 @@ bare-forwarder baseline of benchmarks/router.py forwards raw frames.
 router and the workers send, the same bytes as `encode_frame`, without protobuf; decoding reads
 such envelopes without protobuf too (`_decode_plain_envelope`). Both are on the path of every
 item, which is why they are written out by hand.
+
+A DATA frame from the router carries `trace`, the W3C trace context of its request's span
+(`TRACE_CONTEXT_SIZE` bytes: trace id, span id, trace flags), only while tracing is on
+(`altoflow._tracing`); with tracing off the field is empty and no byte of it is sent.
 """
 
 from __future__ import annotations
@@ -49,6 +54,7 @@ __all__ = [
     "PROTOCOL_VERSION",
     "STATUS_CODES",
     "STATUS_NAMES",
+    "TRACE_CONTEXT_SIZE",
     "Body",
     "Challenge",
     "ErrorBody",
@@ -94,6 +100,8 @@ _U64 = 0xFFFF_FFFF_FFFF_FFFF
 STATUS_NAMES = ("ok", "dropped", "failed")
 STATUS_CODES = {name: code for code, name in enumerate(STATUS_NAMES)}
 _STATUS_MAX = len(STATUS_NAMES) - 1
+# A DATA frame's trace context: trace id (16 bytes), span id (8), trace flags (1).
+TRACE_CONTEXT_SIZE = 25
 
 
 class Kind(IntEnum):
@@ -214,6 +222,16 @@ def _body_problem(kind: int, body: object) -> str | None:
     return f"{Kind(kind).name} frames take a body of type {optional.__name__} or None, got {type(body).__name__}"
 
 
+def _trace_problem(kind: int, trace: bytes) -> str | None:
+    # Called only when a frame has a trace context.
+    if kind != Kind.DATA:
+        return f"only DATA frames carry a trace context, not {Kind(kind).name}"
+    if len(trace) != TRACE_CONTEXT_SIZE:
+        return (f"a trace context has {TRACE_CONTEXT_SIZE} bytes (trace id, span id, flags), "
+                f"not {len(trace)}")
+    return None
+
+
 def _flag_problem(kind: int, status: int, opened: bool) -> str | None:
     # Which kinds may set `status` and `opened`; called only when one of them is set.
     if status and kind not in _STATUS_KINDS:
@@ -231,7 +249,8 @@ class Frame(NamedTuple):
 
     `status` is the outcome that ACK and FLUSH_DONE report (an index into STATUS_NAMES);
     `opened` is FLUSH's instruction: True, the group was opened and emits its result; False,
-    its state is discarded. Every other kind has status 0 and opened False.
+    its state is discarded. Every other kind has status 0 and opened False. `trace` is a DATA
+    frame's trace context while tracing is on (`TRACE_CONTEXT_SIZE` bytes), else empty.
 
     Immutable like the events elsewhere, but a NamedTuple rather than a frozen dataclass: a
     reader builds one per frame, and a frozen dataclass of these fields took 1.5 us to build
@@ -247,6 +266,7 @@ class Frame(NamedTuple):
     body: Body = None
     status: int = 0
     opened: bool = False
+    trace: bytes = b""
 
     def parts(self) -> tuple[bytes, ...]:
         """The payload split into its parts (one per joined input); one part if unsplit."""
@@ -270,6 +290,7 @@ class Frame(NamedTuple):
             body=self.body,
             status=self.status,
             opened=self.opened,
+            trace=self.trace,
         )
 
 
@@ -394,6 +415,7 @@ def encode_frame(
     body: Body = None,
     status: int = 0,
     opened: bool = False,
+    trace: bytes = b"",
 ) -> bytes:
     """One frame as bytes. The keyword arguments are the fields of `Frame`.
 
@@ -416,9 +438,13 @@ def encode_frame(
         problem = _flag_problem(kind, status, opened)
         if problem is not None:
             raise LocalProtocolError(problem)
-    if ancestry or part_sizes or body is not None or status or opened:
+    if trace:
+        problem = _trace_problem(kind, trace)
+        if problem is not None:
+            raise LocalProtocolError(problem)
+    if ancestry or part_sizes or body is not None or status or opened or trace:
         try:
-            envelope = _encode_envelope(ancestry, part_sizes, body, status, opened)
+            envelope = _encode_envelope(ancestry, part_sizes, body, status, opened, trace)
         except (ValueError, TypeError) as exc:
             raise LocalProtocolError(
                 _envelope_problem(ancestry, part_sizes) or f"cannot encode the frame envelope: {exc}"
@@ -436,6 +462,7 @@ _ITEM_KINDS = frozenset((Kind.DATA, Kind.ACK, Kind.OPEN, Kind.FLUSH, Kind.FLUSH_
                          Kind.CREDIT, Kind.PARTIAL))
 _BYTE = tuple(bytes((i,)) for i in range(256))
 _OPENED = b"\x38\x01"  # field 7, varint 1
+_TRACE = b"\x6a" + bytes((TRACE_CONTEXT_SIZE,))  # field 13, length-delimited, 25 bytes
 _FLUSH = Kind.FLUSH
 
 
@@ -448,13 +475,15 @@ def encode_item(
     status: int = 0,
     part_sizes: tuple[int, ...] | list[int] = (),
     opened: bool = False,
+    trace: bytes = b"",
 ) -> bytes:
     """`encode_frame(kind, stage=, request_id=, ancestry=, payload=, status=, part_sizes=,
-    opened=)`, the same bytes.
+    opened=, trace=)`, the same bytes.
 
     The per-item path of the router and the workers: when the envelope holds at most the
-    ancestry, part sizes and a status or `opened` (each packed list under 128 bytes), it is
-    written here as protobuf writes it (packed fields 1 and 3, then field 6 or 7) instead of
+    ancestry, part sizes, a status or `opened` (each packed list under 128 bytes) and a DATA
+    frame's trace context, it is written here as protobuf writes it (packed fields 1 and 3,
+    then field 6 or 7, then field 13) instead of
     through a protobuf message and `encode_frame`'s checks (benchmarks/frames.py times both).
     Anything else goes through `encode_frame`, which also says what is wrong.
     """
@@ -483,6 +512,11 @@ def encode_item(
                     envelope += _OPENED
                 else:
                     envelope = None  # a flag its kind does not carry: encode_frame says so
+            if trace and envelope is not None:
+                if kind is Kind.DATA and len(trace) == TRACE_CONTEXT_SIZE:
+                    envelope += _TRACE + trace
+                else:
+                    envelope = None  # encode_frame says what is wrong
             if envelope is not None:
                 try:
                     header = _HEADER.pack(HEADER_SIZE + len(envelope) + len(payload), MAGIC, PROTOCOL_VERSION,
@@ -492,7 +526,7 @@ def encode_item(
                 else:
                     return header + envelope + payload if envelope else header + payload
     return encode_frame(kind, stage=stage, request_id=request_id, ancestry=ancestry, payload=payload,
-                        status=status, part_sizes=part_sizes, opened=opened)
+                        status=status, part_sizes=part_sizes, opened=opened, trace=trace)
 
 
 def _envelope_problem(ancestry: Sequence[int], part_sizes: Sequence[int]) -> str | None:
@@ -505,7 +539,8 @@ def _envelope_problem(ancestry: Sequence[int], part_sizes: Sequence[int]) -> str
 
 
 def _encode_envelope(
-    ancestry: Sequence[int], part_sizes: Sequence[int], body: Body, status: int, opened: bool
+    ancestry: Sequence[int], part_sizes: Sequence[int], body: Body, status: int, opened: bool,
+    trace: bytes = b"",
 ) -> bytes:
     env = wire_pb2.Envelope()
     if ancestry:
@@ -516,6 +551,8 @@ def _encode_envelope(
         env.status = status
     if opened:
         env.opened = True
+    if trace:
+        env.trace_context = bytes(trace)
     if body is None:
         pass
     elif type(body) is str:
@@ -572,7 +609,7 @@ def _decode_frame(t: tuple[int, ...], mv: memoryview, pos: int) -> Frame:
     payload = bytes(mv[stop : pos + length])
     plain = _decode_plain_envelope(mv, start, stop) if envelope_size else _EMPTY_ENVELOPE
     if plain is not None:
-        ancestry, part_sizes, status, opened = plain
+        ancestry, part_sizes, status, opened, trace = plain
         body: Body = None
         if kind in _REQUIRED_BODY:
             raise RemoteProtocolError(_body_problem(kind, None))
@@ -586,6 +623,7 @@ def _decode_frame(t: tuple[int, ...], mv: memoryview, pos: int) -> Frame:
         if problem is not None:
             raise RemoteProtocolError(problem)
         ancestry, part_sizes, status, opened = tuple(env.ancestry), tuple(env.part_sizes), env.status, env.opened
+        trace = env.trace_context
     if part_sizes and sum(part_sizes) != len(payload):
         raise RemoteProtocolError(
             f"part sizes add up to {sum(part_sizes)} bytes, but the payload has {len(payload)}"
@@ -596,8 +634,13 @@ def _decode_frame(t: tuple[int, ...], mv: memoryview, pos: int) -> Frame:
         problem = _flag_problem(kind, status, opened)
         if problem is not None:
             raise RemoteProtocolError(problem)
+    if trace:
+        problem = _trace_problem(kind, trace)
+        if problem is not None:
+            raise RemoteProtocolError(problem)
     return _tuple_new(
-        Frame, (_KIND_BY_BYTE[kind], stage, request_id, ancestry, payload, part_sizes, body, status, opened)
+        Frame, (_KIND_BY_BYTE[kind], stage, request_id, ancestry, payload, part_sizes, body, status, opened,
+                trace)
     )
 
 
@@ -607,17 +650,18 @@ def _decode_frame(t: tuple[int, ...], mv: memoryview, pos: int) -> Frame:
 # protobuf writes them: each field at most once, repeated fields packed, values in range.
 # Anything else (a body, unknown or reserved fields, other valid encodings, garbage) returns None
 # and goes to protobuf, so the result is always what protobuf would have read; a test checks it.
-_EMPTY_ENVELOPE = ((), (), 0, False)
-_TAG_ANCESTRY, _TAG_PART_SIZES, _TAG_STATUS, _TAG_OPENED = 0x0A, 0x1A, 0x30, 0x38
+_EMPTY_ENVELOPE = ((), (), 0, False, b"")
+_TAG_ANCESTRY, _TAG_PART_SIZES, _TAG_STATUS, _TAG_OPENED, _TAG_TRACE = 0x0A, 0x1A, 0x30, 0x38, 0x6A
 
 
 def _decode_plain_envelope(
     buf: memoryview, pos: int, stop: int
-) -> tuple[tuple[int, ...], tuple[int, ...], int, bool] | None:
+) -> tuple[tuple[int, ...], tuple[int, ...], int, bool, bytes] | None:
     ancestry: tuple[int, ...] = ()
     part_sizes: tuple[int, ...] = ()
     status = 0
     opened = False
+    trace = b""
     seen = 0
     while pos < stop:
         tag = buf[pos]
@@ -658,6 +702,12 @@ def _decode_plain_envelope(
             status = value
         elif tag == _TAG_OPENED and value <= 1:
             opened = value == 1
+        elif tag == _TAG_TRACE:
+            end = pos + value
+            if end > stop:
+                return None
+            trace = bytes(buf[pos:end])
+            pos = end
         else:
             return None
-    return ancestry, part_sizes, status, opened
+    return ancestry, part_sizes, status, opened, trace

@@ -199,13 +199,15 @@ class FrameWriter:
         self.write_nowait(encode_item(kind, stage, request_id, ancestry, payload, **fields))
 
     def inputs(self, stage: int, request_id: int, ancestry: tuple[int, ...],
-               parts: list[bytes]) -> None:
-        """Queue the DATA frame of one invocation's inputs, one payload part per parameter."""
+               parts: list[bytes], trace: bytes = b"") -> None:
+        """Queue the DATA frame of one invocation's inputs, one payload part per parameter, with
+        the request's trace context while tracing is on."""
         if len(parts) == 1:
-            self.write_nowait(encode_item(Kind.DATA, stage, request_id, ancestry, parts[0]))
+            self.write_nowait(encode_item(Kind.DATA, stage, request_id, ancestry, parts[0],
+                                          trace=trace))
         else:
             self.write_nowait(encode_item(Kind.DATA, stage, request_id, ancestry, b"".join(parts),
-                                          part_sizes=[len(p) for p in parts]))
+                                          part_sizes=[len(p) for p in parts], trace=trace))
 
     def flush(self) -> bytes:
         """Everything queued since the last flush, as one buffer (b"" when nothing is)."""

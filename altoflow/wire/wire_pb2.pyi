@@ -87,7 +87,7 @@ class ErrorBody(_message.Message):
     def __init__(self, message: _Optional[str] = ..., exc_type: _Optional[str] = ..., traceback: _Optional[str] = ...) -> None: ...
 
 class Envelope(_message.Message):
-    __slots__ = ("ancestry", "part_sizes", "status", "opened", "hello", "challenge", "ready", "error", "reason")
+    __slots__ = ("ancestry", "part_sizes", "status", "opened", "hello", "challenge", "ready", "error", "reason", "trace_context")
     ANCESTRY_FIELD_NUMBER: _ClassVar[int]
     PART_SIZES_FIELD_NUMBER: _ClassVar[int]
     STATUS_FIELD_NUMBER: _ClassVar[int]
@@ -97,6 +97,7 @@ class Envelope(_message.Message):
     READY_FIELD_NUMBER: _ClassVar[int]
     ERROR_FIELD_NUMBER: _ClassVar[int]
     REASON_FIELD_NUMBER: _ClassVar[int]
+    TRACE_CONTEXT_FIELD_NUMBER: _ClassVar[int]
     ancestry: _containers.RepeatedScalarFieldContainer[int]
     part_sizes: _containers.RepeatedScalarFieldContainer[int]
     status: Status
@@ -106,4 +107,5 @@ class Envelope(_message.Message):
     ready: Ready
     error: ErrorBody
     reason: str
-    def __init__(self, ancestry: _Optional[_Iterable[int]] = ..., part_sizes: _Optional[_Iterable[int]] = ..., status: _Optional[_Union[Status, str]] = ..., opened: bool = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., error: _Optional[_Union[ErrorBody, _Mapping]] = ..., reason: _Optional[str] = ...) -> None: ...
+    trace_context: bytes
+    def __init__(self, ancestry: _Optional[_Iterable[int]] = ..., part_sizes: _Optional[_Iterable[int]] = ..., status: _Optional[_Union[Status, str]] = ..., opened: bool = ..., hello: _Optional[_Union[Hello, _Mapping]] = ..., challenge: _Optional[_Union[Challenge, _Mapping]] = ..., ready: _Optional[_Union[Ready, _Mapping]] = ..., error: _Optional[_Union[ErrorBody, _Mapping]] = ..., reason: _Optional[str] = ..., trace_context: _Optional[bytes] = ...) -> None: ...

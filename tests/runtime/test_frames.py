@@ -314,6 +314,7 @@ def test_encode_item_writes_item_frames_without_encode_frame(monkeypatch: pytest
         encode_frame(Kind.FLUSH, stage=1, request_id=9, ancestry=(2**32 - 1,), opened=True),
         encode_frame(Kind.FLUSH_DONE, stage=1, request_id=9, ancestry=(5,), status=2),
         encode_frame(Kind.PARTIAL, stage=3, request_id=9, ancestry=(0, 4), payload="tok é".encode()),
+        encode_frame(Kind.DATA, stage=2, request_id=7, ancestry=(3,), payload=b"ab", trace=TRACE),
     ]
     monkeypatch.setattr(frames, "encode_frame", None)
     got = [
@@ -322,12 +323,35 @@ def test_encode_item_writes_item_frames_without_encode_frame(monkeypatch: pytest
         encode_item(Kind.FLUSH, 1, 9, (2**32 - 1,), opened=True),
         encode_item(Kind.FLUSH_DONE, 1, 9, (5,), status=2),
         encode_item(Kind.PARTIAL, 3, 9, (0, 4), "tok é".encode()),
+        encode_item(Kind.DATA, 2, 7, (3,), b"ab", trace=TRACE),
     ]
     assert got == expected
     # A stage's partial delta reads back as it was sent: request, stage, ancestry, the text.
-    (partial,) = FrameReader().feed(got[-1])
+    (partial,) = FrameReader().feed(got[4])
     assert (partial.kind, partial.stage, partial.request_id, partial.ancestry) == (Kind.PARTIAL, 3, 9, (0, 4))
     assert partial.payload.decode() == "tok é"
+
+
+TRACE = bytes(range(1, 26))  # a trace context: trace id, span id, flags
+
+
+def test_a_trace_context_goes_with_data_frames_only_and_comes_back() -> None:
+    data = encode_item(Kind.DATA, 2, 7, (3, 1), b"ab", trace=TRACE)
+    [frame] = FrameReader().feed(data)
+    assert (frame.trace, frame.ancestry, frame.payload) == (TRACE, (3, 1), b"ab")
+    assert wire_pb2.Envelope.FromString(data[HEADER_SIZE:-2]).trace_context == TRACE
+    assert Frame(Kind.DATA, ancestry=(3,), trace=TRACE).encode() == encode_item(Kind.DATA, 0, 0, (3,), trace=TRACE)
+    # Without tracing, not a byte of it: the frame is what it was before traces existed.
+    assert encode_item(Kind.DATA, 2, 7, (3, 1), b"ab") == encode_item(Kind.DATA, 2, 7, (3, 1), b"ab", trace=b"")
+    assert FrameReader().feed(encode_item(Kind.DATA, 2, 7, (3,), b"ab"))[0].trace == b""
+    with pytest.raises(LocalProtocolError, match="only DATA frames carry a trace context, not ACK"):
+        encode_item(Kind.ACK, 2, 7, (3,), trace=TRACE)
+    with pytest.raises(LocalProtocolError, match="a trace context has 25 bytes .*, not 3"):
+        encode_item(Kind.DATA, 2, 7, (3,), trace=b"abc")
+    short = wire_pb2.Envelope(trace_context=b"abc").SerializeToString()
+    header = pack_header(Kind.DATA, stage=0, request_id=0, envelope_size=len(short), payload_size=0)
+    with pytest.raises(RemoteProtocolError, match="a trace context has 25 bytes"):
+        FrameReader().feed(header + short)
 
 
 def _varint(n: int) -> bytes:
@@ -347,8 +371,11 @@ def envelope_fields(draw: st.DrawFn) -> bytes:
     # One field in any encoding protobuf accepts or refuses: packed or not, repeated or not,
     # values past the field's width, unknown and reserved fields (5 was a nested trace stamp),
     # a body, a cut-off end.
-    field = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 12, 21]))
+    field = draw(st.sampled_from([1, 2, 3, 4, 5, 6, 7, 12, 13, 21]))
     form = draw(st.sampled_from(["varint", "packed", "cut"]))
+    if field == 13 and form != "cut":  # a trace context, of the right size or not
+        body = draw(st.sampled_from([TRACE, b""]) | st.binary(max_size=30))
+        return b"\x6a" + _varint(len(body)) + body
     if field == 5:
         body = draw(st.binary(max_size=12))
         return b"\x2a" + _varint(len(body)) + body
@@ -399,16 +426,18 @@ def test_envelopes_are_read_as_protobuf_reads_them(
         and (not env.status or kind in (Kind.ACK, Kind.FLUSH_DONE))
         and (not env.opened or kind is Kind.FLUSH)
         and (not env.part_sizes or sum(env.part_sizes) == len(payload))
+        and (not env.trace_context or (kind is Kind.DATA and len(env.trace_context) == 25))
     )
     if kind in frames._OPTIONAL_BODY and env.WhichOneof("body") is not None:
         return  # whether the body fits the kind is checked in test_envelope_contents_...
     assert (frame is not None) == valid
     if frame is not None:
-        assert (frame.ancestry, frame.part_sizes, frame.status, frame.opened) == (
+        assert (frame.ancestry, frame.part_sizes, frame.status, frame.opened, frame.trace) == (
             tuple(env.ancestry),
             tuple(env.part_sizes),
             env.status,
             env.opened,
+            env.trace_context,
         )
 
 
@@ -757,9 +786,12 @@ def test_encode_item_writes_what_encode_frame_writes(
         except LocalProtocolError as exc:
             return ("error", str(exc))
 
-    fast = run(lambda: encode_item(kind, stage, request_id, ancestry, payload, status, part_sizes, opened))
+    trace = data.draw(st.sampled_from([b"", b"", TRACE, TRACE[:3]]))
+    fast = run(lambda: encode_item(kind, stage, request_id, ancestry, payload, status, part_sizes, opened,
+                                   trace))
     slow = run(lambda: encode_frame(kind, stage=stage, request_id=request_id, ancestry=ancestry,
-                                    payload=payload, status=status, part_sizes=part_sizes, opened=opened))
+                                    payload=payload, status=status, part_sizes=part_sizes, opened=opened,
+                                    trace=trace))
     assert fast == slow
 
 
