@@ -178,7 +178,6 @@ def clean_line(line: str) -> str:
 # -- the pipeline -------------------------------------------------------------------------------
 
 
-
 def lm(pool: str) -> LM:
     """The engine of this event loop for the LM stage ``pool``, from the ``ALTOFLOW_LM*`` variables.
 
@@ -186,6 +185,7 @@ def lm(pool: str) -> LM:
     the loop that made it, and ``altoflow.run`` starts a new loop for each request.
     """
     return loop_lm(pool)
+
 
 @stage(output=True)
 async def answer(question: str) -> str:

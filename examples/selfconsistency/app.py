@@ -97,13 +97,21 @@ def lm(pool: str) -> LM:
     """
     return loop_lm(pool)
 
+
+#: LM calls in flight at once per replica of ``reasoning``. Each request makes ``samples`` of
+#: them at once (8 by default), each a few seconds long; at the default of 64 for an async stage
+#: the stage would hold at most 8 requests' paths at a time and queue the rest, while the
+#: engines batch far more. The engines' own batch limit is what should bound them.
+PATHS_IN_FLIGHT = 1024
+
+
 @stage(fanout="path")
 def seeds(samples: Annotated[int, Field(ge=1, le=256)] = 8):
     """One item per reasoning path: its sampling seed."""
     yield from range(samples)
 
 
-@stage(output=True)
+@stage(output=True, concurrency=PATHS_IN_FLIGHT)
 async def reasoning(seeds: int, question: str, options: tuple[str, ...] = ()) -> dict:
     """One sampled reasoning path (every path is its own LM call, all of them at once)."""
     engine = lm("reasoning")

@@ -61,12 +61,12 @@ def test_a_stopped_tcp_worker_is_marked_down_its_work_runs_elsewhere_and_sigcont
 
     async def main():
         ingress = ServedIngress(TARGET, listen=("127.0.0.1", 0), secret=b"s3cret",
-                                remote=frozenset({"slow"}), heartbeat=0.1)
+                                remote=frozenset({"slow"}), heartbeat=0.1, wait_ready=False)
         sup = ingress.supervisor
-        await sup.__aenter__()
+        await ingress.__aenter__()  # listens at once; the workers come in below
         workers = [worker(sup.tcp_port, slot) for slot in range(2)]
         try:
-            await sup.wait_ready(60)
+            assert await ingress.wait_started()
             # 48 invocations of 0.3 s on 2 x 4 credits: seconds of work, in flight on both.
             handles = [ingress.submit({"n": 12, "delay": 0.3}) for _ in range(4)]
             tasks = [asyncio.ensure_future(asyncio.wait_for(_events(h), 60)) for h in handles]
