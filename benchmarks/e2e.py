@@ -128,8 +128,9 @@ class Server:
     """One system's server and its simulator, as subprocesses."""
 
     def __init__(self, app: str, system: str, profile: str, max_batch: int | None,
-                 placement: str = "inline") -> None:
+                 placement: str = "inline", fuse: bool = True) -> None:
         self.app, self.system, self.profile, self.placement = app, system, profile, placement
+        self.fuse = fuse  # False: altoflow serve --no-fuse (every stage's invocations show)
         self.sim_port, self.port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.sim_url = f"http://127.0.0.1:{self.sim_port}"
@@ -163,6 +164,8 @@ class Server:
             cmd += ["--inline", "all"]
         if self.system == "altoflow-barrier":
             cmd.append("--barrier")
+        if not self.fuse:
+            cmd.append("--no-fuse")
         return cmd
 
     async def ready(self, client: httpx.AsyncClient, timeout: float = 180.0) -> None:

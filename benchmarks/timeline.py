@@ -4,8 +4,9 @@
     python benchmarks/timeline.py --quick --out X.json  # tiny setting, what the test suite runs
 
 It serves the flagship claim verifier (examples/claimverify/app.py) twice at once, as
-benchmarks/e2e.py does (``altoflow serve --inline all`` on its own ``altoflow sim-lm --profile P``, the profile's
-replica counts), once streaming and once with ``--barrier``; warms each server up with a few
+benchmarks/e2e.py does (``altoflow serve --inline all --no-fuse`` on its own ``altoflow sim-lm
+--profile P``, the profile's replica counts; without fusion, so that ``bm25`` has bars of its
+own rather than being folded into ``query_tokens``), once streaming and once with ``--barrier``; warms each server up with a few
 requests (none with ``--quick``), then sends one request alone (X-Request-Id ``figure2-streaming`` or
 ``figure2-barrier``), fetches its recorded timeline from ``GET /v1/requests/{id}/timeline`` and
 draws the two side by side on one time axis (altoflow/_timeline_draw.py): one row per stage in
@@ -100,7 +101,9 @@ async def one_timeline(server: Server, client: httpx.AsyncClient, mode: str,
 
 async def both(profile: str, warmups: int) -> dict[str, Any]:
     """Both servers start at once (a start takes seconds); their requests run one at a time."""
-    servers = {mode: Server(APP, system, profile, None, "inline") for mode, system in MODES.items()}
+    # --no-fuse: query_tokens would fold its tokens into bm25 itself, and bm25 would have no bar.
+    servers = {mode: Server(APP, system, profile, None, "inline", fuse=False)
+               for mode, system in MODES.items()}
     runs = {}
     try:
         async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0)) as client:
@@ -144,7 +147,7 @@ def main(argv: list[str] | None = None) -> None:
         (f" --profile {args.profile}" if args.profile != "paper" else "")
     out: dict[str, Any] = {
         "benchmark": "timeline", "command": command, "app": APP, "profile": args.profile,
-        "settings": {"warmups": warmups, "placement": "inline"},
+        "settings": {"warmups": warmups, "placement": "inline", "fuse": False},
         "date": f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", "machine": machine(),
         "runs": {},
     }
