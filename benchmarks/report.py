@@ -26,8 +26,11 @@ def _load(name: str) -> dict | None:
 def _head(title: str, data: dict) -> list[str]:
     machine = data.get("machine", {})
     where = ", ".join(f"{k} {v}" for k, v in machine.items()) if isinstance(machine, dict) else machine
-    return [f"## {title}", "", f"Command: `{data.get('command', '?')}`  ", f"Date: {data.get('date', '?')}  ",
+    head = [f"## {title}", "", f"Command: `{data.get('command', '?')}`  ", f"Date: {data.get('date', '?')}  ",
             f"Machine: {where}", ""]
+    if data.get("conditions"):  # how the run was made, where the command does not say it all
+        head[-2:] = [f"Machine: {where}  ", f"Conditions: {data['conditions']}", ""]
+    return head
 
 
 def _fmt(x: float) -> str:
