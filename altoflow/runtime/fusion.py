@@ -28,7 +28,7 @@ from dataclasses import dataclass
 from typing import Any, Callable, Iterable
 
 from altoflow import _tracing
-from altoflow.compiler.plan import Plan, StagePlan
+from altoflow.compiler.plan import Plan
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.progress import Ancestry
 from altoflow.runtime.runner import StageRunner
@@ -65,8 +65,8 @@ class FusedErrorBody(ErrorBody):
 
 class FusedRunner:
     """``A``'s runner with ``B`` folded in: what a ``Worker`` of ``A`` runs when ``A`` fuses
-    into ``B``. ``emit_b`` sends ``B``'s result for a group; ``dropped`` logs ``B``'s dropped
-    items (the router logs the unfused ones)."""
+    into ``B``. ``B``'s runner emits its result for a group as ``B``'s output; ``dropped`` logs
+    ``B``'s dropped items (the router logs the unfused ones)."""
 
     runs_now = False  # every invocation awaits the fold's calls
 
@@ -79,10 +79,6 @@ class FusedRunner:
         self._wake: dict[Ancestry, asyncio.Event] = {}
         self._failed: dict[Ancestry, ErrorInfo] = {}
         self._tasks: dict[Ancestry, asyncio.Task] = {}
-
-    @property
-    def plan(self) -> StagePlan:
-        return self.a.plan
 
     def _take(self, anc: Ancestry, value: Any) -> None:
         """An item of A: folded into B's group now when B's call is short and nothing waits
