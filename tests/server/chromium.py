@@ -12,8 +12,10 @@ from __future__ import annotations
 import base64
 import itertools
 import json
+import os
 import re
 import shutil
+import signal
 import subprocess
 import tempfile
 import threading
@@ -41,13 +43,14 @@ class Browser:
         binary = find_chromium()
         if binary is None:
             raise RuntimeError(f"no Chromium on PATH (tried {', '.join(NAMES)})")
-        self.profile = tempfile.TemporaryDirectory(prefix="altoflow-chromium-")
+        self.profile = tempfile.mkdtemp(prefix="altoflow-chromium-")
         self.proc = subprocess.Popen(
             [binary, "--headless", "--no-sandbox", "--disable-gpu", "--no-first-run",
              "--disable-extensions", "--remote-debugging-port=0", "--remote-debugging-address=127.0.0.1",
-             f"--user-data-dir={self.profile.name}", f"--window-size={width},{height}",
+             f"--user-data-dir={self.profile}", f"--window-size={width},{height}",
              "about:blank"],
-            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+            start_new_session=True)  # its own group, so close() can end its helpers too
         self.log: list[str] = []
         port = self._devtools_port(timeout)
         threading.Thread(target=self._drain, daemon=True).start()
@@ -135,15 +138,37 @@ class Browser:
             f.write(base64.b64decode(shot["data"]))
 
     def close(self) -> None:
+        """End Chromium and every helper process it started, then remove its profile.
+
+        Chromium's zygote and renderer processes outlive the main one by a moment and go on
+        writing to the profile, so the whole process group is ended, and the profile removed
+        once nothing is left to write to it."""
         if getattr(self, "stack", None) is not None:
             self.stack.close()
-        self.proc.terminate()
+        self._signal_group(signal.SIGTERM)
         try:
             self.proc.wait(timeout=10)
         except subprocess.TimeoutExpired:
-            self.proc.kill()
-            self.proc.wait()
-        self.profile.cleanup()
+            pass
+        self._signal_group(signal.SIGKILL)
+        self.proc.wait()
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                shutil.rmtree(self.profile)
+                break
+            except FileNotFoundError:
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.1)  # a helper not yet reaped wrote one more file
+
+    def _signal_group(self, sig: signal.Signals) -> None:
+        try:
+            os.killpg(self.proc.pid, sig)
+        except ProcessLookupError:
+            pass
 
     def __enter__(self) -> Browser:
         return self
