@@ -36,6 +36,14 @@ statistics are recorded per run as differences. CPU: user+system seconds (from /
 ticks) of the server's whole process tree during the run, the simulator and the load generator
 excluded, divided by the requests completed.
 
+``--lm inprocess`` gives every system the simulated LM inside its own process instead
+(``ALTOFLOW_LM=sim``, ``ALTOFLOW_LM_PROFILE=P``; altoflow with ``--inline all`` only, so that
+each system holds one deployment of the profile): no ``sim-lm``, no HTTP client per LM call.
+The LM client is the same code in every system and costs more than any of them (py-spy:
+``--cpu-profile``), so its noise hides their differences; in process the CPU per request is
+the framework, the app's own code and the simulator's timers, and the systems' overheads above
+the floor stand out of the noise. It measures CPU; latencies are the same model's.
+
 Writes the JSON (``records``: one per app, system, profile, rate and repetition, with the
 fields ``app system profile rate rep p50_s p99_s first_output_p50_s throughput
 cpu_s_per_request``; ``ideal``: the low-load ideal of each app, streaming and barrier, per
@@ -128,8 +136,9 @@ class Server:
     """One system's server and its simulator, as subprocesses."""
 
     def __init__(self, app: str, system: str, profile: str, max_batch: int | None,
-                 placement: str = "inline", fuse: bool = True) -> None:
+                 placement: str = "inline", fuse: bool = True, lm: str = "http") -> None:
         self.app, self.system, self.profile, self.placement = app, system, profile, placement
+        self.lm = lm  # "http": an altoflow sim-lm subprocess; "inprocess": ALTOFLOW_LM=sim
         self.fuse = fuse  # False: altoflow serve --no-fuse (every stage's invocations show)
         self.sim_port, self.port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -138,14 +147,19 @@ class Server:
                "--port", str(self.sim_port), "--profile", profile]
         if max_batch is not None:
             sim += ["--max-batch", str(max_batch)]
-        env = {**os.environ, "PYTHONPATH": str(ROOT), "ALTOFLOW_LM": "openai",
-               "ALTOFLOW_LM_URL": f"{self.sim_url}/v1", "ALTOFLOW_LM_MODEL": "sim/{pool}",
-               "ALTOFLOW_RERANKER": "bm25"}
+        if lm == "inprocess":
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "ALTOFLOW_LM": "sim",
+                   "ALTOFLOW_LM_PROFILE": profile, "ALTOFLOW_RERANKER": "bm25"}
+        else:
+            env = {**os.environ, "PYTHONPATH": str(ROOT), "ALTOFLOW_LM": "openai",
+                   "ALTOFLOW_LM_URL": f"{self.sim_url}/v1", "ALTOFLOW_LM_MODEL": "sim/{pool}",
+                   "ALTOFLOW_RERANKER": "bm25"}
         self.logs = open(os.devnull, "w")  # noqa: SIM115 - closed in stop()
         # The server's stderr goes to a file, read if it exits: a pipe nobody reads fills up
         # (64 KiB of log lines) and then blocks the server on its next line.
         self.errors = tempfile.TemporaryFile()  # noqa: SIM115 - closed in stop()
-        self.sim = subprocess.Popen(sim, env=env, stdout=self.logs, stderr=self.logs, cwd=ROOT)
+        self.sim = (None if lm == "inprocess" else
+                    subprocess.Popen(sim, env=env, stdout=self.logs, stderr=self.logs, cwd=ROOT))
         self.proc = subprocess.Popen(self.command(), env=env, stdout=self.logs,
                                      stderr=self.errors, cwd=ROOT)
 
@@ -170,9 +184,11 @@ class Server:
 
     async def ready(self, client: httpx.AsyncClient, timeout: float = 180.0) -> None:
         deadline = time.monotonic() + timeout
-        for url in (f"{self.sim_url}/v1/models", f"{self.url}/healthz"):
+        urls = [f"{self.url}/healthz"] if self.sim is None else [
+            f"{self.sim_url}/v1/models", f"{self.url}/healthz"]
+        for url in urls:
             while True:
-                for proc in (self.sim, self.proc):
+                for proc in self.procs():
                     if proc.poll() is not None:
                         err = self.stderr_tail() if proc is self.proc else ""
                         raise SystemExit(f"e2e: {self.system} for {self.app} exited: {err}")
@@ -187,13 +203,18 @@ class Server:
         self.errors.seek(0)
         return self.errors.read().decode(errors="replace")[-size:]
 
-    async def sim_stats(self, client: httpx.AsyncClient) -> dict[str, Any]:
+    async def sim_stats(self, client: httpx.AsyncClient) -> dict[str, Any] | None:
+        if self.sim is None:
+            return None  # the engines are inside the server
         return (await client.get(f"{self.sim_url}/altoflow/stats")).json()
 
+    def procs(self) -> list[subprocess.Popen]:
+        return [self.proc] if self.sim is None else [self.proc, self.sim]
+
     def stop(self) -> None:
-        for proc in (self.proc, self.sim):
+        for proc in self.procs():
             proc.terminate()
-        for proc in (self.proc, self.sim):
+        for proc in self.procs():
             try:
                 proc.wait(timeout=15)
             except subprocess.TimeoutExpired:
@@ -240,10 +261,12 @@ async def warm(server: Server, client: httpx.AsyncClient, inputs: list[dict]) ->
 async def measure(server: Server, client: httpx.AsyncClient, inputs: list[dict], rate: float,
                   duration: float, rep: int) -> tuple[dict, dict]:
     sim_before = await server.sim_stats(client)
+    sim_cpu_before = tree_cpu(server.sim.pid) if server.sim is not None else {}
     before = tree_cpu(server.proc.pid)
     run = await run_load(http_target(server.url, client), inputs, rate=rate, duration=duration,
                          seed=rep, timeout=120.0)
     after = tree_cpu(server.proc.pid)
+    sim_cpu_s = cpu_between(sim_cpu_before, tree_cpu(server.sim.pid)) if server.sim is not None else None
     sim_after = await server.sim_stats(client)
     summary = run.summary()
     cpu_s = cpu_between(before, after)
@@ -251,12 +274,13 @@ async def measure(server: Server, client: httpx.AsyncClient, inputs: list[dict],
     detail = {key: record[key] for key in ("app", "system", "profile", "rate", "rep")} | {
         "sent": summary["sent"], "completed": summary["completed"], "errors": summary["errors"],
         "error_kinds": summary["error_kinds"], "dropped": summary["dropped"],
-        "cpu_s": cpu_s, "processes": len(after),
-        "sim": {key: sim_after[key] - sim_before[key]
-                for key in ("submitted", "finished", "aborted", "queued", "tokens")},
-        "sim_pools_queued": {name: pool["queued"] - sim_before["pools"][name]["queued"]
-                             for name, pool in sim_after["pools"].items()},
+        "cpu_s": cpu_s, "processes": len(after), "sim_cpu_s": sim_cpu_s,
     }
+    if sim_before is not None and sim_after is not None:
+        detail["sim"] = {key: sim_after[key] - sim_before[key]
+                         for key in ("submitted", "finished", "aborted", "queued", "tokens")}
+        detail["sim_pools_queued"] = {name: pool["queued"] - sim_before["pools"][name]["queued"]
+                                      for name, pool in sim_after["pools"].items()}
     return record, detail
 
 
@@ -287,7 +311,8 @@ async def series(app: str, profile: str, args: argparse.Namespace, out: dict) ->
     inputs = inputs_of(app)
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0), limits=limits) as client:
-        servers = {system: Server(app, system, profile, args.max_batch, args.placement)
+        servers = {system: Server(app, system, profile, args.max_batch, args.placement,
+                                  lm=args.lm)
                    for system in LIVE}
         try:
             t0 = time.monotonic()
@@ -322,7 +347,7 @@ def _progress(record: dict, detail: dict) -> None:
           f"rep {record['rep']} p50 {s(record['p50_s'])} p99 {s(record['p99_s'])} first "
           f"{s(record['first_output_p50_s'])} thr {s(record['throughput'])} cpu/req "
           f"{'-' if cpu is None else f'{cpu * 1000:.0f} ms'} errors {detail['errors']} "
-          f"queued {detail['sim']['queued']}", flush=True)
+          f"queued {detail['sim']['queued'] if 'sim' in detail else '-'}", flush=True)
 
 
 def _save(out: dict, path: Path) -> None:
@@ -377,11 +402,25 @@ def _collapsed_top(path: Path, n: int = 25) -> list[str]:
 
 
 async def cpu_profile(args: argparse.Namespace) -> None:
-    """py-spy on the router (the ``altoflow serve`` process) and its busiest worker, under load."""
-    app, profile, rate, seconds = "claimverify", "paper", args.profile_rate, args.profile_seconds
+    """py-spy on each of ``--apps`` under load, served by altoflow (its router and busiest
+    worker) and by the LangGraph twin, one after the other; writes e2e_profile.txt."""
+    profile, rate, seconds = args.profiles[0], args.profile_rate, args.profile_seconds
+    lines = [f"py-spy record -r 100 --gil --nolineno (samples of the thread holding the GIL), "
+             f"profile {profile}, altoflow placement {args.placement}, reranker bm25, Poisson "
+             f"{rate} req/s for {seconds} s each; {datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}",
+             ""]
+    for app in args.apps:
+        for system in ("altoflow", "langgraph"):
+            lines += await _profile_one(args, app, system, profile, rate, seconds)
+    (args.out.parent / "e2e_profile.txt").write_text("\n".join(lines) + "\n")
+    print(f"wrote {args.out.parent / 'e2e_profile.txt'}")
+
+
+async def _profile_one(args: argparse.Namespace, app: str, system: str, profile: str,
+                       rate: float, seconds: float) -> list[str]:
     inputs = inputs_of(app)
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0)) as client:
-        server = Server(app, "altoflow", profile, args.max_batch, args.placement)
+        server = Server(app, system, profile, args.max_batch, args.placement, lm=args.lm)
         try:
             await server.ready(client)
             before = tree_cpu(server.proc.pid)
@@ -390,7 +429,7 @@ async def cpu_profile(args: argparse.Namespace) -> None:
             workers = {pid: cpu - before.get(pid, 0.0) for pid, cpu in after.items()
                        if pid != server.proc.pid}
             tmp = args.out.parent
-            spies = {"router": (server.proc.pid, tmp / "e2e_profile_router.collapsed")}
+            spies = {"server": (server.proc.pid, tmp / "e2e_profile_server.collapsed")}
             worker_cmd = ""
             if workers:  # none with --placement inline: every replica is in the router's process
                 busiest = max(workers, key=workers.get)
@@ -398,30 +437,33 @@ async def cpu_profile(args: argparse.Namespace) -> None:
                     worker_cmd = f.read().replace("\0", " ").strip()
                 spies["worker"] = (busiest, tmp / "e2e_profile_worker.collapsed")
             procs = [subprocess.Popen(["py-spy", "record", "-p", str(pid), "-d", str(int(seconds)),
-                                       "-r", "100", "--gil", "-f", "raw", "-o", str(path)],
+                                       "-r", "100", "--gil", "--nolineno", "-f", "raw", "-o",
+                                       str(path)],
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for pid, path in spies.values()]
+            before = tree_cpu(server.proc.pid)
             run = await run_load(http_target(server.url, client), inputs, rate=rate,
                                  duration=seconds, seed=0)
+            after = tree_cpu(server.proc.pid)
             for proc in procs:
                 proc.wait(timeout=60)
         finally:
             server.stop()
     summary = run.summary()
-    lines = [f"py-spy record -r 100 --gil (samples of the thread holding the GIL) on altoflow "
-             f"serve examples/{app}/app.py (profile {profile}, placement {args.placement}, "
-             f"reranker bm25), Poisson {rate} req/s for {seconds} s: {summary['completed']} "
-             f"requests, p50 {summary['latency_s']['p50']:.3f} s; "
-             f"{datetime.now(timezone.utc):%Y-%m-%d %H:%M UTC}", ""]
-    for name, (pid, path) in spies.items():
-        what = "the router (altoflow serve's own process)" if name == "router" else \
-            f"the busiest worker during warm-up: {worker_cmd}"
-        lines += [f"== {name}: {what}", ""]
+    cpu = cpu_between(before, after) / max(summary["completed"], 1)
+    command = " ".join(server.command()[1:]).replace(str(HERE) + "/", "benchmarks/")
+    lines = []
+    for name, (_pid, path) in spies.items():
+        what = f"{app} on {system}: " + (
+            f"{command} (the server's own process)" if name == "server" else
+            f"the busiest worker during warm-up: {worker_cmd}")
+        lines += [f"== {what}", "",
+                  f"{summary['completed']} requests, p50 {summary['latency_s']['p50']:.3f} s, "
+                  f"CPU {cpu * 1000:.1f} ms per request (every process of the server)", ""]
         lines += _collapsed_top(path) if path.exists() else ["(py-spy wrote nothing)"]
         lines.append("")
         path.unlink(missing_ok=True)
-    (args.out.parent / "e2e_profile.txt").write_text("\n".join(lines) + "\n")
-    print(f"wrote {args.out.parent / 'e2e_profile.txt'}")
+    return lines
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -439,6 +481,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--placement", choices=("inline", "processes"), default="inline",
                         help="altoflow's replicas: all in the router's process (--inline all), or "
                         "each in its own process")
+    parser.add_argument("--lm", choices=("http", "inprocess"), default="http",
+                        help="the simulated LM: an altoflow sim-lm subprocess per system over "
+                        "HTTP, or inside each system's process (measures the systems' CPU without "
+                        "the LM client's; --placement inline only)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny: the claim verifier, paper profile, 1 req/s for 3 s, 1 rep")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "e2e.json")
@@ -446,11 +492,15 @@ def main(argv: list[str] | None = None) -> None:
                         help="where the PNGs go (default: next to --out)")
     parser.add_argument("--plots-only", action="store_true")
     parser.add_argument("--cpu-profile", action="store_true",
-                        help="only profile the claim verifier's router and busiest worker with "
-                        "py-spy (writes e2e_profile.txt next to --out)")
+                        help="only profile each of --apps (under the first of --profiles) with "
+                        "py-spy, on altoflow (its router and busiest worker) and on the LangGraph "
+                        "twin (writes e2e_profile.txt next to --out)")
     parser.add_argument("--profile-rate", type=float, default=3.0)
     parser.add_argument("--profile-seconds", type=float, default=20.0)
     args = parser.parse_args(argv)
+    if args.lm == "inprocess" and (args.placement != "inline" or args.max_batch is not None):
+        parser.error("--lm inprocess needs --placement inline (one deployment of the profile "
+                     "per system) and the profile's own batch limit (no --max-batch)")
     if args.cpu_profile:
         asyncio.run(cpu_profile(args))
         return
@@ -478,7 +528,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "settings": {"apps": args.apps, "profiles": args.profiles, "rates": args.rates,
                      "reps": args.reps, "duration_s": args.duration, "max_batch": args.max_batch,
-                     "placement": args.placement,
+                     "placement": args.placement, "lm": args.lm,
                      "reranker": "bm25", "systems": list(SYSTEMS)},
         "simulator": simulator(),
         "series": [f"{p}/{a}" for p, a in pairs],

@@ -338,6 +338,9 @@ def _e2e_profile() -> list[str]:
             section, shown = line, 0
             keep += ["", line[3:], ""]
             continue
+        if section and " requests, p50 " in line:
+            keep += [line, ""]
+            continue
         if section and line.startswith("self %"):
             shown = 1
             keep.append("    " + line)
@@ -347,7 +350,8 @@ def _e2e_profile() -> list[str]:
             shown += 1
         elif shown and not line.strip():
             shown = 0
-    return ["### Where altoflow's CPU goes (py-spy, `python benchmarks/e2e.py --cpu-profile`)", "",
+    return ["### Where the CPU goes, altoflow beside LangGraph (py-spy, "
+            "`python benchmarks/e2e.py --cpu-profile --profiles paper`)", "",
             text[0], "", "The top entries by own samples (`Runner.run` is the event loop itself, uvloop's C "
             "code, polling and callbacks); the whole output is benchmarks/results/e2e_profile.txt.", *keep, ""]
 

@@ -53,6 +53,7 @@ paper's. docs/simulator.md has the full account, and what each profile does at 1
 
 from __future__ import annotations
 
+import asyncio
 import copy
 import hashlib
 import heapq
@@ -841,12 +842,26 @@ def _cut(tokens: list[str], sampling: Sampling) -> tuple[list[str], str]:
 
 
 class _Inbox:
-    __slots__ = ("tokens", "finished", "event")
+    __slots__ = ("tokens", "finished", "event", "loop")
 
-    def __init__(self) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.tokens: deque[int] = deque()
         self.finished = False
         self.event: anyio.Event | None = None
+        self.loop = loop  # the asyncio loop of the stream waiting on it (None: not asyncio)
+
+
+class _Ticker:
+    """One timer per pool: at the pool's next deadline it runs the pool and wakes the streams
+    that got tokens. Streams then wait on their inbox alone; without it, each of N streams
+    slept until the pool's deadline on a timeout of its own, and all N woke at every step."""
+
+    __slots__ = ("handle", "loop", "at")
+
+    def __init__(self) -> None:
+        self.handle: asyncio.TimerHandle | None = None
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.at = math.inf
 
 
 class _Engines:
@@ -859,8 +874,17 @@ class _Engines:
             name: SimPool(profile.pool(name).timing_of(timing), profile.pool(name).engines)
             for name in profile.pool_names()
         }
+        self.tickers = {id(pool): _Ticker() for pool in self.pools.values()}
         self.inboxes: dict[int, _Inbox] = {}
         self.ids = itertools.count()
+
+
+def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
+    """The running asyncio loop; None under trio (through anyio)."""
+    try:
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 class SimulatedLM(LM):
@@ -999,7 +1023,8 @@ class SimulatedLM(LM):
         engines = self._engines
         core = engines.pools[name]
         rid = next(engines.ids)
-        inbox = engines.inboxes[rid] = _Inbox()
+        loop = _asyncio_loop()
+        inbox = engines.inboxes[rid] = _Inbox(loop)
         self._pump(core)
         core.submit(rid, prompt=plan.prompt_tokens, n_out=len(plan.tokens), now=self._clock())
         try:
@@ -1009,13 +1034,19 @@ class SimulatedLM(LM):
                     yield plan.tokens[inbox.tokens.popleft()]
                 if inbox.finished:
                     return
-                deadline = core.next_deadline()
                 inbox.event = anyio.Event()
-                # Sleep until the pool's next deadline, or until another stream's pump hands us
-                # tokens (it sets the event), whichever comes first.
-                wait = math.inf if deadline is None else max(deadline - self._clock(), 0.0)
-                with anyio.move_on_after(wait):
+                if loop is not None:
+                    # The pool's ticker wakes us when tokens are due (or another stream's pump
+                    # hands them over first).
+                    self._tick_at(core, loop)
                     await inbox.event.wait()
+                else:
+                    # Not asyncio: sleep until the pool's next deadline, or until another
+                    # stream's pump hands us tokens (it sets the event).
+                    deadline = core.next_deadline()
+                    wait = math.inf if deadline is None else max(deadline - self._clock(), 0.0)
+                    with anyio.move_on_after(wait):
+                        await inbox.event.wait()
                 inbox.event = None
         finally:
             del engines.inboxes[rid]
@@ -1032,5 +1063,30 @@ class SimulatedLM(LM):
                 inbox.tokens.append(instruction.index)
             else:
                 inbox.finished = True
-            if inbox.event is not None:
-                inbox.event.set()
+            event = inbox.event
+            if event is not None:
+                inbox.event = None  # woken once: its stream makes a new one
+                if inbox.loop is None or inbox.loop is _asyncio_loop():
+                    event.set()
+                elif not inbox.loop.is_closed():  # a stream of another thread's loop
+                    inbox.loop.call_soon_threadsafe(event.set)
+
+    def _tick_at(self, core: SimPool, loop: asyncio.AbstractEventLoop) -> None:
+        """Have ``core``'s ticker fire at the pool's next deadline, on ``loop``."""
+        deadline = core.next_deadline()
+        if deadline is None:
+            return
+        ticker = self._engines.tickers[id(core)]
+        if ticker.handle is not None:
+            if ticker.loop is loop and ticker.at <= deadline:
+                return  # it fires first anyway
+            ticker.handle.cancel()
+        ticker.at, ticker.loop = deadline, loop
+        ticker.handle = loop.call_later(max(deadline - self._clock(), 0.0), self._tick, core, loop)
+
+    def _tick(self, core: SimPool, loop: asyncio.AbstractEventLoop) -> None:
+        ticker = self._engines.tickers[id(core)]
+        ticker.handle, ticker.at = None, math.inf
+        self._pump(core)
+        self._tick_at(core, loop)  # while the pool runs, its streams are due more tokens
+

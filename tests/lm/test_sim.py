@@ -311,6 +311,28 @@ async def test_concurrent_streams_each_get_their_own_text() -> None:
     assert lm.stats().running == 0
 
 
+def test_one_engine_serves_event_loops_one_after_another() -> None:
+    """``altoflow.run`` starts a loop per request: an engine made in one goes on in the next,
+    also after a loop that ended with a stream left half-read."""
+    import asyncio
+
+    lm = SimulatedLM(FAST)
+    prompts = [f"{QUERIES_PROMPT} {i}" for i in range(6)]
+
+    async def some(ps: list[str], leave_one: bool) -> dict[str, str]:
+        async def one(p: str) -> tuple[str, str]:
+            return p, await lm.complete(p)
+
+        if leave_one:  # a stream read once and never closed, as a crashed stage leaves it
+            deltas = lm.stream(LONG_PROMPT, max_tokens=None)
+            await deltas.__aenter__()
+        return dict(await asyncio.wait_for(asyncio.gather(*(one(p) for p in ps)), TIMEOUT))
+
+    first = asyncio.run(some(prompts[:3], leave_one=True))
+    second = asyncio.run(some(prompts[3:], leave_one=False))
+    assert {**first, **second} == {p: lm.plan(p).text for p in prompts}
+
+
 # A prompt whose simulated answer is long (407 words at seed 0), so that an aborted generation is
 # told apart from a finished one by a wide margin.
 LONG_PROMPT = "Tell me the long history of the river Thames, part 125."
