@@ -496,7 +496,11 @@ class Router:
         if rec is None:
             return None
         replicas = self.core.replicas
-        return tl.timeline_json(rec, self.plan, lambda rid: (replicas[rid].stage, replicas[rid].slot))
+        plan, count = self.plan, self.core.count
+        if any(count[s.name] != s.replicas for s in plan.stages):  # rescaled: today's counts
+            plan = plan.model_copy(update={"stages": [
+                s.model_copy(update={"replicas": count[s.name]}) for s in plan.stages]})
+        return tl.timeline_json(rec, plan, lambda rid: (replicas[rid].stage, replicas[rid].slot))
 
     def live_slots(self) -> set[tuple[str, int]]:
         """(stage, slot) of every connected replica."""
