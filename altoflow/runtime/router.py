@@ -276,6 +276,8 @@ class Router:
         # A replica on a slot that a rescale removed is done: drained (it is told SHUTDOWN), or
         # down while draining. `on_drained(stage, slot)` tells the supervisor not to start it again.
         self.on_drained = on_drained
+        # Slots a rescale added whose replica has not connected yet: starting, not down.
+        self._grown: set[tuple[str, int]] = set()
         self.silent: dict[tuple[str, int], int] = {}  # (stage, slot) -> connection id marked down
         self._quiet: dict[int, int] = {}  # connection id -> checks in a row with nothing heard
         self._heartbeat_task: asyncio.Task | None = None
@@ -515,6 +517,13 @@ class Router:
                 live[conn.stage] += 1
         return live
 
+    def starting(self) -> dict[str, int]:
+        """Per stage, the slots a rescale added whose replica has not connected yet."""
+        out = {s.name: 0 for s in self.plan.stages}
+        for stage, _slot in self._grown:
+            out[stage] += 1
+        return out
+
     def desired(self) -> dict[str, int]:
         """Each stage's replica count now (the plan's, or the latest ``rescale``)."""
         return dict(self.core.count)
@@ -534,6 +543,9 @@ class Router:
                              f"replica), not {replicas!r}")
         old = self.core.count[stage]
         self._apply(self.core.handle(Rescale(stage, replicas)))
+        live = self.core.slots[stage]
+        self._grown = {(s, slot) for s, slot in self._grown if s != stage or slot < replicas}
+        self._grown |= {(stage, slot) for slot in range(old, replicas) if slot not in live}
         if old != replicas:
             logger.info("stage %s: %d -> %d replicas", stage, old, replicas)
         self._schedule_flush()
@@ -627,6 +639,7 @@ class Router:
         conn.rid, conn.stage = next(self._rids), hello.stage
         conn.index = self.stage_index[hello.stage]
         self.silent.pop((hello.stage, hello.slot), None)
+        self._grown.discard((hello.stage, hello.slot))
         self.conns[conn.rid] = conn
         conn.writer.send_nowait(fr.Kind.READY, body=fr.Ready(self.stage_index[hello.stage], proof))
         self._dirty.add(conn.rid)

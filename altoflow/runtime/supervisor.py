@@ -231,6 +231,7 @@ class Supervisor:
         # inline Worker's task, or True (a Ray actor, in self._ray.replicas).
         self._placed: dict[tuple[str, int], Any] = {}
         self._address = ""  # where Ray actors connect back to
+        self._rescaling = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._inline_tasks: set[asyncio.Task] = set()  # inline replicas' Worker.serve
         self._stopping = False
@@ -294,6 +295,10 @@ class Supervisor:
         a remote stage's come with ``altoflow worker --slot N``), and each removed slot's
         replica drains, then stops, and is not restarted. Returns the stage's slots
         (``core.SlotState``); ``ValueError`` for an unknown stage or a bad count."""
+        async with self._rescaling:  # one at a time: each places and stops by its own count
+            return await self._rescale(stage, replicas)
+
+    async def _rescale(self, stage: str, replicas: int) -> list[Any]:
         if self._stopping:
             raise RuntimeError("the server is stopping: it scales nothing")
         if stage in self.router.core.stages and stage not in self.remote:
@@ -496,7 +501,7 @@ class Supervisor:
             self._ray.restart(stage, slot)  # Ray starts the actor again
         for child in self.children:
             if (child.stage, child.slot) == (stage, slot) and child.process is not None \
-                    and child.process.returncode is None and not child.retired:
+                    and child.process.returncode is None:
                 child.process.send_signal(signal.SIGKILL)
 
     def crash_looping(self) -> list[str]:

@@ -158,6 +158,7 @@ class ServedIngress:
     def health(self) -> dict[str, Any]:
         live = self.router.ready()
         desired = self.router.desired()
+        starting = self.router.starting()  # added by a rescale, not in yet: not down
         crash_loop = self.supervisor.crash_looping()
         silent = sorted(f"{stage}#{slot}" for stage, slot in self.router.silent)
         if self.draining or self.supervisor._stopping or self.start_error is not None:
@@ -165,7 +166,8 @@ class ServedIngress:
         elif not self.started:
             status = "starting"
         else:
-            status = "ok" if live == desired and not crash_loop and not silent else "degraded"
+            up = all(live[n] + starting[n] == desired[n] for n in desired)
+            status = "ok" if up and not crash_loop and not silent else "degraded"
         return {
             "status": status,
             "runtime": "served",

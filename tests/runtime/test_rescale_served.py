@@ -59,10 +59,14 @@ def test_rescaling_during_concurrent_requests_keeps_results_exact(inline: bool) 
                 tasks += [asyncio.ensure_future(_collect(sup.router.submit(fields)))
                           for fields in requests[4 * i:4 * (i + 1)]]
                 await asyncio.sleep(0.02)  # they are under way when the rescale comes
+                before = sup.router.core.count[stage]
                 slots = await sup.rescale(stage, n)
                 assert [s.slot for s in slots if s.state in ("starting", "ready")] == list(range(n))
                 if not inline:
+                    # A new slot's process takes a while to connect: it is starting, not down.
+                    assert sup.router.starting()[stage] == max(0, n - before)
                     await _settled(sup)
+                    assert sup.router.starting()[stage] == 0
             got = await asyncio.wait_for(asyncio.gather(*tasks), 120)
             await _settled(sup)
             children = [(c.stage, c.slot, c.restarts) for c in sup.children]
