@@ -168,3 +168,45 @@ def test_random_pipelines_rescaled_while_serving_match_reference(tmp_path_factor
             return got
 
     _compare(target, requests, asyncio.run(serve()), expectations)
+
+
+def test_a_remote_stages_new_slot_takes_a_worker_and_a_removed_ones_worker_exits_0() -> None:
+    import subprocess
+    import sys
+
+    def worker(port: int, slot: int) -> subprocess.Popen:
+        return subprocess.Popen(
+            [sys.executable, "-m", "altoflow", "worker", "--target", SCALED, "--stage",
+             "per_item", "--slot", str(slot), "--connect", f"127.0.0.1:{port}"],
+            env={**os.environ, "ALTOFLOW_SECRET": "s3cret"}, stderr=subprocess.PIPE, text=True)
+
+    compiled = load_target(SCALED).compiled
+    requests = [{"n": 12} for _ in range(4)]
+    expectations = [_expected(SCALED, **fields) for fields in requests]
+
+    async def main():
+        sup = Supervisor(compiled, SCALED, listen=("127.0.0.1", 0), secret=b"s3cret",
+                         remote=frozenset({"per_item"}), inline=frozenset({"all"}))
+        await sup.__aenter__()
+        first = worker(sup.tcp_port, 0)
+        try:
+            await sup.wait_ready(60)
+            await sup.rescale("per_item", 2)
+            second, extra = worker(sup.tcp_port, 1), worker(sup.tcp_port, 2)
+            await _settled(sup, 60)
+            refused = await asyncio.to_thread(extra.wait, 60)
+            tasks = [asyncio.ensure_future(_collect(sup.router.submit(f))) for f in requests]
+            await asyncio.sleep(0.02)
+            await sup.rescale("per_item", 1)
+            got = await asyncio.wait_for(asyncio.gather(*tasks), 60)
+            drained = await asyncio.to_thread(second.wait, 60)  # told SHUTDOWN once drained
+            return got, refused, extra.stderr.read(), drained
+        finally:
+            await sup.stop()
+            first.wait(timeout=30)  # it exits when the router goes away
+
+    got, refused, refused_err, drained = asyncio.run(main())
+    _compare(SCALED, requests, got, expectations)
+    # A worker for a slot past the count is not let in (the router logs why: the slot count).
+    assert refused == 1 and "hung up before letting it in" in refused_err, refused_err
+    assert drained == 0
