@@ -351,4 +351,4 @@ def test_rescaling_aggregates_while_their_replicas_die_gives_the_evaluators_resu
         drains += sum(1 for e in story if e.what == "drained")
         rehomes += sum(1 for e in story if e.what == "rehome")
         keeps += sum(1 for e in story if e.what == "keep")
-    assert drains >= 30 and keeps >= 1, (drains, rehomes, keeps)
+    assert drains >= 30 and keeps >= 1 and rehomes >= 5, (drains, rehomes, keeps)
