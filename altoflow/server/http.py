@@ -186,7 +186,11 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
         return JSONResponse(doc)
 
     async def get_stages(request: Request) -> Response:
-        return JSONResponse({"stages": ingress.stages()})
+        stages = getattr(ingress, "stages", None)  # an Ingress of before rescaling has none
+        if stages is None:
+            return JSONResponse({"detail": "this runtime does not report its stages' replicas"},
+                                status_code=404)
+        return JSONResponse({"stages": stages()})
 
     async def put_replicas(request: Request) -> Response:
         if token is None:
@@ -215,8 +219,12 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
                 f'{{"replicas": 3}}, not {_preview(body)}',
                 ([{"loc": ["body", "replicas"], "msg": "a whole number >= 1",
                    "type": "int_greater_than_equal"}], 1))
+        rescale = getattr(ingress, "rescale", None)
         try:
-            state = await ingress.rescale(name, replicas)
+            if rescale is None:
+                raise RescaleRefused("this runtime cannot rescale its stages; serve the pipeline "
+                                     "with `altoflow serve` to rescale it")
+            state = await rescale(name, replicas)
         except ValueError as exc:
             return _unprocessable(str(exc), ([{"loc": ["body", "replicas"], "msg": str(exc),
                                                "type": "value_error"}], 1))

@@ -134,3 +134,23 @@ def test_altoflow_scale_errors_exit_non_zero_with_the_reason(url: str, tmp_path:
     result = runner.invoke(cli_app, ["scale", "http://127.0.0.1:9", "work", "2",
                                      "--token-file", str(token)])
     assert result.exit_code == 1 and "cannot reach the server at http://127.0.0.1:9" in result.output
+
+
+def test_an_ingress_without_stages_or_rescale_answers_404_and_409() -> None:
+    import asyncio
+
+    class Older:  # an Ingress written before rescaling existed
+        compiled = LocalIngress(SCALED).compiled
+
+    async def main():
+        app = create_app(Older(), admin_token=TOKEN)  # type: ignore[arg-type]
+        transport = httpx.ASGITransport(app=app, client=("127.0.0.1", 1234))
+        async with httpx.AsyncClient(transport=transport, base_url="http://localhost") as client:
+            stages = await client.get("/v1/stages")
+            put = await client.put("/v1/stages/work/replicas", json={"replicas": 2},
+                                   headers={"Authorization": f"Bearer {TOKEN}"})
+        return stages, put
+
+    stages, put = asyncio.run(main())
+    assert stages.status_code == 404 and "does not report" in stages.json()["detail"]
+    assert put.status_code == 409 and "cannot rescale" in put.json()["detail"]
