@@ -388,6 +388,10 @@ def serve(
     tls_ca: Optional[str] = typer.Option(None, "--tls-ca",
                                          help="With --ray and --tls-cert: the CA certificate the "
                                               "actors trust (default: --tls-cert itself)."),
+    admin_token_file: Optional[str] = typer.Option(
+        None, "--admin-token-file",
+        help="A file holding a secret token: turns on PUT /v1/stages/NAME/replicas "
+             "(`altoflow scale`) for requests with `Authorization: Bearer TOKEN`."),
     log_level: LogLevel = _log_level(LogLevel.info),
     log_format: LogFormat = _log_format(),
     otel: bool = _otel(),
@@ -464,6 +468,7 @@ def serve(
     from altoflow.runtime.timeline import TimelineRecorder
 
     recorder = TimelineRecorder(timeline_requests, timeline_entries, timeline_every)
+    admin_token = None if admin_token_file is None else _token(admin_token_file, "--admin-token-file")
     _check_free(host, port)  # before any replica starts
     _logging.configure(log_level.value, log_format.value)
     # The replicas (`python -m altoflow worker`) inherit the environment: the same logs.
@@ -491,7 +496,7 @@ def serve(
         loop = "asyncio"
     # The --host name is one the Host header may carry (an address is taken anyway).
     names = [host, *allowed_host] if host not in ("0.0.0.0", "::", "") else list(allowed_host)
-    app = create_app(ingress, max_body=max_body, allowed_hosts=names)
+    app = create_app(ingress, max_body=max_body, allowed_hosts=names, admin_token=admin_token)
     app = _Banner(app, _banner(with_replicas(compiled, counts).plan, host, port, remote, inline,
                                on_ray=ray_options is not None),
                   as_record=log_format is LogFormat.json, ingress=ingress)
@@ -620,6 +625,57 @@ def _check_free(host: str, port: int) -> None:
         except OSError as exc:
             _fail(f"cannot listen on {host}:{port}: {exc.strerror}; is another server running "
                   f"there? Pick another --port", 2)
+
+
+def _token(path: str, option: str) -> str:
+    """The token in the file at ``path`` (exit 2 when it cannot be read or is empty)."""
+    try:
+        token = open(path, encoding="utf-8").read().strip()
+    except (OSError, UnicodeDecodeError) as exc:
+        _fail(f"cannot read {option} {path}: {exc}", 2)
+    if not token:
+        _fail(f"{option} {path} is empty; put a secret token in it, e.g. `python -c "
+              f"\"import secrets; print(secrets.token_hex(32))\" > {path}`", 2)
+    return token
+
+
+@app.command()
+def scale(
+    url: str = typer.Argument(..., help="The server, e.g. http://127.0.0.1:8000."),
+    stage: str = typer.Argument(..., help="The stage to rescale."),
+    replicas: int = typer.Argument(..., help="Its replica count from now on (1 or more)."),
+    token_file: str = typer.Option(..., "--token-file",
+                                   help="The file the server was given as --admin-token-file."),
+    timeout: float = typer.Option(30.0, "--timeout", help="Seconds to wait for the answer."),
+) -> None:
+    """Change a stage's replica count on a running server (PUT /v1/stages/STAGE/replicas).
+
+    altoflow scale http://127.0.0.1:8000 verify 4 --token-file admin.token
+
+    New replicas start as the stage's others do; removed ones finish what they hold, then stop.
+    The server must run with --admin-token-file; docs/serving.md, "Scaling a running server".
+    """
+    import httpx
+
+    if replicas < 1:
+        _fail(f"REPLICAS takes a whole number >= 1 (a stage runs on at least one replica), "
+              f"not {replicas}", 2)
+    token = _token(token_file, "--token-file")
+    endpoint = f"{url.rstrip('/')}/v1/stages/{stage}/replicas"
+    try:
+        answer = httpx.put(endpoint, json={"replicas": replicas}, timeout=timeout,
+                           headers={"Authorization": f"Bearer {token}"})
+    except httpx.HTTPError as exc:
+        _fail(f"cannot reach the server at {url}: {exc}; is `altoflow serve` running there?", 1)
+    try:
+        body = answer.json()
+    except ValueError:
+        body = {"detail": answer.text.strip()[:200]}
+    if answer.status_code != 200:
+        _fail(f"{answer.status_code}: {body.get('detail', body)}", 1)
+    slots = ", ".join(f"#{s['slot']} {s['state']}" for s in body["slots"])
+    typer.echo(f"{body['stage']}: {body['desired']} replicas ({body['ready']} ready, "
+               f"{body['draining']} draining); slots: {slots}")
 
 
 def _secret(path: Optional[str]) -> bytes:

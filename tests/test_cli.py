@@ -424,7 +424,8 @@ def test_serve_listen_is_the_replicas_address_and_host_port_stay_the_http_one(mo
     assert seen["ingress"]["listen"] == ("0.0.0.0", 7000)
     assert (seen["ingress"]["handshake_timeout"], seen["ingress"]["max_pending"],
             seen["ingress"]["max_connections"]) == (5.0, 64, 1024)
-    assert seen["app"] == {"max_body": 1024 * 1024, "allowed_hosts": ["127.0.0.2"]}
+    assert seen["app"] == {"max_body": 1024 * 1024, "allowed_hosts": ["127.0.0.2"],
+                           "admin_token": None}
 
 
 def test_serve_passes_grace_and_the_tcp_caps_on(monkeypatch):
@@ -635,7 +636,31 @@ def test_serve_passes_max_body_and_allowed_hosts_to_the_app(monkeypatch):
     result = cli("serve", WORDCOUNT, "--host", "0.0.0.0", "--port", "8124", "--max-body", "4096",
                  "--allowed-host", "api.example.com", "--allowed-host", "proxy")
     assert result.exit_code == 0, result.output
-    assert seen["app"] == {"max_body": 4096, "allowed_hosts": ["api.example.com", "proxy"]}
+    assert seen["app"] == {"max_body": 4096, "allowed_hosts": ["api.example.com", "proxy"],
+                           "admin_token": None}
+
+
+def test_serve_admin_token_file_turns_the_admin_routes_on_and_an_empty_one_is_refused(
+        monkeypatch, tmp_path):
+    import altoflow.server.served as served_mod
+    import altoflow.server.shutdown as shutdown_mod
+
+    seen: dict = {}
+    monkeypatch.setattr(served_mod, "ServedIngress", lambda target, **kw: object())
+    monkeypatch.setattr("altoflow.server.http.create_app",
+                        lambda ingress, **kw: seen.update(app=kw) or ingress)
+    monkeypatch.setattr(shutdown_mod, "serve_with_grace", lambda app, ingress, **kw: True)
+    token = tmp_path / "admin.token"
+    token.write_text("t0ken\n")
+    result = cli("serve", WORDCOUNT, "--port", "8125", "--admin-token-file", str(token))
+    assert result.exit_code == 0, result.output
+    assert seen["app"]["admin_token"] == "t0ken"
+    token.write_text("\n")
+    result = cli("serve", WORDCOUNT, "--port", "8125", "--admin-token-file", str(token))
+    assert result.exit_code == 2
+    assert f"--admin-token-file {token} is empty" in result.stderr
+    result = cli("serve", WORDCOUNT, "--port", "8125", "--admin-token-file", str(tmp_path / "no"))
+    assert result.exit_code == 2 and "cannot read --admin-token-file" in result.stderr
 
 
 # -- version, tracebacks, logs ---------------------------------------------------------------

@@ -52,6 +52,22 @@ kept (its inputs are freed) and, if its replica dies before its flush is done, f
 request with ``ReplicaDied`` as it did before replay existed; ``replay_limit=0`` turns replay
 off.
 
+Rescaling: a stage's replica count is the core's own (``count``), set by ``Rescale`` while
+requests run. Its slots are 0 .. count-1, and a new keyed group goes to the slot that wins the
+rendezvous hash over them: growing from n to n' moves only the groups that a new slot wins,
+shrinking moves only those of the removed slots. A group that exists already (it has state on a
+replica, or waits parked for its slot) is never moved: at a ``Rescale`` every such group of the
+stage is pinned to the slot it is on (``pins``), and keeps that slot until it closes (its
+``FlushDone``, or the discard of an unopened group), so its items are never split between two
+replicas. A replica whose slot was removed is draining: it takes no load-balanced work and no
+new group, runs what it holds and its pinned groups' items, and once it holds nothing (no
+invocation in flight, no queued work, no group) it is retired, and ``Drained`` tells the shell
+to stop it. Growing back over a draining slot keeps its replica (``_Keep``). A removed slot with
+no replica (its replica died, or had not come up yet) strands nothing: its groups' pins are
+dropped and what was parked for it (the replay of a dead replica's groups, queued items) goes to
+each group's slot under the new count (``_rehome``), as a replay would on the slot's own next
+replica.
+
 Flow control: what the core queues is bounded, and shared fairly. Work waiting for a credit
 waits in a ``_FairQueue``: one FIFO per request, served round-robin, so that a request with a
 long backlog (a fan-out of a million items into one aggregate replica) holds another request's
@@ -176,7 +192,15 @@ class ReplicaDown:
     replica: int
 
 
-Event = Union[Submit, Output, Ack, FlushDone, Cancel, Pause, Resume, ReplicaUp, ReplicaDown]
+@dataclass(slots=True)
+class Rescale:
+    """Run ``stage`` on ``replicas`` slots (0 .. replicas-1) from now on (see "Rescaling")."""
+
+    stage: str
+    replicas: int
+
+
+Event = Union[Submit, Output, Ack, FlushDone, Cancel, Pause, Resume, ReplicaUp, ReplicaDown, Rescale]
 
 
 @dataclass(frozen=True)
@@ -265,7 +289,17 @@ class Finish:
     error: ErrorInfo | None = None
 
 
-Instruction = Union[Invoke, Open, Flush, Abort, Emit, Finish, Grant]
+@dataclass(slots=True)
+class Drained:
+    """``replica``, on a slot that a ``Rescale`` removed, holds nothing any more: stop it. The
+    core has taken it off its slot already; its ``ReplicaDown`` is still expected."""
+
+    replica: int
+    stage: str
+    slot: int
+
+
+Instruction = Union[Invoke, Open, Flush, Abort, Emit, Finish, Grant, Drained]
 
 
 class CoreError(Exception):
@@ -280,15 +314,36 @@ class CoreError(Exception):
 # killer taking the largest process); two in a row on different replicas are the item.
 POISON_DEATHS = 2
 
-ReplicaState = Literal["ready", "dead"]
+ReplicaState = Literal["ready", "draining", "retired", "dead"]
+
+
+class _Drain:
+    """A ``Rescale`` removed the replica's slot."""
+
+
+class _Keep:
+    """A ``Rescale`` gave the draining replica's slot back before it had drained."""
+
+
+class _Retire:
+    """The draining replica holds nothing any more (``Drained``)."""
+
 
 # What each replica state accepts, and the state it leads to, in the shape of h11's tables: state
 # -> event type -> next state. A replica is ready from its ReplicaUp; ReplicaDown makes it dead
 # for good (a restarted process comes back as a new replica id, on the same slot). A dead replica
 # takes nothing: an Output or Ack from it after its ReplicaDown would count work twice that has
-# been run again elsewhere, so it is the shell's bug and is refused (``CoreError``).
+# been run again elsewhere, so it is the shell's bug and is refused (``CoreError``). A replica
+# whose slot a rescale removed is draining: it finishes what it holds and takes nothing new but
+# its own groups' items; once it holds nothing it is retired (off its slot, ``Drained``) until
+# its ReplicaDown. A retired replica may still send late words (a discarded group's FlushDone,
+# an aborted request's Ack), which are dropped.
 _REPLICA_TRANSITIONS: dict[ReplicaState, dict[type, ReplicaState]] = {
-    "ready": {Output: "ready", Ack: "ready", FlushDone: "ready", ReplicaDown: "dead"},
+    "ready": {Output: "ready", Ack: "ready", FlushDone: "ready", ReplicaDown: "dead",
+              _Drain: "draining"},
+    "draining": {Output: "draining", Ack: "draining", FlushDone: "draining", ReplicaDown: "dead",
+                 _Keep: "ready", _Retire: "retired"},
+    "retired": {Output: "retired", Ack: "retired", FlushDone: "retired", ReplicaDown: "dead"},
     "dead": {},
 }
 
@@ -493,6 +548,11 @@ Happening = Literal[
     "resume",      # ... and caught up
     "replica-up",
     "replica-down",
+    "rescale",     # the stage runs on ``detail`` slots from now on ("old -> new")
+    "drain",       # ``replica``'s slot was removed: it finishes what it holds, takes nothing new
+    "keep",        # ... and was given back before it had drained
+    "drained",     # ... and holds nothing any more: it is to be stopped (``Drained``)
+    "rehome",      # keyed work for a removed slot with no replica goes to the group's new slot
 ]
 
 
@@ -517,6 +577,16 @@ class CoreStatistics(NamedTuple):
     replay_buffered: int = 0  # inputs kept to replay keyed groups (all stages together)
     queued_peak: int = 0  # the most invocations waiting in the queues at once, since the start
     paused: int = 0  # requests paused because their consumer is behind
+
+
+class SlotState(NamedTuple):
+    """One replica slot of a stage, as ``RouterCore.scale`` reports it: ``starting`` (a slot
+    with no live replica yet), ``ready``, ``draining`` (removed, finishing what it holds), or
+    ``stopping`` (drained, its replica not down yet)."""
+
+    slot: int
+    state: Literal["starting", "ready", "draining", "stopping"]
+    replica: int | None = None
 
 
 @functools.lru_cache(maxsize=4096)
@@ -569,6 +639,13 @@ class RouterCore:
         self._in_cut = {s.name: 1 + len(s.levels_in) for s in plan.stages}  # an input's ancestry length
         self.replicas: dict[int, _Replica] = {}
         self.slots: dict[str, dict[int, int]] = {s.name: {} for s in plan.stages}  # slot -> id
+        # Rescaling (see the module's docstring): each stage's slot count now; the slot of each
+        # keyed group that was open at a Rescale, until it closes; the requests' pinned groups;
+        # the draining replicas.
+        self.count: dict[str, int] = {s.name: s.replicas for s in plan.stages}
+        self.pins: dict[tuple[str, Ancestry], int] = {}
+        self._pins_of: dict[int, set[tuple[str, Ancestry]]] = {}
+        self._draining: set[int] = set()
         self._tally = [0, 0]  # invocations in the fair queues now, and the most at once
         self.stage_queue: dict[str, _FairQueue] = {s.name: _FairQueue(self._tally) for s in plan.stages}
         self.paused: set[int] = set()  # requests whose consumer is behind (Pause)
@@ -604,6 +681,7 @@ class RouterCore:
             Submit: self._on_Submit, Output: self._on_Output, Ack: self._on_Ack,
             FlushDone: self._on_FlushDone, Cancel: self._on_Cancel, Pause: self._on_Pause,
             Resume: self._on_Resume, ReplicaUp: self._on_ReplicaUp, ReplicaDown: self._on_ReplicaDown,
+            Rescale: self._on_Rescale,
         }
 
     def fuse(self, pairs: dict[str, str]) -> None:
@@ -625,6 +703,8 @@ class RouterCore:
         self._handlers[type(event)](event)
         if self._fired:
             self._pump()
+        if self._draining:
+            self._check_drained()
         self._out = []
         return out
 
@@ -636,6 +716,8 @@ class RouterCore:
         self._output(replica, stage, ancestry, payload)
         if self._fired:
             self._pump()
+        if self._draining:
+            self._check_drained()
         self._out = []
         return out
 
@@ -645,6 +727,8 @@ class RouterCore:
         self._ack_in(replica, stage, ancestry, status, error)
         if self._fired:
             self._pump()
+        if self._draining:
+            self._check_drained()
         self._out = []
         return out
 
@@ -658,6 +742,20 @@ class RouterCore:
         for (name, _slot), parked in self.parked.items():
             queued[name] += sum(1 for entry in parked if type(entry) is _Work)
         return CoreStatistics(queued, in_flight, self.replay_buffered, self._tally[1], len(self.paused))
+
+    def scale(self, stage: str) -> list[SlotState]:
+        """``stage``'s slots now: each of 0 .. count-1, then the removed ones whose replica
+        has not gone yet."""
+        states: dict[int, SlotState] = {
+            slot: SlotState(slot, "starting") for slot in range(self.count[stage])}
+        for rep in self.replicas.values():
+            if rep.stage != stage or rep.state == "dead":
+                continue
+            shown = {"ready": "ready", "draining": "draining", "retired": "stopping"}[rep.state]
+            if rep.state == "retired" and rep.slot in states:
+                continue  # its slot came back, for a new replica
+            states[rep.slot] = SlotState(rep.slot, shown, rep.id)  # type: ignore[arg-type]
+        return [states[slot] for slot in sorted(states)]
 
     # -- what happened -------------------------------------------------------------------------
 
@@ -689,8 +787,8 @@ class RouterCore:
         stage = self.stages[ev.stage]
         if ev.replica in self.replicas:
             raise CoreError(f"replica {ev.replica} announced twice")
-        if not 0 <= ev.slot < stage.replicas:
-            raise CoreError(f"stage {ev.stage} has {stage.replicas} replica slots, not {ev.slot + 1}")
+        if not 0 <= ev.slot < self.count[ev.stage]:
+            raise CoreError(f"stage {ev.stage} has {self.count[ev.stage]} replica slots, not {ev.slot + 1}")
         rep = _Replica(ev.replica, ev.stage, ev.slot, credits=stage.concurrency,
                        queue=_FairQueue(self._tally), replay=ev.replay and ev.stage in self._group_cut)
         self.replicas[ev.replica] = rep
@@ -704,16 +802,135 @@ class RouterCore:
                 rep.groups.add(entry.ancestry[: 1 + len(stage.route_key or ())])
             elif entry.prefix[0] in self.requests:
                 self._story.append((entry.prefix[0], ev.stage, entry.prefix, "unpark", rep.id, None))
-                rep.groups.add(entry.prefix)
-                if type(entry) is _OpenGroup:
-                    self._out.append(Open(rep.id, entry.stage, entry.prefix))
-                else:
-                    self._out.append(Flush(rep.id, entry.stage, entry.prefix, entry.opened))
+                self._send_group(rep, entry)
         self._feed(rep)
+
+    def _send_group(self, rep: _Replica, entry: _OpenGroup | _FlushGroup) -> None:
+        """Send a parked group message to ``rep``, which now holds the group."""
+        rep.groups.add(entry.prefix)
+        if type(entry) is _OpenGroup:
+            self._out.append(Open(rep.id, entry.stage, entry.prefix))
+        else:
+            self._out.append(Flush(rep.id, entry.stage, entry.prefix, entry.opened))  # type: ignore[union-attr]
+            if not entry.opened:  # type: ignore[union-attr]
+                self._unpin(entry.stage, entry.prefix)
+
+    # -- rescaling -----------------------------------------------------------------------------
+
+    def _on_Rescale(self, ev: Rescale) -> None:
+        stage = self.stages.get(ev.stage)
+        if stage is None:
+            raise CoreError(f"Rescale of unknown stage {ev.stage!r}; stages: {', '.join(self.stages)}")
+        n = ev.replicas
+        if type(n) is not int or n < 1:
+            raise CoreError(f"Rescale of {ev.stage} to {n!r} replicas: a stage needs at least 1")
+        old = self.count[ev.stage]
+        if n == old:
+            return
+        if stage.route_key is not None:
+            self._pin_groups(stage)
+        self.count[ev.stage] = n
+        self._story.append((None, ev.stage, None, "rescale", None, f"{old} -> {n}"))
+        for rep in list(self.replicas.values()):
+            if rep.stage != ev.stage:
+                continue
+            if rep.state == "ready" and rep.slot >= n:
+                self._move(rep, _Drain)
+                self._draining.add(rep.id)
+                self._story.append((None, ev.stage, None, "drain", rep.id, None))
+            elif rep.state == "draining" and rep.slot < n:
+                self._move(rep, _Keep)
+                self._draining.discard(rep.id)
+                self._story.append((None, ev.stage, None, "keep", rep.id, None))
+                self._feed(rep)
+        for name, slot in [k for k in self.parked if k[0] == ev.stage and k[1] >= n]:
+            self._rehome(name, slot)
+        if self.pins:
+            for slot in {s for (name, _), s in self.pins.items() if name == ev.stage and s >= n}:
+                if slot not in self.slots[ev.stage]:
+                    self._rehome(ev.stage, slot)
+
+    def _move(self, rep: _Replica, step: type) -> None:
+        state = _REPLICA_TRANSITIONS[rep.state].get(step)
+        if state is None:
+            raise CoreError(f"replica {rep.id} ({rep.stage}, slot {rep.slot}) is {rep.state}: "
+                            f"cannot {step.__name__[1:].lower()}")
+        rep.state = state
+
+    def _pin_groups(self, stage: StagePlan) -> None:
+        """Pin every group of ``stage`` that exists now to the slot it is on."""
+        name = stage.name
+        for rep in self.replicas.values():
+            if rep.stage == name and rep.state in ("ready", "draining"):
+                for prefix in rep.groups:
+                    self._pin(name, prefix, rep.slot)
+        cut = 1 + len(stage.route_key or ())
+        for (pname, slot), entries in self.parked.items():
+            if pname == name:
+                for entry in entries:
+                    self._pin(name, entry.ancestry[:cut] if type(entry) is _Work else entry.prefix, slot)  # type: ignore[union-attr]
+
+    def _pin(self, name: str, prefix: Ancestry, slot: int) -> None:
+        key = (name, prefix)
+        if key not in self.pins and prefix[0] in self.requests:
+            self.pins[key] = slot
+            self._pins_of.setdefault(prefix[0], set()).add(key)
+
+    def _unpin(self, name: str, prefix: Ancestry) -> None:
+        if self.pins and self.pins.pop((name, prefix), None) is not None:
+            keys = self._pins_of.get(prefix[0])
+            if keys is not None:
+                keys.discard((name, prefix))
+                if not keys:
+                    del self._pins_of[prefix[0]]
+
+    def _rehome(self, name: str, slot: int) -> None:
+        """``slot`` of ``name`` was removed and has no replica: its groups hash again over the
+        stage's slots now, and what was parked for it goes to each group's new slot."""
+        if self.pins:
+            for key in [k for k, s in self.pins.items() if s == slot and k[0] == name]:
+                self._unpin(*key)
+        stage = self.stages[name]
+        for entry in self.parked.pop((name, slot), ()):
+            if type(entry) is _Work:
+                if entry.ancestry[0] in self.requests:
+                    self._story.append((entry.ancestry[0], name, entry.ancestry, "rehome", None, None))
+                    self._route(stage, entry)
+                continue
+            if entry.prefix[0] not in self.requests:
+                continue
+            self._story.append((entry.prefix[0], name, entry.prefix, "rehome", None, None))
+            rid = self.slots[name].get(self._slot(stage, entry.prefix))
+            if rid is None:
+                self._park(stage, entry.prefix, entry)
+            else:
+                self._send_group(self.replicas[rid], entry)
+
+    def _check_drained(self) -> None:
+        """Retire the draining replicas that hold nothing any more (``Drained``)."""
+        for rid in sorted(self._draining):
+            rep = self.replicas[rid]
+            if rep.inflight or rep.queue or any(g[0] in self.requests for g in rep.groups):
+                continue
+            self._draining.discard(rid)
+            self._move(rep, _Retire)
+            rep.groups.clear()
+            if self.slots[rep.stage].get(rep.slot) == rid:
+                del self.slots[rep.stage][rep.slot]
+            self._story.append((None, rep.stage, None, "drained", rid, None))
+            self._out.append(Drained(rid, rep.stage, rep.slot))
+            if rep.slot >= self.count[rep.stage]:
+                self._rehome(rep.stage, rep.slot)
 
     def _on_ReplicaDown(self, ev: ReplicaDown) -> None:
         rep = self._transition(ev.replica, ReplicaDown)
+        self._draining.discard(rep.id)
         self._story.append((None, rep.stage, None, "replica-down", rep.id, None))
+        self._replica_down(rep)
+        if rep.slot >= self.count[rep.stage] and rep.slot not in self.slots[rep.stage]:
+            self._rehome(rep.stage, rep.slot)  # a removed slot: no next replica comes for it
+
+    def _replica_down(self, rep: _Replica) -> None:
         if self.slots[rep.stage].get(rep.slot) == rep.id:
             del self.slots[rep.stage][rep.slot]
         stage = self.stages[rep.stage]
@@ -887,7 +1104,7 @@ class RouterCore:
         self._story.append((ev.request, None, None, "resume", None, None))
         self.paused.discard(ev.request)
         for rep in list(self.replicas.values()):
-            if rep.state != "ready":
+            if rep.state == "dead":
                 continue
             if self._paced and rep.stage in self._paced:
                 for (request, _anc), work in list(rep.inflight.items()):
@@ -958,6 +1175,8 @@ class RouterCore:
         req = self.requests.get(ev.prefix[0])
         if req is None:
             return
+        if (ev.stage, ev.prefix) in req.flushing:
+            self._unpin(ev.stage, ev.prefix)  # the group is over: the next of its key hashes anew
         if ev.status == "failed":
             # From a flush, or from an open whose group was decided at once and failed to emit.
             self._fail_request(ev.prefix[0], ev.error)
@@ -1083,6 +1302,7 @@ class RouterCore:
                 if not opened:
                     # A discard is not waited for: the request may end before its FlushDone comes.
                     self.replicas[rid].groups.discard(prefix)
+                    self._unpin(stage.name, prefix)
         # An opened group keeps its fold pointstamp until the replica reports FlushDone.
 
     def _group_replica(self, stage: StagePlan, prefix: Ancestry, what: Happening) -> int | None:
@@ -1137,7 +1357,7 @@ class RouterCore:
                     self._queued_by_source(work)
                 rep.queue.append(work)
             return
-        if self.pin_requests and stage.replicas > 1:
+        if self.pin_requests and self.count[stage.name] > 1:
             rid = self.slots[stage.name].get(self._slot(stage, work.ancestry[:1]))
             if rid is None:
                 self._park(stage, work.ancestry, work)
@@ -1192,8 +1412,9 @@ class RouterCore:
         if len(slots) == 1:
             for r in slots.values():
                 rep = self.replicas[r]
-                return rep if rep.credits > 0 else None
-        ready = [self.replicas[r] for r in slots.values() if self.replicas[r].credits > 0]
+                return rep if rep.credits > 0 and rep.state == "ready" else None
+        ready = [rep for r in slots.values()
+                 if (rep := self.replicas[r]).credits > 0 and rep.state == "ready"]
         if not ready:
             return None
         if len(ready) == 1:
@@ -1219,8 +1440,13 @@ class RouterCore:
 
     def _feed(self, rep: _Replica) -> None:
         """Give a replica with free credits the work waiting for it."""
-        while rep.credits > 0 and rep.state == "ready":
-            queue = rep.queue if rep.queue else self.stage_queue[rep.stage]
+        while rep.credits > 0:
+            if rep.queue and rep.state in ("ready", "draining"):
+                queue = rep.queue  # keyed work (a draining replica's own groups' too)
+            elif rep.state == "ready":
+                queue = self.stage_queue[rep.stage]
+            else:
+                return
             work = queue.pop(self.paused)
             if work is None:
                 return
@@ -1228,10 +1454,16 @@ class RouterCore:
                 self._invoke(rep, work)
 
     def _slot(self, stage: StagePlan, prefix: Ancestry) -> int:
-        """Rendezvous hashing: the slot with the highest hash of (stage, key, slot)."""
-        if stage.replicas == 1:
+        """The slot a group is pinned to (see "Rescaling"), else rendezvous hashing: the slot
+        with the highest hash of (stage, key, slot), over the stage's slots now."""
+        if self.pins:
+            pin = self.pins.get((stage.name, prefix))
+            if pin is not None:
+                return pin
+        n = self.count[stage.name]
+        if n == 1:
             return 0
-        return _rendezvous(stage.name, prefix, stage.replicas)
+        return _rendezvous(stage.name, prefix, n)
 
     # -- progress ------------------------------------------------------------------------------
 
@@ -1282,7 +1514,7 @@ class RouterCore:
 
     def _drop_request(self, request: int) -> None:
         for rep in self.replicas.values():
-            if rep.state != "ready":
+            if rep.state == "dead":
                 continue
             mine = [k for k in rep.inflight if k[0] == request]
             held = any(g[0] == request for g in rep.groups)
@@ -1298,6 +1530,9 @@ class RouterCore:
     def _forget(self, request: int) -> None:
         req = self.requests.pop(request, None)
         self.paused.discard(request)
+        if self._pins_of:
+            for key in self._pins_of.pop(request, ()):
+                del self.pins[key]
         if req is not None and req.logs:
             self.replay_buffered -= sum(len(log.inputs) for log in req.logs.values())
         self.progress.forget(request)

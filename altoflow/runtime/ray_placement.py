@@ -220,6 +220,7 @@ class RayReplicas:
         self.barrier = barrier
         self.heartbeat = heartbeat
         self.replicas: dict[tuple[str, int], _Replica] = {}
+        self._removed: set[str] = set()  # actor names ended by ``remove``, maybe not free yet
         self.owns = False  # whether this process started Ray (and shuts it down)
         self.ray = import_ray()
 
@@ -248,6 +249,10 @@ class RayReplicas:
 
     def start(self, stage: StagePlan, slot: int, address: str, secret: bytes) -> None:
         ray = self.ray
+        name = actor_name(self.compiled.plan.name, stage.name, slot)
+        if name in self._removed:  # a slot given back by a rescale: its old actor's name
+            self._removed.discard(name)
+            self._wait_free(name, time.monotonic() + 10)
         resources = dict(stage.resources)
         options: dict[str, Any] = dict(
             name=actor_name(self.compiled.plan.name, stage.name, slot), namespace=NAMESPACE,
@@ -298,6 +303,27 @@ class RayReplicas:
         os.kill(pid, signal.SIGKILL)
         return pid
 
+    def remove(self, stage: str, slot: int) -> None:
+        """End the actor of a slot that a rescale removed (Ray restarts it not)."""
+        replica = self.replicas.pop((stage, slot), None)
+        if replica is None:
+            return
+        try:
+            self.ray.kill(replica.handle, no_restart=True)
+        except Exception as exc:  # noqa: BLE001  # already gone: nothing to end
+            logger.debug("ray.kill(%s#%s): %s", stage, slot, exc)
+        if replica.group is not None:
+            self.ray.util.remove_placement_group(replica.group)
+        self._removed.add(actor_name(self.compiled.plan.name, stage, slot))
+
+    def _wait_free(self, name: str, deadline: float) -> None:
+        while time.monotonic() < deadline:
+            try:
+                self.ray.get_actor(name, namespace=NAMESPACE)
+            except ValueError:
+                return
+            time.sleep(0.05)
+
     def restart(self, stage: str, slot: int) -> None:
         """End the actor (a silent one: stopped or wedged) so that Ray starts it again."""
         replica = self.replicas.get((stage, slot))
@@ -308,14 +334,9 @@ class RayReplicas:
         # ray.kill returns before the cluster has released the actor's name; a server started
         # right after this one (the same app) must find its names free.
         deadline = time.monotonic() + timeout
-        for replica in self.replicas.values():
-            name = actor_name(self.compiled.plan.name, replica.stage, replica.slot)
-            while time.monotonic() < deadline:
-                try:
-                    self.ray.get_actor(name, namespace=NAMESPACE)
-                except ValueError:
-                    break
-                time.sleep(0.05)
+        names = {actor_name(self.compiled.plan.name, r.stage, r.slot) for r in self.replicas.values()}
+        for name in sorted(names | self._removed):
+            self._wait_free(name, deadline)
 
     def stop(self, shutdown: bool = True) -> None:
         """Remove every actor (Ray restarts none of them) and placement group; with

@@ -41,8 +41,8 @@ from altoflow.compiler import CompiledPipeline
 from altoflow import wire as fr
 from altoflow.wire import Codec, DecodeError
 from altoflow.runtime.core import (
-    Abort, Cancel, Emit, ErrorInfo, Finish, Flush, FlushDone, Grant, Invoke, Open, Pause,
-    ReplicaDown, ReplicaUp, Resume, RouterCore, Submit,
+    Abort, Cancel, Drained, Emit, ErrorInfo, Finish, Flush, FlushDone, Grant, Invoke, Open, Pause,
+    ReplicaDown, ReplicaUp, Rescale, Resume, RouterCore, SlotState, Submit,
 )
 from altoflow.runtime import pipe
 from altoflow.runtime.fusion import FusedErrorBody
@@ -225,7 +225,8 @@ class Router:
                  max_buffered: int = MAX_BUFFERED,
                  fanout_window: int | None = fr.FANOUT_WINDOW,
                  timeline: tl.TimelineRecorder | None = None,
-                 pin_requests: bool = False) -> None:
+                 pin_requests: bool = False,
+                 on_drained: Callable[[str, int], None] | None = None) -> None:
         codec = codec or Codec()
         if codec.allow_pickle:
             raise ValueError(
@@ -272,6 +273,11 @@ class Router:
         # `on_silent(stage, slot)` is called; `silent` keeps the latest such replicas for /healthz.
         self.heartbeat = heartbeat
         self.on_silent = on_silent
+        # A replica on a slot that a rescale removed is done: drained (it is told SHUTDOWN), or
+        # down while draining. `on_drained(stage, slot)` tells the supervisor not to start it again.
+        self.on_drained = on_drained
+        # Slots a rescale added whose replica has not connected yet: starting, not down.
+        self._grown: set[tuple[str, int]] = set()
         self.silent: dict[tuple[str, int], int] = {}  # (stage, slot) -> connection id marked down
         self._quiet: dict[int, int] = {}  # connection id -> checks in a row with nothing heard
         self._heartbeat_task: asyncio.Task | None = None
@@ -492,19 +498,58 @@ class Router:
         if rec is None:
             return None
         replicas = self.core.replicas
-        return tl.timeline_json(rec, self.plan, lambda rid: (replicas[rid].stage, replicas[rid].slot))
+        plan, count = self.plan, self.core.count
+        if any(count[s.name] != s.replicas for s in plan.stages):  # rescaled: today's counts
+            plan = plan.model_copy(update={"stages": [
+                s.model_copy(update={"replicas": count[s.name]}) for s in plan.stages]})
+        return tl.timeline_json(rec, plan, lambda rid: (replicas[rid].stage, replicas[rid].slot))
 
     def live_slots(self) -> set[tuple[str, int]]:
         """(stage, slot) of every connected replica."""
         return {(rep.stage, rep.slot) for rep in self.core.replicas.values() if rep.state == "ready"}
 
     def ready(self) -> dict[str, int]:
-        """Live replicas per stage."""
+        """Live replicas per stage, on its slots now (not counting those a rescale removed)."""
         live = {s.name: 0 for s in self.plan.stages}
-        for conn in self.conns.values():
-            if conn.stage is not None:
+        replicas = self.core.replicas
+        for rid, conn in self.conns.items():
+            if conn.stage is not None and replicas[rid].state == "ready":
                 live[conn.stage] += 1
         return live
+
+    def starting(self) -> dict[str, int]:
+        """Per stage, the slots a rescale added whose replica has not connected yet."""
+        out = {s.name: 0 for s in self.plan.stages}
+        for stage, _slot in self._grown:
+            out[stage] += 1
+        return out
+
+    def desired(self) -> dict[str, int]:
+        """Each stage's replica count now (the plan's, or the latest ``rescale``)."""
+        return dict(self.core.count)
+
+    def scale(self, stage: str) -> list[SlotState]:
+        """``stage``'s slots and their states (``RouterCore.scale``)."""
+        return self.core.scale(stage)
+
+    def rescale(self, stage: str, replicas: int) -> list[SlotState]:
+        """Run ``stage`` on ``replicas`` replicas from now on (see "Rescaling" in ``core.py``):
+        new slots take replicas that connect for them, removed ones drain and are told
+        SHUTDOWN. Returns the stage's slots. ``ValueError`` names an unknown stage or a bad count."""
+        if stage not in self.stage_index:
+            raise ValueError(f"no stage named {stage!r}; stages: {', '.join(self.plan.names)}")
+        if type(replicas) is not int or replicas < 1:
+            raise ValueError(f"replicas takes a whole number >= 1 (a stage runs on at least one "
+                             f"replica), not {replicas!r}")
+        old = self.core.count[stage]
+        self._apply(self.core.handle(Rescale(stage, replicas)))
+        live = self.core.slots[stage]
+        self._grown = {(s, slot) for s, slot in self._grown if s != stage or slot < replicas}
+        self._grown |= {(stage, slot) for slot in range(old, replicas) if slot not in live}
+        if old != replicas:
+            logger.info("stage %s: %d -> %d replicas", stage, old, replicas)
+        self._schedule_flush()
+        return self.core.scale(stage)
 
     # -- frames in ------------------------------------------------------------------------
 
@@ -577,10 +622,10 @@ class Router:
             raise fr.RemoteProtocolError(f"expected HELLO first, got {frame.kind.name}")
         if hello.stage not in self.stage_index:
             raise fr.RemoteProtocolError(f"HELLO for unknown stage {hello.stage!r}")
-        if not 0 <= hello.slot < self.core.stages[hello.stage].replicas:
+        if not 0 <= hello.slot < self.core.count[hello.stage]:
             raise fr.RemoteProtocolError(
                 f"HELLO for slot {hello.slot} of {hello.stage}, which has "
-                f"{self.core.stages[hello.stage].replicas} replicas")
+                f"{self.core.count[hello.stage]} replicas")
         if hello.slot in self.core.slots[hello.stage]:
             # Two replicas on one slot would split an aggregate's groups between them.
             raise fr.RemoteProtocolError(
@@ -594,6 +639,7 @@ class Router:
         conn.rid, conn.stage = next(self._rids), hello.stage
         conn.index = self.stage_index[hello.stage]
         self.silent.pop((hello.stage, hello.slot), None)
+        self._grown.discard((hello.stage, hello.slot))
         self.conns[conn.rid] = conn
         conn.writer.send_nowait(fr.Kind.READY, body=fr.Ready(self.stage_index[hello.stage], proof))
         self._dirty.add(conn.rid)
@@ -606,6 +652,9 @@ class Router:
         del self.conns[conn.rid]
         self._quiet.pop(conn.rid, None)
         poisoned = self.core.poisoned[conn.stage]  # type: ignore[index]
+        rep = self.core.replicas[conn.rid]
+        if rep.state == "draining" and self.on_drained is not None:
+            self.on_drained(rep.stage, rep.slot)  # it went before it had drained: not to restart
         self._apply(self.core.handle(ReplicaDown(conn.rid)))
         if self.core.poisoned[conn.stage] > poisoned:  # type: ignore[index]
             logger.warning("stage %s: %d item(s) killed every replica that ran them and were given "
@@ -709,6 +758,15 @@ class Router:
                 self._item(ins.replica, fr.Kind.CANCEL, 0, (ins.request,))
             elif t is Grant:
                 self._item(ins.replica, fr.Kind.CREDIT, self.stage_index[ins.stage], ins.ancestry)
+            elif t is Drained:
+                conn = self.conns.get(ins.replica)
+                logger.info("replica %s#%s (connection %d) has drained: stopping it", ins.stage,
+                            ins.slot, ins.replica)
+                if self.on_drained is not None:
+                    self.on_drained(ins.stage, ins.slot)
+                if conn is not None:
+                    conn.writer.send_nowait(fr.Kind.SHUTDOWN)
+                    self._dirty.add(ins.replica)
             else:
                 raise TypeError(f"unknown instruction {ins!r}")
 

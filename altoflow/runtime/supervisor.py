@@ -123,6 +123,7 @@ class _Child:
     connected: bool = False  # it has said HELLO once: a later crash is a restart, not a bad start
     started: float = 0.0  # time.monotonic() of the latest start
     streak: int = 0  # deaths in a row, each soon after its start
+    retired: bool = False  # a rescale removed its slot and it is done: it is not restarted
 
     def crash_looping(self, now: float) -> bool:
         alive = self.process is not None and self.process.returncode is None
@@ -223,8 +224,14 @@ class Supervisor:
                              max_buffered=max_buffered,
                              # A barrier replica holds its outputs back: nothing to pace.
                              fanout_window=None if barrier else FANOUT_WINDOW,
-                             timeline=timeline, pin_requests=pin_requests)
+                             timeline=timeline, pin_requests=pin_requests,
+                             on_drained=self._drained)
         self.children: list[_Child] = []
+        # The replicas started and not retired, per (stage, slot): a _Child (a process), an
+        # inline Worker's task, or True (a Ray actor, in self._ray.replicas).
+        self._placed: dict[tuple[str, int], Any] = {}
+        self._address = ""  # where Ray actors connect back to
+        self._rescaling = asyncio.Lock()
         self._tasks: set[asyncio.Task] = set()
         self._inline_tasks: set[asyncio.Task] = set()  # inline replicas' Worker.serve
         self._stopping = False
@@ -270,10 +277,75 @@ class Supervisor:
             if self._ray is not None:
                 continue  # Ray actors, started above
             for slot in range(stage.replicas):
-                child = _Child(stage.name, slot)
-                self.children.append(child)
-                await self._spawn(child)
+                await self._start_process(stage.name, slot)
         return self
+
+    async def _start_process(self, stage: str, slot: int) -> None:
+        child = _Child(stage, slot)
+        self.children.append(child)
+        self._placed[(stage, slot)] = child
+        await self._spawn(child)
+
+    # -- rescaling ------------------------------------------------------------------------
+
+    async def rescale(self, stage: str, replicas: int) -> list[Any]:
+        """Run ``stage`` on ``replicas`` replicas (``PUT /v1/stages/{stage}/replicas``): the
+        router routes by the new count at once (``Router.rescale``); each new slot gets a
+        replica placed as the stage's others are (a process, an inline replica, a Ray actor;
+        a remote stage's come with ``altoflow worker --slot N``), and each removed slot's
+        replica drains, then stops, and is not restarted. Returns the stage's slots
+        (``core.SlotState``); ``ValueError`` for an unknown stage or a bad count."""
+        async with self._rescaling:  # one at a time: each places and stops by its own count
+            return await self._rescale(stage, replicas)
+
+    async def _rescale(self, stage: str, replicas: int) -> list[Any]:
+        if self._stopping:
+            raise RuntimeError("the server is stopping: it scales nothing")
+        if stage in self.router.core.stages and stage not in self.remote:
+            sp = self.compiled.plan.stage(stage)
+            if sp.gpus > 0 and self._ray is None and isinstance(replicas, int):
+                missing = [s for s in range(replicas) if (stage, s) not in self.devices]
+                if missing:
+                    raise ValueError(
+                        f"stage {stage} has gpus={sp.gpus:g}: each local replica gets devices of "
+                        f"its own when the server starts, for {sp.replicas} replicas; start it "
+                        f"with --replicas {stage}=N for up to N, or serve with --ray")
+        self.router.rescale(stage, replicas)  # validates stage and count
+        if stage not in self.remote:
+            for slot in range(replicas):
+                if (stage, slot) not in self._placed:
+                    await self._place(stage, slot)
+            # A removed slot's replica that has not connected yet holds nothing: stop it now
+            # (one that has drains first, and the router's on_drained stops it).
+            connected = self.router.core.slots[stage]
+            for key in [k for k in self._placed if k[0] == stage and k[1] >= replicas]:
+                if key[1] not in connected:
+                    self._drained(*key, stop=True)
+        return self.router.scale(stage)
+
+    async def _place(self, stage: str, slot: int) -> None:
+        if stage in self.inline:
+            self._start_inline(stage, slot)
+        elif self._ray is not None:
+            ray = self._ray
+            await asyncio.to_thread(ray.start, self.compiled.plan.stage(stage), slot,
+                                    self._address, self.secret)
+            self._placed[(stage, slot)] = True
+        else:
+            await self._start_process(stage, slot)
+        logger.info("replica %s#%s started (rescale)", stage, slot)
+
+    def _drained(self, stage: str, slot: int, stop: bool = False) -> None:
+        """The replica on removed slot ``slot`` of ``stage`` is done (drained, or down while
+        draining; the router tells it SHUTDOWN), or, with ``stop``, had not connected: it is
+        stopped here. It is not started again; a slot given back later gets a new one."""
+        placed = self._placed.pop((stage, slot), None)
+        if isinstance(placed, _Child):
+            placed.retired = True
+            if stop and placed.process is not None and placed.process.returncode is None:
+                placed.process.terminate()
+        elif placed is True and self._ray is not None:
+            self._ray.remove(stage, slot)  # no restart; its actor holds nothing
 
     async def __aexit__(self, *exc: Any) -> None:
         await self.stop()
@@ -290,10 +362,11 @@ class Supervisor:
             placed = [s for s in self.compiled.plan.stages
                       if s.name not in self.remote and s.name not in self.inline]
             self._ray.check_fits(placed, where)
-            address = f"{self._ray.router_host(self.listen[0])}:{self.tcp_port}"
+            address = self._address = f"{self._ray.router_host(self.listen[0])}:{self.tcp_port}"
             for stage in placed:
                 for slot in range(stage.replicas):
                     self._ray.start(stage, slot, address, self.secret)
+                    self._placed[(stage.name, slot)] = True
         except BaseException:
             await self.stop()  # the router too, and the actors made so far
             raise
@@ -347,10 +420,13 @@ class Supervisor:
         task = asyncio.get_running_loop().create_task(
             worker.serve(f"inline:{stage}#{slot}", connect=self.router.connect_inline))
         self._inline_tasks.add(task)
+        self._placed[(stage, slot)] = task
         task.add_done_callback(self._inline_done)
 
     def _inline_done(self, task: asyncio.Task) -> None:
         self._inline_tasks.discard(task)
+        for key in [k for k, v in self._placed.items() if v is task]:
+            del self._placed[key]
         if not task.cancelled() and task.exception() is not None and not self._stopping:
             logger.error("an inline replica stopped: %s", task.exception())
 
@@ -383,7 +459,13 @@ class Supervisor:
 
     async def _watch(self, child: _Child, process: asyncio.subprocess.Process) -> None:
         code = await process.wait()
-        if self._stopping or not self.restart:
+        if self._stopping:
+            return
+        if self._retire(child):
+            logger.info("replica %s#%s exited with %s after its slot was removed (rescale)",
+                        child.stage, child.slot, code)
+            return
+        if not self.restart:
             return
         child.restarts += 1
         lived = time.monotonic() - child.started
@@ -397,8 +479,19 @@ class Supervisor:
             logger.warning("replica %s#%s exited with %s; restarting in %.1f s (restart %d)",
                            child.stage, child.slot, code, delay, child.restarts)
         await asyncio.sleep(delay)
-        if not self._stopping:
+        if not self._stopping and not self._retire(child):
             await self._spawn(child)
+
+    def _retire(self, child: _Child) -> bool:
+        """Whether ``child``'s slot is gone (a rescale removed it): then it leaves for good."""
+        if not child.retired and child.slot < self.router.core.count[child.stage]:
+            return False
+        child.retired = True
+        if self._placed.get((child.stage, child.slot)) is child:
+            del self._placed[(child.stage, child.slot)]
+        if child in self.children:
+            self.children.remove(child)
+        return True
 
     def _silent(self, stage: str, slot: int) -> None:
         # The router marked this replica down (no heartbeat): a stopped or wedged process. Its
@@ -414,7 +507,7 @@ class Supervisor:
     def crash_looping(self) -> list[str]:
         """``stage#slot`` of every replica in a crash loop (see CRASH_LOOP)."""
         now = time.monotonic()
-        return [f"{c.stage}#{c.slot}" for c in self.children if c.crash_looping(now)]
+        return [f"{c.stage}#{c.slot}" for c in self.children if not c.retired and c.crash_looping(now)]
 
     def kill(self, stage: str, slot: int = 0) -> int:
         """Kill -9 a replica (for fault tests); returns its pid. The supervisor (or Ray, for an
@@ -422,7 +515,8 @@ class Supervisor:
         if self._ray is not None and (stage, slot) in self._ray.replicas:
             return self._ray.kill(stage, slot)
         for child in self.children:
-            if child.stage == stage and child.slot == slot and child.process is not None:
+            if child.stage == stage and child.slot == slot and child.process is not None \
+                    and not child.retired:
                 child.process.send_signal(signal.SIGKILL)
                 return child.process.pid
         raise KeyError(f"{stage}#{slot}")

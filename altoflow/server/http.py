@@ -16,6 +16,14 @@
   (``altoflow.runtime.timeline``: when each invocation started and ended and each output
   appeared); 404 with the reason for an id whose timeline is not kept.
 - ``GET /``: the live page, and ``GET /static/{name}`` its files (``altoflow.server.page``).
+- ``GET /v1/stages``: each stage's replicas (``Ingress.stages``): desired, ready, draining, and
+  each slot's state.
+- ``PUT /v1/stages/{stage}/replicas`` with ``{"replicas": N}``: rescale a running server
+  (``Ingress.rescale``), answering the stage's entry of ``GET /v1/stages``. Only with an
+  ``admin_token`` (``altoflow serve --admin-token-file``), sent as ``Authorization: Bearer
+  TOKEN``: 403 when the app has none, 401 for a missing or wrong token, 404 for an unknown stage
+  (naming the stages), 422 for a body without a whole ``replicas`` >= 1, 409 when the runtime
+  cannot rescale (the in-process one; a server starting or stopping).
 
 Every request has an id: the client's ``X-Request-Id`` when it is 1 to 128 printable ASCII
 characters without spaces, else a new one (32 hex digits). Every answer carries it back in
@@ -38,6 +46,7 @@ with ``tracebacks=False``.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import json
 import socket
@@ -63,7 +72,7 @@ from altoflow._result import Event, encode_event
 from altoflow.compiler._request import MAX_DEPTH, MAX_ERRORS
 from altoflow.runtime.metrics import CONTENT_TYPE as PROMETHEUS
 from altoflow.runtime.stream import RequestStream
-from altoflow.server.ingress import Ingress
+from altoflow.server.ingress import Ingress, RescaleRefused
 from altoflow.server.page import page_routes
 from altoflow.server.sse import NDJSON, SSE, sse_frame, wants_sse
 
@@ -75,17 +84,24 @@ DISCARD_MAX = 64 * 1024 * 1024
 
 
 def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
-               allowed_hosts: Iterable[str] = (), tracebacks: bool = True) -> Starlette:
+               allowed_hosts: Iterable[str] = (), tracebacks: bool = True,
+               admin_token: str | None = None) -> Starlette:
     """The ASGI app serving ``ingress``; its lifespan enters and leaves the ingress.
 
     ``max_body``: the largest ``POST /v1/run`` body taken, in bytes (413 past it).
     ``allowed_hosts``: names the ``Host`` header may have besides the address the connection
     came in on (and ``localhost`` on a loopback address), e.g. the server's DNS name or a
     proxy's; ``"*"`` takes any. ``tracebacks=False`` keeps stages' tracebacks out of the
-    ``error`` events (they are still logged).
+    ``error`` events (they are still logged). ``admin_token`` turns on the routes that change
+    the server (``PUT /v1/stages/{stage}/replicas``), for requests that send it as a Bearer
+    token; without it they answer 403.
     """
     if max_body < 1:
         raise ValueError(f"max_body must be at least 1 byte, not {max_body}")
+    if admin_token is not None and not admin_token.strip():
+        raise ValueError("admin_token is empty: give a secret of its own (e.g. 32 random bytes, "
+                         "hex), or None to keep the admin routes off")
+    token = admin_token.strip().encode() if admin_token is not None else None
     hosts = frozenset(_host_name(h) for h in allowed_hosts)
     plan = ingress.compiled.plan
     graph = {
@@ -169,6 +185,53 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
             return JSONResponse({"detail": detail}, status_code=404)
         return JSONResponse(doc)
 
+    async def get_stages(request: Request) -> Response:
+        stages = getattr(ingress, "stages", None)  # an Ingress of before rescaling has none
+        if stages is None:
+            return JSONResponse({"detail": "this runtime does not report its stages' replicas"},
+                                status_code=404)
+        return JSONResponse({"stages": stages()})
+
+    async def put_replicas(request: Request) -> Response:
+        if token is None:
+            return JSONResponse(
+                {"detail": "this server takes no admin requests: start it with "
+                           "`altoflow serve --admin-token-file PATH` to rescale it, and send the "
+                           "file's token as `Authorization: Bearer TOKEN`"}, status_code=403)
+        scheme, _, given = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), token):
+            return JSONResponse(
+                {"detail": "missing or wrong admin token: send the token of the server's "
+                           "--admin-token-file as `Authorization: Bearer TOKEN`"},
+                status_code=401, headers={"WWW-Authenticate": "Bearer"})
+        name = request.path_params["stage"]
+        if name not in plan.names:
+            return JSONResponse({"detail": f"no stage named {name!r}; stages: "
+                                           f"{', '.join(plan.names)}"}, status_code=404)
+        try:
+            body = json.loads(await _read_body(request, 4096) or b"null")
+        except (_TooLarge, ValueError, RecursionError):
+            body = None
+        replicas = body.get("replicas") if isinstance(body, dict) else None
+        if type(replicas) is not int or replicas < 1:
+            return _unprocessable(
+                f"the body must be a JSON object with a whole number `replicas` >= 1, like "
+                f'{{"replicas": 3}}, not {_preview(body)}',
+                ([{"loc": ["body", "replicas"], "msg": "a whole number >= 1",
+                   "type": "int_greater_than_equal"}], 1))
+        rescale = getattr(ingress, "rescale", None)
+        try:
+            if rescale is None:
+                raise RescaleRefused("this runtime cannot rescale its stages; serve the pipeline "
+                                     "with `altoflow serve` to rescale it")
+            state = await rescale(name, replicas)
+        except ValueError as exc:
+            return _unprocessable(str(exc), ([{"loc": ["body", "replicas"], "msg": str(exc),
+                                               "type": "value_error"}], 1))
+        except RescaleRefused as exc:
+            return JSONResponse({"detail": str(exc)}, status_code=409)
+        return JSONResponse(state)
+
     @asynccontextmanager
     async def lifespan(app: Starlette):  # type: ignore[no-untyped-def]
         async with ingress:
@@ -181,6 +244,8 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
             Route("/healthz", healthz, methods=["GET"]),
             Route("/metrics", metrics, methods=["GET"]),
             Route("/v1/requests/{request_id:path}/timeline", timeline, methods=["GET"]),
+            Route("/v1/stages", get_stages, methods=["GET"]),
+            Route("/v1/stages/{stage}/replicas", put_replicas, methods=["PUT"]),
             *page_routes(),
         ],
         middleware=[Middleware(RequestId), Middleware(HostCheck, allowed=hosts)],
@@ -310,6 +375,12 @@ async def _discard(request: Request, most: int) -> None:
         if message["type"] != "http.request" or not message.get("more_body", False):
             return  # the client went away, or sent it all
         seen += len(message.get("body", b""))
+
+
+def _preview(value: Any) -> str:
+    """A short JSON rendering of a (wrong) request body, for an error message."""
+    text = json.dumps(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def _unprocessable(detail: str, errors: tuple[list[dict[str, Any]], int] = ([], 0)) -> JSONResponse:

@@ -70,9 +70,37 @@ class Ingress(Protocol):
         none is kept for that id; ``timeline_missing(request_id)`` then says why."""
         ...
 
+    def stages(self) -> list[dict[str, Any]]:
+        """Each stage's replicas (``GET /v1/stages``): ``{"stage", "desired", "ready",
+        "draining", "slots": [{"slot", "state"}]}``, a slot's state one of ``starting``,
+        ``ready``, ``draining`` (a rescale removed it; it finishes what it holds) and
+        ``stopping`` (drained, not gone yet)."""
+        ...
+
+    async def rescale(self, stage: str, replicas: int) -> dict[str, Any]:
+        """Run ``stage`` on ``replicas`` replicas from now on; returns its entry of ``stages()``.
+        ``ValueError`` for a count the stage cannot have, ``RescaleRefused`` when this runtime
+        or its state cannot rescale."""
+        ...
+
     async def __aenter__(self) -> Any: ...
 
     async def __aexit__(self, *exc_info: object) -> Any: ...
+
+
+class RescaleRefused(Exception):
+    """The runtime cannot change a stage's replicas (now, or at all); the message says why."""
+
+
+def stage_json(stage: str, desired: int, slots: list[Any]) -> dict[str, Any]:
+    """A stage's entry of ``Ingress.stages``, from its slots (``core.SlotState``s)."""
+    return {
+        "stage": stage,
+        "desired": desired,
+        "ready": sum(1 for s in slots if s.state == "ready"),
+        "draining": sum(1 for s in slots if s.state in ("draining", "stopping")),
+        "slots": [{"slot": s.slot, "state": s.state} for s in slots],
+    }
 
 
 # -- a request's slot: a small state machine --------------------------------------------------
@@ -271,6 +299,19 @@ class LocalIngress:
 
     def timeline_missing(self, request_id: str) -> str:
         return self.timelines.missing(request_id)
+
+    def stages(self) -> list[dict[str, Any]]:
+        live = self._replicas_live()
+        return [{"stage": s.name, "desired": s.replicas, "ready": live[s.name], "draining": 0,
+                 "slots": [{"slot": i, "state": "ready" if live[s.name] else "starting"}
+                           for i in range(s.replicas)]}
+                for s in self.compiled.plan.stages]
+
+    async def rescale(self, stage: str, replicas: int) -> dict[str, Any]:
+        raise RescaleRefused(
+            "this server runs each request on an in-process executor of its own "
+            "(LocalIngress), with the pipeline's replica counts: it has no replicas to scale; "
+            "serve the pipeline with `altoflow serve` (ServedIngress) to rescale it")
 
     def _replicas_live(self) -> dict[str, int]:
         ready = self._state == "ok"

@@ -14,6 +14,7 @@ from altoflow.runtime.router import MAX_BUFFERED
 from altoflow.runtime.stream import RequestStream
 from altoflow.runtime.supervisor import Supervisor
 from altoflow.runtime.timeline import TimelineRecorder
+from altoflow.server.ingress import RescaleRefused, stage_json
 from altoflow.wire import HANDSHAKE_TIMEOUT
 
 logger = logging.getLogger("altoflow.server")
@@ -137,11 +138,27 @@ class ServedIngress:
 
     def _counts(self) -> tuple[int, int]:
         live = self.router.ready()
-        return sum(live.values()), sum(s.replicas for s in self.compiled.plan.stages)
+        return sum(live.values()), sum(self.router.desired().values())
+
+    def stages(self) -> list[dict[str, Any]]:
+        desired = self.router.desired()
+        return [stage_json(name, desired[name], self.router.scale(name))
+                for name in self.compiled.plan.names]
+
+    async def rescale(self, stage: str, replicas: int) -> dict[str, Any]:
+        """Rescale ``stage`` (``Supervisor.rescale``); once every replica is in."""
+        if self.draining or self.supervisor._stopping:
+            raise RescaleRefused("the server is shutting down: it scales nothing")
+        if not self.started:
+            raise RescaleRefused("the server is starting: rescale once every replica is in "
+                                 "(GET /healthz says ok)")
+        await self.supervisor.rescale(stage, replicas)
+        return stage_json(stage, self.router.desired()[stage], self.router.scale(stage))
 
     def health(self) -> dict[str, Any]:
         live = self.router.ready()
-        desired = {s.name: s.replicas for s in self.compiled.plan.stages}
+        desired = self.router.desired()
+        starting = self.router.starting()  # added by a rescale, not in yet: not down
         crash_loop = self.supervisor.crash_looping()
         silent = sorted(f"{stage}#{slot}" for stage, slot in self.router.silent)
         if self.draining or self.supervisor._stopping or self.start_error is not None:
@@ -149,7 +166,8 @@ class ServedIngress:
         elif not self.started:
             status = "starting"
         else:
-            status = "ok" if live == desired and not crash_loop and not silent else "degraded"
+            up = all(live[n] + starting[n] == desired[n] for n in desired)
+            status = "ok" if up and not crash_loop and not silent else "degraded"
         return {
             "status": status,
             "runtime": "served",

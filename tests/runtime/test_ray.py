@@ -267,3 +267,45 @@ def test_a_replica_with_two_gpus_gets_a_placement_group_of_its_own(local_ray, tm
     assert group.state == "CREATED"
     assert [b["unit_resources"] for b in group.bundles] == [{"CPU": 0.1, "GPU": 2.0}]
     assert actor.placement_group_id == group.placement_group_id
+
+
+def test_rescaling_on_ray_starts_and_ends_actors_and_results_stay_exact(local_ray):
+    from runtime.test_rescale_served import SCALED, _settled
+    from runtime.test_served import _compare
+
+    requests = [{"n": 6 + i % 5} for i in range(12)]
+    expectations = [_expected(SCALED, **fields) for fields in requests]
+    plan = load_target(SCALED).compiled.plan
+
+    def actor(stage: str, slot: int) -> bool:
+        try:
+            ray.get_actor(actor_name(plan.name, stage, slot), namespace=NAMESPACE)
+        except ValueError:
+            return False
+        return True
+
+    async def main():
+        sup = await _started(SCALED)
+        try:
+            tasks = [asyncio.ensure_future(_collect(sup.router.submit(f))) for f in requests[:6]]
+            await sup.rescale("per_item", 2)
+            await sup.rescale("work", 2)
+            await _settled(sup, 120)
+            assert actor("per_item", 1) and actor("work", 1)
+            tasks += [asyncio.ensure_future(_collect(sup.router.submit(f))) for f in requests[6:]]
+            await asyncio.sleep(0.05)
+            await sup.rescale("per_item", 1)
+            await sup.rescale("work", 1)
+            got = await asyncio.wait_for(asyncio.gather(*tasks), 180)
+            await _settled(sup, 120)
+            for _ in range(200):  # ray.kill returns before the cluster lets the name go
+                if not actor("per_item", 1) and not actor("work", 1):
+                    break
+                await asyncio.sleep(0.05)
+            assert not actor("per_item", 1) and not actor("work", 1)  # ended, not restarted
+            assert set(sup._ray.replicas) == {(s.name, 0) for s in plan.stages}
+            return got
+        finally:
+            await sup.stop()
+
+    _compare(SCALED, requests, asyncio.run(main()), expectations)
