@@ -518,7 +518,7 @@ def main(argv: list[str] | None = None) -> None:
         args.profiles = [p for p in PROFILES if any(p == prof for prof, _ in pairs)]
     plots = args.plots or args.out.parent
     if args.plots_only:
-        draw(json.loads(args.out.read_text()), plots)
+        draw(json.loads(args.out.read_text()), plots, args.out.stem)
         return
     os.environ.setdefault("ALTOFLOW_RERANKER", "bm25")
     out: dict[str, Any] = {
@@ -545,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
         asyncio.run(series(app, profile, args, out))
     out["wall_s"] = time.monotonic() - started
     _save(out, args.out)
-    draw(out, plots)
+    draw(out, plots, args.out.stem)
     print(f"wrote {args.out} in {out['wall_s']:.0f} s")
 
 
@@ -563,7 +563,7 @@ def medians(records: list[dict], key: str) -> Iterator[tuple[tuple, float | None
         yield group, _median(values)
 
 
-def draw(out: dict, where: Path) -> None:
+def draw(out: dict, where: Path, stem: str = "e2e") -> None:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -591,7 +591,7 @@ def draw(out: dict, where: Path) -> None:
             ax.grid(alpha=0.3)
             ax.legend(fontsize=8)
         fig.tight_layout()
-        fig.savefig(where / f"e2e_latency_{app}.png", dpi=90)
+        fig.savefig(where / f"{stem}_latency_{app}.png", dpi=90)
         plt.close(fig)
     fig, axes = plt.subplots(1, len(profiles), figsize=(5.5 * len(profiles), 4), squeeze=False)
     for ax, profile in zip(axes[0], profiles):
@@ -608,7 +608,7 @@ def draw(out: dict, where: Path) -> None:
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
-    fig.savefig(where / "e2e_cpu.png", dpi=90)
+    fig.savefig(where / f"{stem}_cpu.png", dpi=90)
     plt.close(fig)
 
 

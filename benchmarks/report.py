@@ -356,6 +356,55 @@ def _e2e_profile() -> list[str]:
             "code, polling and callbacks); the whole output is benchmarks/results/e2e_profile.txt.", *keep, ""]
 
 
+def e2e_inprocess(d: dict) -> list[str]:
+    """The CPU goal measured with the simulated LM inside each system (``--lm inprocess``)."""
+    lines = _head("End to end, the LM in process: what each system itself costs a request", d)
+    settings, records = d["settings"], d["records"]
+    rates = settings["rates"]
+    pairs = [tuple(p.split("/")) for p in d.get("series", [])
+             if any(r["system"] != "ideal" and f"{r['profile']}/{r['app']}" == p for r in records)]
+    lines += [
+        "The same benchmark with `--lm inprocess`: every system runs the simulated deployment "
+        "inside its own process (`ALTOFLOW_LM=sim`), so no LM call goes through an HTTP client. "
+        "Over HTTP the LM client is the same code in every system and the largest cost of each "
+        "(py-spy, below), and its noise is larger than the differences between the systems; in "
+        "process, a request's CPU is the framework's, the app's own functions' and the simulated "
+        "engines' timers, and the overheads above the floor stand out. Latencies are the same "
+        "timing model's as over HTTP.",
+        "",
+        f"Series: {', '.join(d.get('series', []))}; rates {', '.join(f'{r:g}' for r in rates)} "
+        f"requests/s, {settings['reps']} repetitions, {settings['duration_s']:g} s of arrivals a "
+        f"run, systems interleaved; whole run {d.get('wall_s', 0) / 60:.0f} minutes.",
+        "",
+        "| app | profile | rate | altoflow | altoflow --barrier | LangGraph | floor | altoflow over floor | LangGraph over floor | ratio (goal <= 0.5) |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for profile, app in pairs:
+        for rate in [*rates, None]:
+            match = {"app": app, "profile": profile} | ({} if rate is None else {"rate": rate})
+            cpu = {s: _e2e_median(records, "cpu_s_per_request", system=s, **match)
+                   for s in E2E_LIVE}
+            over_alto = None if None in (cpu["altoflow"], cpu["floor"]) else cpu["altoflow"] - cpu["floor"]
+            over_lg = None if None in (cpu["langgraph"], cpu["floor"]) else cpu["langgraph"] - cpu["floor"]
+            ratio = _ratio(over_alto, over_lg)
+            verdict = ("-" if over_alto is None or over_lg is None else
+                       "met (altoflow at or under the floor)" if over_alto <= 0 else
+                       "missed (LangGraph at or under the floor)" if over_lg <= 0 else
+                       f"{ratio:.2f}: {'met' if ratio <= 0.5 else 'missed'}")
+            where = "all rates" if rate is None else f"{rate:g}"
+            lines.append(f"| {app} | {profile} | {where} | {_ms1(cpu['altoflow'])} | "
+                         f"{_ms1(cpu['altoflow-barrier'])} | {_ms1(cpu['langgraph'])} | "
+                         f"{_ms1(cpu['floor'])} | {_ms1(over_alto)} | {_ms1(over_lg)} | {verdict} |")
+    lines += ["", "CPU in ms a request, medians over the repetitions (\"all rates\": over every "
+              "rate's runs).", "",
+              "![CPU per request, LM in process](../benchmarks/results/e2e_inprocess_cpu.png)", ""]
+    return lines
+
+
+def _ms1(x: float | None) -> str:
+    return "-" if x is None else f"{1000 * x:.1f}"
+
+
 def timeline(d: dict) -> list[str]:
     lines = _head(f"Figure 2: one {d['app']} request through every stage, streaming beside "
                   f"barrier (profile {d['profile']})", d)
@@ -442,7 +491,7 @@ def faults(d: dict) -> list[str]:
     return lines
 
 
-SECTIONS = [("e2e", e2e), ("timeline", timeline), ("figure4", figure4), ("placement", placement),
+SECTIONS = [("e2e", e2e), ("e2e_inprocess", e2e_inprocess), ("timeline", timeline), ("figure4", figure4), ("placement", placement),
             ("router", router), ("executor", executor), ("frames", frames), ("retrieval", retrieval),
             ("faults", faults)]
 

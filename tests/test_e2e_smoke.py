@@ -39,3 +39,34 @@ def test_e2e_benchmark_quick(tmp_path):
     assert modes == {("claimverify", "streaming"), ("claimverify", "barrier")}
     assert (tmp_path / "e2e_latency_claimverify.png").stat().st_size > 0
     assert (tmp_path / "e2e_cpu.png").stat().st_size > 0
+
+
+def test_e2e_benchmark_quick_with_the_lm_in_process(tmp_path):
+    """``--lm inprocess``: no sim-lm, every system's own simulated engines; its plots get the
+    file's name, so they never overwrite the HTTP run's."""
+    pytest.importorskip("langgraph")
+    out = tmp_path / "e2e_inprocess.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--quick", "--lm", "inprocess",
+         "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    data = json.loads(out.read_text())
+    assert data["settings"]["lm"] == "inprocess"
+    live = [r for r in data["records"] if r["system"] != "ideal"]
+    assert {r["system"] for r in live} == SYSTEMS - {"ideal"}
+    assert all(r["cpu_s_per_request"] > 0 and r["throughput"] > 0 for r in live), live
+    for run in data["runs"]:
+        assert run["errors"] == 0 and run["sim_cpu_s"] is None and "sim" not in run, run
+    assert (tmp_path / "e2e_inprocess_cpu.png").stat().st_size > 0
+    assert not (tmp_path / "e2e_cpu.png").exists()
+
+
+def test_e2e_refuses_the_lm_in_process_with_processes():
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "e2e.py"), "--lm", "inprocess",
+         "--placement", "processes", "--quick"],
+        cwd=ROOT, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 2 and "--lm inprocess needs --placement inline" in proc.stderr
