@@ -37,9 +37,16 @@ from altoflow.compiler.plan import StagePlan
 logger = logging.getLogger("altoflow.ray")
 
 NAMESPACE = "altoflow"
-# Seconds an actor that could not get in waits before its process ends (and Ray restarts it),
-# so that a replica that cannot reach its router does not restart in a tight loop.
+# An actor that could not get in (it never became ready) waits before its process ends and Ray
+# restarts it, so that a replica that cannot reach its router does not restart in a tight loop:
+# the n-th such failure in a row, each within STABLE_AFTER seconds of the end of the wait before
+# it (the next start), waits
+# RETRY_DELAY * 2**(n-1) seconds, at most MAX_RETRY_DELAY. Ray starts a restarted actor in a new
+# process, so the count is kept in a file named after the actor's id, on its node (a restart on
+# another node starts counting again).
 RETRY_DELAY = 1.0
+MAX_RETRY_DELAY = 30.0
+STABLE_AFTER = 30.0
 
 
 class RayUnavailable(RuntimeError):
@@ -164,7 +171,12 @@ class ReplicaActor:
         if self.worker.shut_down:
             return  # the router said SHUTDOWN: the supervisor ends this actor
         if not self.worker.ready:
-            time.sleep(RETRY_DELAY)
+            import ray
+
+            delay = failed_start_delay(_streak_file(ray.get_runtime_context().get_actor_id()))
+            logger.error("could not get in; this actor's process ends in %.1f s, and Ray "
+                         "starts it again", delay)
+            time.sleep(delay)
         sys.stdout.flush()
         sys.stderr.flush()
         os._exit(1)  # Ray restarts the actor, which connects again
@@ -177,6 +189,34 @@ class ReplicaActor:
         return {"pid": os.getpid(), "node_id": context.get_node_id(),
                 "cuda_visible_devices": os.environ.get("CUDA_VISIBLE_DEVICES"),
                 "assigned": context.get_assigned_resources()}
+
+
+def _streak_file(actor_id: str) -> str:
+    import tempfile
+
+    return os.path.join(tempfile.gettempdir(), f"altoflow-ray-{actor_id}.failed-starts")
+
+
+def failed_start_delay(path: str, now: float | None = None) -> float:
+    """Count one more failed start in ``path`` and return how long to wait (see RETRY_DELAY).
+
+    The file holds the failures in a row, when the last one was and how long it waited; a
+    failure more than STABLE_AFTER seconds after that wait ended starts the count again. An
+    unreadable file counts as none."""
+    now = time.time() if now is None else now
+    try:
+        with open(path) as f:
+            count, last, waited = f.read().split()
+        streak = int(count) + 1 if now - float(last) - float(waited) < STABLE_AFTER else 1
+    except (OSError, ValueError):
+        streak = 1
+    delay = min(RETRY_DELAY * 2 ** (streak - 1), MAX_RETRY_DELAY)
+    try:
+        with open(path, "w") as f:
+            f.write(f"{streak} {now} {delay}")
+    except OSError:
+        pass  # no place to count: every failure waits the first delay
+    return delay
 
 
 def _user_paths() -> list[str]:

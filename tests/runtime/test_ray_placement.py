@@ -90,3 +90,23 @@ def test_the_core_and_the_command_do_not_import_ray():
             "altoflow.runtime.ray_placement, altoflow.server.served; "
             "assert 'ray' not in sys.modules, 'ray was imported'")
     subprocess.run([sys.executable, "-c", code], check=True, timeout=60)
+
+
+def test_an_actor_that_cannot_get_in_backs_off_exponentially_until_a_quiet_spell(tmp_path):
+    from altoflow.runtime.ray_placement import (MAX_RETRY_DELAY, RETRY_DELAY, STABLE_AFTER,
+                                                failed_start_delay)
+
+    path = str(tmp_path / "actor.failed-starts")
+    t = 1000.0
+    delays = []
+    for _ in range(8):  # each restart fails again a moment after the last delay
+        delays.append(failed_start_delay(path, now=t))
+        t += delays[-1] + 2.0
+    assert delays == [min(RETRY_DELAY * 2 ** n, MAX_RETRY_DELAY) for n in range(8)]
+    assert delays[-1] == MAX_RETRY_DELAY
+    # A failure long after the last one starts the count again.
+    assert failed_start_delay(path, now=t + MAX_RETRY_DELAY + STABLE_AFTER + 1) == RETRY_DELAY
+    # A file that is not ours, or a place with no room to write, counts as none.
+    (tmp_path / "actor.failed-starts").write_text("garbage")
+    assert failed_start_delay(path, now=t) == RETRY_DELAY
+    assert failed_start_delay(str(tmp_path / "missing-dir" / "f"), now=t) == RETRY_DELAY
