@@ -92,19 +92,24 @@ class Client:
         """Run one request and return its ``Result``; raises ``StageError``, ``InputError``,
         ``ServerBusy`` or ``ServerUnavailable``."""
         outputs = self._output_levels()
-        return Result(list(self.stream(**fields)), outputs)
+        return Result(list(self._stream(fields, partials=False)), outputs)
 
     def stream(self, /, **fields: Any) -> Iterator[Event]:
         """Each event as it arrives: the outputs (and the ``partial`` events of stages that
         call ``altoflow.partial``), then ``done``. A served ``error`` event raises
         ``StageError`` after the events before it. Leaving the loop early cancels the request."""
+        return self._stream(fields, partials=True)
+
+    def _stream(self, fields: dict[str, Any], *, partials: bool) -> Iterator[Event]:
+        # A Result leaves partial events out: run() asks the server not to send them.
+        path = "/v1/run" if partials else "/v1/run?partials=false"
         body = _encode_fields(fields)
         parser = _EventParser(self._url("/v1/run"))
         retry = _BusyRetry(self.busy_retries, self.busy_wait)
         with self._errors("/v1/run"):
             while True:
                 resp = self._sync_http().send(
-                    self._sync_http().build_request("POST", "/v1/run", content=body,
+                    self._sync_http().build_request("POST", path, content=body,
                                                     headers={"content-type": "application/json"}),
                     stream=True)
                 if resp.status_code == 200:
@@ -172,7 +177,7 @@ class Client:
         """``run`` for async code."""
         async with self._async_http() as http:
             outputs = await self._aoutput_levels(http)
-            events = [e async for e in self._astream(http, fields)]
+            events = [e async for e in self._astream(http, fields, partials=False)]
         return Result(events, outputs)
 
     async def astream(self, /, **fields: Any) -> AsyncIterator[Event]:
@@ -181,7 +186,7 @@ class Client:
         A stream left early inside ``async with client:`` is closed, which cancels its
         request, when the block ends."""
         async with self._async_http() as http:
-            async for event in self._astream(http, fields):
+            async for event in self._astream(http, fields, partials=True):
                 yield event
 
     async def __aenter__(self) -> Client:
@@ -200,16 +205,18 @@ class Client:
             await self._ahttp.aclose()
             self._ahttp = None
 
-    async def _astream(self, http: httpx.AsyncClient, fields: dict[str, Any]) -> AsyncIterator[Event]:
+    async def _astream(self, http: httpx.AsyncClient, fields: dict[str, Any], *,
+                       partials: bool) -> AsyncIterator[Event]:
         import anyio
 
+        path = "/v1/run" if partials else "/v1/run?partials=false"
         body = _encode_fields(fields)
         parser = _EventParser(self._url("/v1/run"))
         retry = _BusyRetry(self.busy_retries, self.busy_wait)
         with self._errors("/v1/run"):
             while True:
                 resp = await http.send(
-                    http.build_request("POST", "/v1/run", content=body,
+                    http.build_request("POST", path, content=body,
                                        headers={"content-type": "application/json"}),
                     stream=True)
                 if resp.status_code == 200:

@@ -408,12 +408,15 @@ class Router:
 
     # -- requests -------------------------------------------------------------------------
 
-    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None,
+               partials: bool = True) -> RequestStream:
         """Start a request; its events (outputs, then done or error) come from the stream.
 
         Raises ``InputError`` for fields that do not fit the request schema, and ``Overloaded``
         when ``max_inflight`` requests are in flight. Closing the stream cancels the request.
         ``request_id`` names it in the log (the router's own number for it otherwise).
+        ``partials=False`` leaves its stages' ``partial`` deltas out of the stream: they are
+        dropped as they arrive.
         """
         values = self.compiled.validate_request(fields)
         if len(self.streams) >= self.max_inflight:
@@ -424,7 +427,7 @@ class Router:
         encoded = {name: self.codec.encode(v) for name, v in values.items()}
         request = next(self._ids)
         channel = EventChannel(self.max_buffered, lambda full: self._pressure(request, full))
-        channel.partials = PartialBuffer()
+        channel.partials = PartialBuffer() if partials else None
         self.requests[request] = channel
         self.streams[request] = channel
         if request_id is not None:
@@ -607,13 +610,13 @@ class Router:
         hears of it (no routing, no credit, no progress), and a request that has ended or was
         cancelled drops it; its ``PartialBuffer`` merges it or drops it at the cap."""
         channel = self.requests.get(anc[0])
-        if channel is None:
+        if channel is None or channel.partials is None:  # ended, or its client wants none
             return
         # An inline replica's delta is the str itself; a process's is UTF-8 (a peer's bad
         # bytes become U+FFFD rather than an error).
         delta = payload if type(payload) is str else bytes(payload).decode("utf-8", "replace")
         event = partial_event(stage, dict(zip(self.core.stages[stage].levels_in, anc[1:])), delta)
-        if channel.partials.offer(event):  # type: ignore[union-attr]
+        if channel.partials.offer(event):
             channel.send_nowait(event)
 
     def _on_hello(self, conn: _Conn, frame: fr.Frame) -> None:

@@ -113,6 +113,11 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
     example = "{" + ", ".join(f'"{f}": ...' for f in field_names) + "}"
 
     async def run(request: Request) -> Response | EventStreamResponse:
+        wanted = request.query_params.get("partials", "true").strip().lower()
+        if wanted not in _FLAGS:
+            return _unprocessable(f"the query parameter partials={wanted!r} is neither true nor "
+                                  f"false; send /v1/run?partials=false to leave the stages' "
+                                  f"partial events out of the answer (the default is true)")
         media = request.headers.get("content-type", "").partition(";")[0].strip().lower()
         if media != "application/json" and not (media.startswith("application/") and
                                                 media.endswith("+json")):
@@ -154,7 +159,7 @@ def create_app(ingress: Ingress, *, max_body: int = MAX_BODY,
                                   f"fields as a JSON object, like {example}")
         request_id = request.scope["altoflow.request_id"]
         try:
-            stream = ingress.submit(fields, request_id=request_id)
+            stream = ingress.submit(fields, request_id=request_id, partials=_FLAGS[wanted])
         except InputError as exc:
             return _unprocessable(str(exc), _validation_errors(exc))
         except Overloaded as exc:
@@ -310,6 +315,10 @@ class HostCheck:
 
 
 _LOOPBACK_NAMES = frozenset({"localhost", "localhost.", "127.0.0.1", "::1"})
+
+
+_FLAGS = {"true": True, "1": True, "yes": True, "on": True,
+          "false": False, "0": False, "no": False, "off": False}
 
 
 def _host_name(host: str) -> str:

@@ -48,11 +48,13 @@ class Ingress(Protocol):
 
     compiled: CompiledPipeline
 
-    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None,
+               partials: bool = True) -> RequestStream:
         """Start one request. Raises ``InputError`` for fields that do not fit the request
         schema (``compiled.validate_request``) and ``Overloaded`` when no slot is free.
         ``request_id`` (the HTTP layer's, from ``X-Request-Id``) names the request in the log
-        records about it."""
+        records about it. ``partials=False``: the stream leaves out the stages' ``partial``
+        events (they cost nothing more than the stage's ``altoflow.partial`` call)."""
         ...
 
     def health(self) -> dict[str, Any]:
@@ -133,7 +135,7 @@ class _Request:
     scope: anyio.CancelScope
     started: float
     name: str  # its request id (X-Request-Id), for the log
-    partials: PartialBuffer
+    partials: PartialBuffer | None  # None: the client wants no partial events
     state: SlotState = "running"
 
 
@@ -196,7 +198,8 @@ class LocalIngress:
     def in_flight(self) -> int:
         return len(self._requests)
 
-    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None,
+               partials: bool = True) -> RequestStream:
         if self._tg is None:
             raise RuntimeError(
                 f"LocalIngress is {self._state}: start it with `async with ingress:` (an app from "
@@ -216,7 +219,7 @@ class LocalIngress:
         # Partial events, which the executor does not keep, are bounded by req.partials.
         send, receive = anyio.create_memory_object_stream[Event](math.inf)
         req = _Request(rid, send, anyio.CancelScope(), anyio.current_time(),
-                       request_id or new_request_id(), PartialBuffer())
+                       request_id or new_request_id(), PartialBuffer() if partials else None)
         self._requests[rid] = req
         self.stats.admitted += 1
         self._tg.start_soon(self._serve, req, values, self.timelines.begin(rid, req.name),
@@ -254,7 +257,8 @@ class LocalIngress:
     def _on_event(self, req: _Request, event: Event) -> None:
         if event.type in ("output", "done"):
             self._send(req, event)
-        elif event.type == "partial" and req.partials.offer(event):  # merged or capped otherwise
+        elif (event.type == "partial" and req.partials is not None
+              and req.partials.offer(event)):  # merged or capped otherwise; None: not wanted
             self._send(req, event)
         # The executor's own error event is left out: _serve sends one built from the
         # StageError it raises next, whose ``detail`` is kept apart from the stage and ancestry.

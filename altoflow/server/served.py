@@ -124,7 +124,8 @@ class ServedIngress:
         """Kill every replica process and remove the socket directory, without waiting."""
         self.supervisor.kill_now()
 
-    def submit(self, fields: dict[str, Any], *, request_id: str | None = None) -> RequestStream:
+    def submit(self, fields: dict[str, Any], *, request_id: str | None = None,
+               partials: bool = True) -> RequestStream:
         if self.draining:
             raise Overloaded("the server is shutting down and takes no new requests; send this "
                              "one to another server, or retry once it is back")
@@ -134,7 +135,7 @@ class ServedIngress:
             live, desired = self._counts()
             raise Overloaded(f"the server is starting: {live} of {desired} replicas are in; "
                              f"retry in 1 s (GET /healthz says ok once it takes requests)")
-        return self.router.submit(fields, request_id=request_id)
+        return self.router.submit(fields, request_id=request_id, partials=partials)
 
     def _counts(self) -> tuple[int, int]:
         live = self.router.ready()

@@ -143,6 +143,16 @@ def _check_http(url: str) -> None:
     strip = lambda objs: sorted(json.dumps({k: v for k, v in o.items() if k != "request_id"}, sort_keys=True)
                                 for o in objs if o["type"] != "partial")
     assert strip(data for _, data in events) == strip(lines)
+    # A client that wants no previews (Client.run asks so) gets every other event, as they are.
+    for flag in ("false", "0", "off"):
+        bare = httpx.post(url + f"/v1/run?partials={flag}", json={"question": question}, timeout=30)
+        plain = [json.loads(line) for line in bare.text.splitlines()]
+        assert not [o for o in plain if o["type"] == "partial"], plain
+        assert strip(plain) == strip(lines)
+    both = httpx.post(url + "/v1/run?partials=true", json={"question": question}, timeout=30)
+    assert any(json.loads(line)["type"] == "partial" for line in both.text.splitlines())
+    bad = httpx.post(url + "/v1/run?partials=maybe", json={"question": question}, timeout=30)
+    assert bad.status_code == 422 and "partials='maybe'" in bad.json()["detail"]
 
 
 def test_http_streams_partials_as_ndjson_and_as_sse_under_local_ingress() -> None:
