@@ -44,6 +44,11 @@ The LM client is the same code in every system and costs more than any of them (
 the framework, the app's own code and the simulator's timers, and the systems' overheads above
 the floor stand out of the noise. It measures CPU; latencies are the same model's.
 
+Events: the twin and the floor send outputs and ``done``; altoflow also sends the claim
+verifier's answer token by token (``partial`` events, 33 of its 37 a request). The load
+generator asks altoflow for none (``/v1/run?partials=false``), so every system sends the same
+events; ``--partials`` asks for them.
+
 Writes the JSON (``records``: one per app, system, profile, rate and repetition, with the
 fields ``app system profile rate rep p50_s p99_s first_output_p50_s throughput
 cpu_s_per_request``; ``ideal``: the low-load ideal of each app, streaming and barrier, per
@@ -136,9 +141,14 @@ class Server:
     """One system's server and its simulator, as subprocesses."""
 
     def __init__(self, app: str, system: str, profile: str, max_batch: int | None,
-                 placement: str = "inline", fuse: bool = True, lm: str = "http") -> None:
+                 placement: str = "inline", fuse: bool = True, lm: str = "http",
+                 partials: bool = False) -> None:
         self.app, self.system, self.profile, self.placement = app, system, profile, placement
         self.lm = lm  # "http": an altoflow sim-lm subprocess; "inprocess": ALTOFLOW_LM=sim
+        # Whether the load generator asks for altoflow's partial events (the claim verifier's
+        # answer, token by token): the twin and the floor send none, so by default none is
+        # asked for, and every system sends the same events.
+        self.partials = partials
         self.fuse = fuse  # False: altoflow serve --no-fuse (every stage's invocations show)
         self.sim_port, self.port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -249,7 +259,7 @@ def record_of(app: str, system: str, profile: str, rate: float, rep: int, summar
 
 async def warm(server: Server, client: httpx.AsyncClient, inputs: list[dict]) -> None:
     """A few rounds of concurrent requests, so every replica has built its index and connected."""
-    target = http_target(server.url, client)
+    target = http_target(server.url, client, partials=server.partials)
 
     async def one() -> None:
         async for _ in target(dict(inputs[0])):
@@ -263,7 +273,8 @@ async def measure(server: Server, client: httpx.AsyncClient, inputs: list[dict],
     sim_before = await server.sim_stats(client)
     sim_cpu_before = tree_cpu(server.sim.pid) if server.sim is not None else {}
     before = tree_cpu(server.proc.pid)
-    run = await run_load(http_target(server.url, client), inputs, rate=rate, duration=duration,
+    run = await run_load(http_target(server.url, client, partials=server.partials), inputs,
+                         rate=rate, duration=duration,
                          seed=rep, timeout=120.0)
     after = tree_cpu(server.proc.pid)
     sim_cpu_s = cpu_between(sim_cpu_before, tree_cpu(server.sim.pid)) if server.sim is not None else None
@@ -312,7 +323,7 @@ async def series(app: str, profile: str, args: argparse.Namespace, out: dict) ->
     limits = httpx.Limits(max_connections=2000, max_keepalive_connections=200)
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0), limits=limits) as client:
         servers = {system: Server(app, system, profile, args.max_batch, args.placement,
-                                  lm=args.lm)
+                                  lm=args.lm, partials=args.partials)
                    for system in LIVE}
         try:
             t0 = time.monotonic()
@@ -420,7 +431,8 @@ async def _profile_one(args: argparse.Namespace, app: str, system: str, profile:
                        rate: float, seconds: float) -> list[str]:
     inputs = inputs_of(app)
     async with httpx.AsyncClient(timeout=httpx.Timeout(120.0, connect=30.0)) as client:
-        server = Server(app, system, profile, args.max_batch, args.placement, lm=args.lm)
+        server = Server(app, system, profile, args.max_batch, args.placement, lm=args.lm,
+                        partials=args.partials)
         try:
             await server.ready(client)
             before = tree_cpu(server.proc.pid)
@@ -442,7 +454,8 @@ async def _profile_one(args: argparse.Namespace, app: str, system: str, profile:
                                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
                      for pid, path in spies.values()]
             before = tree_cpu(server.proc.pid)
-            run = await run_load(http_target(server.url, client), inputs, rate=rate,
+            run = await run_load(http_target(server.url, client, partials=server.partials),
+                                 inputs, rate=rate,
                                  duration=seconds, seed=0)
             after = tree_cpu(server.proc.pid)
             for proc in procs:
@@ -485,6 +498,10 @@ def main(argv: list[str] | None = None) -> None:
                         help="the simulated LM: an altoflow sim-lm subprocess per system over "
                         "HTTP, or inside each system's process (measures the systems' CPU without "
                         "the LM client's; --placement inline only)")
+    parser.add_argument("--partials", action="store_true",
+                        help="ask altoflow for its partial events too (the claim verifier's answer "
+                        "token by token, which the twin and the floor do not send); by default "
+                        "every system is asked for outputs and done only (/v1/run?partials=false)")
     parser.add_argument("--quick", action="store_true",
                         help="tiny: the claim verifier, paper profile, 1 req/s for 3 s, 1 rep")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "e2e.json")
@@ -528,7 +545,7 @@ def main(argv: list[str] | None = None) -> None:
         "machine": machine(),
         "settings": {"apps": args.apps, "profiles": args.profiles, "rates": args.rates,
                      "reps": args.reps, "duration_s": args.duration, "max_batch": args.max_batch,
-                     "placement": args.placement, "lm": args.lm,
+                     "placement": args.placement, "lm": args.lm, "partials": args.partials,
                      "reranker": "bm25", "systems": list(SYSTEMS)},
         "simulator": simulator(),
         "series": [f"{p}/{a}" for p, a in pairs],

@@ -147,13 +147,14 @@ class TargetError(Exception):
     """A request that the target answered with something other than its events."""
 
 
-def http_target(base_url: str, client: httpx.AsyncClient) -> Target:
+def http_target(base_url: str, client: httpx.AsyncClient, *, partials: bool = True) -> Target:
     """``POST {base_url}/v1/run`` with the fields as JSON; yields the NDJSON events.
 
     The stream must end with a ``done`` or an ``error`` event; one that stops before is an
-    error (the server went away mid-request).
+    error (the server went away mid-request). ``partials=False`` asks an altoflow server for
+    no ``partial`` events (``?partials=false``).
     """
-    url = base_url.rstrip("/") + "/v1/run"
+    url = base_url.rstrip("/") + ("/v1/run" if partials else "/v1/run?partials=false")
 
     async def run(fields: dict[str, Any]) -> AsyncIterator[Mapping[str, Any]]:
         async with client.stream("POST", url, json=fields) as response:
