@@ -27,7 +27,8 @@ What happens to one item, in the order the core sees it:
    finished (``Finish``) when nothing of it is in flight.
 
 A failure under ``on_error="fail"`` finishes the request with the error at once, tells the
-replicas to abort its work (``Abort``), and forgets everything about it.
+replicas to abort its work (``Abort``), and forgets everything about it, what is parked for
+its groups' slots included (a slot's next replica is given nothing of a request that ended).
 
 A replica is ``ready`` from its ``ReplicaUp`` until its ``ReplicaDown``, then ``dead`` for good
 (``_REPLICA_TRANSITIONS``). When one dies, its work in flight that has produced nothing yet runs
@@ -797,6 +798,8 @@ class RouterCore:
         # Keyed work that waited for this slot goes first, in the order it came.
         for entry in self.parked.pop((ev.stage, ev.slot), ()):
             if type(entry) is _Work:
+                if entry.ancestry[0] not in self.requests:
+                    continue
                 self._story.append((entry.ancestry[0], ev.stage, entry.ancestry, "unpark", rep.id, None))
                 rep.queue.append(entry)
                 rep.groups.add(entry.ancestry[: 1 + len(stage.route_key or ())])
@@ -1525,6 +1528,14 @@ class RouterCore:
             rep.queue.discard(request)
         for queue in self.stage_queue.values():
             queue.discard(request)
+        for key, parked in list(self.parked.items()):  # work and group messages for a dead slot
+            kept = deque(e for e in parked
+                         if (e.ancestry if type(e) is _Work else e.prefix)[0] != request)
+            if len(kept) != len(parked):
+                if kept:
+                    self.parked[key] = kept
+                else:
+                    del self.parked[key]
         self._forget(request)
 
     def _forget(self, request: int) -> None:

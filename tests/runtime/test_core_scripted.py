@@ -105,6 +105,28 @@ def test_keyed_work_parks_while_its_replica_is_down_and_goes_to_the_next_one():
     _assert_nothing_left(core)
 
 
+def test_a_request_that_ends_while_its_keyed_work_is_parked_leaves_nothing_for_the_next_replica():
+    # Found by Hypothesis (test_core_sim, pauses and kills): a request failed while its group's
+    # only slot was down, and the slot's next replica was handed the dead request's parked items.
+    core = _core(KEYED, [(0, "items", 0), (1, "direct_total", 0)])
+    core.handle(Submit(R, {"n": 3}))
+    assert core.handle(ReplicaDown(1)) == []
+    assert core.output(0, "items", (R, 0), "a") == []
+    assert core.output(0, "items", (R, 1), "b") == []
+    assert [len(q) for q in core.parked.values()] == [2]  # its two items
+
+    assert core.handle(Cancel(R)) == [Abort(0, R)]
+    assert not core.parked
+    assert core.handle(ReplicaUp(2, "direct_total", 0)) == []
+    assert core.ack(0, "items", (R,), "ok") == []  # the fan-out's late acknowledgement
+    _assert_nothing_left(core)
+
+    # The next request's group goes to the new replica as usual.
+    core.handle(Submit(R + 1, {"n": 1}))
+    assert core.output(0, "items", (R + 1, 0), "c") == [
+        Invoke(2, "direct_total", (R + 1, 0), {"items": "c"})]
+
+
 def test_a_dead_stateless_replica_s_work_is_sent_again_once_to_the_other_replica():
     core = _core(SPREAD, [(0, "items", 0), (1, "slow", 0), (2, "slow", 1), (3, "total", 0)])
     core.handle(Submit(R, {"n": 6}))
