@@ -121,7 +121,7 @@ class ColBERTReranker:
 
         with _load_lock:
             _colbert_compat.apply()
-            _check_cpp_compiler(torch)
+            _defer_cpp_extension(torch)
             with _hub_offline():
                 from colbert.infra import ColBERTConfig
                 from colbert.modeling.checkpoint import Checkpoint
@@ -318,19 +318,40 @@ def _hidden_size(path: Path) -> int:
 # -- environment ---------------------------------------------------------------------------------
 
 
-def _check_cpp_compiler(torch: Any) -> None:
+def _defer_cpp_extension(torch: Any) -> None:
+    """Leave colbert-ai's C++ extension unbuilt until something calls it.
+
+    On CPU, colbert-ai compiles ``segmented_maxsim`` with torch's cpp_extension the first time a
+    model loads: half a minute on a fresh machine, and a C++ compiler needed. It serves packed
+    scoring (``colbert_score_packed``, an index's search); the reranker scores padded batches
+    (``colbert_score``) and never calls it. So the model loads with a stand-in that builds the
+    real extension the first time it is called, and then calls it.
+    """
     from colbert.modeling.colbert import ColBERT
 
-    # On CPU, colbert-ai compiles a small C++ extension (segmented_maxsim) with torch's
-    # cpp_extension the first time a model loads, and caches it under ~/.cache/torch_extensions.
     if torch.cuda.is_available() or hasattr(ColBERT, "loaded_extensions"):
         return
+
+    def segmented_maxsim(*args: Any) -> Any:
+        with _load_lock:
+            if ColBERT.__dict__.get("segmented_maxsim") is deferred:
+                _check_cpp_compiler()
+                del ColBERT.loaded_extensions, ColBERT.segmented_maxsim
+                ColBERT.try_load_torch_extensions(use_gpu=False)
+        return ColBERT.segmented_maxsim(*args)
+
+    deferred = staticmethod(segmented_maxsim)
+    ColBERT.segmented_maxsim = deferred
+    ColBERT.loaded_extensions = True  # colbert-ai's own "already built": it skips the build
+
+
+def _check_cpp_compiler() -> None:
     compiler = os.environ.get("CXX", "c++")
     if shutil.which(compiler) is None:
         raise ColBERTSetupError(
-            f"colbert-ai compiles a C++ extension when it first loads a model on CPU, and no C++ "
-            f"compiler '{compiler}' is on PATH. Install one (Debian/Ubuntu: apt-get install -y g++) "
-            "or set CXX to its path."
+            f"colbert-ai compiles a C++ extension (segmented_maxsim) the first time it is used on "
+            f"CPU, and no C++ compiler '{compiler}' is on PATH. Install one (Debian/Ubuntu: "
+            "apt-get install -y g++) or set CXX to its path."
         )
 
 

@@ -240,19 +240,40 @@ def test_compat_shim_is_idempotent() -> None:
     assert patched.__wrapped__.__module__ == "colbert.modeling.hf_colbert"  # wrapped once, not twice
 
 
-def test_a_missing_cpp_compiler_is_named(monkeypatch: pytest.MonkeyPatch) -> None:
+def test_loading_builds_no_cpp_extension_and_its_first_use_does(
+        reranker: ColBERTReranker, monkeypatch: pytest.MonkeyPatch) -> None:
     from colbert.modeling.colbert import ColBERT
 
     from altoflow.retrieval import ColBERTSetupError
-    from altoflow.retrieval.colbert import _check_cpp_compiler
+    from altoflow.retrieval.colbert import _defer_cpp_extension
 
-    # As on a fresh CPU-only machine: the extension not yet built, and no compiler.
+    if torch.cuda.is_available():
+        pytest.skip("colbert-ai builds nothing on a GPU")
+    # The reranker loaded (the fixture) and scores without colbert-ai's C++ extension.
+    assert reranker.score("a fast sorting algorithm", ["Quicksort sorts", "Ethernet"])
+    built: list[bool] = []
+
+    def build(cls, use_gpu):  # colbert-ai's build, which sets the extension's entry point
+        built.append(use_gpu)
+        cls.segmented_maxsim = staticmethod(lambda scores, lengths: ("built", scores, lengths))
+        cls.loaded_extensions = True
+
+    # As on a fresh CPU-only machine: nothing built yet.
     monkeypatch.delattr(ColBERT, "loaded_extensions", raising=False)
-    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    monkeypatch.delattr(ColBERT, "segmented_maxsim", raising=False)
+    monkeypatch.setattr(ColBERT, "try_load_torch_extensions", classmethod(build))
+    _defer_cpp_extension(torch)
+    assert built == [] and ColBERT.loaded_extensions
+
+    # No compiler: the first call names what is missing and how to get it.
     monkeypatch.setenv("CXX", "/nonexistent/c++")
     with pytest.raises(ColBERTSetupError) as info:
-        _check_cpp_compiler(torch)
+        ColBERT.segmented_maxsim("s", "l")
     assert "no C++ compiler '/nonexistent/c++' is on PATH" in str(info.value)
-    assert "apt-get install -y g++" in str(info.value)
+    assert "apt-get install -y g++" in str(info.value) and built == []
+
+    # With one, the first call builds it once and calls it; later calls go to it directly.
     monkeypatch.setenv("CXX", sys.executable)  # any executable on the path passes
-    _check_cpp_compiler(torch)
+    assert ColBERT.segmented_maxsim("s", "l") == ("built", "s", "l")
+    assert ColBERT.segmented_maxsim("t", "m") == ("built", "t", "m")
+    assert built == [False]
