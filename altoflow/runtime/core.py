@@ -957,10 +957,12 @@ class RouterCore:
             # The rebuilt groups go first to the slot's next replica, then its queued work.
             self.parked.setdefault((rep.stage, rep.slot), deque()).extend(replays)
         if rep.queue:
-            # Keyed work for this slot waits for the slot's next replica.
+            # Keyed work for this slot waits for the slot's next replica; what the replay already
+            # sends again (an earlier replay's inputs, queued here and not yet run) goes once.
+            again = {w.ancestry for w in replays if type(w) is _Work}
             parked = self.parked.setdefault((rep.stage, rep.slot), deque())
             for work in rep.queue:
-                if work.ancestry[0] in self.requests:
+                if work.ancestry[0] in self.requests and work.ancestry not in again:
                     self._story.append((work.ancestry[0], stage.name, work.ancestry, "park", None, None))
                     parked.append(work)
             rep.queue.clear()
@@ -1004,6 +1006,7 @@ class RouterCore:
         for (_req, anc), work in inflight.items():
             running[anc[:cut]].append(work)
         in_loc = self.topo.in_loc[stage.name]
+        queued = {work.ancestry for work in rep.queue}  # an earlier replay's, not run yet: held
         replays: deque[Parked] = deque()
         for prefix in sorted(rep.groups | running.keys()):
             req = self.requests.get(prefix[0])
@@ -1023,7 +1026,7 @@ class RouterCore:
                 continue
             works = running.get(prefix, []) if log.done else list(log.inputs.values())
             for work in works:
-                if (prefix[0], work.ancestry) not in inflight:
+                if (prefix[0], work.ancestry) not in inflight and work.ancestry not in queued:
                     # Acknowledged on the dead replica: held again until its replay is.
                     self._hold(in_loc, work.ancestry)
             log.seen = 0

@@ -85,6 +85,37 @@ def test_a_dead_replica_s_group_is_replayed_in_order_after_its_open():
     _assert_nothing_left(core)
 
 
+def test_a_replay_replica_that_dies_with_replayed_inputs_queued_replays_each_once():
+    # Found by Hypothesis (test_core_sim, kills): the next replica died too, with the first
+    # replay's last input still queued for a credit; that input went twice to the third
+    # replica (once queued, once replayed), and a collect got it twice.
+    core = _core(SUM, "total")
+    core.handle(Submit(R, {"n": 3}))
+    for i, v in enumerate("abc"):
+        core.output(0, "items", (R, i), v)
+    core.ack(0, "items", (R,), "ok")
+    for i in range(3):
+        core.ack(1, "total", (R, i), "ok")
+    assert core.handle(ReplicaDown(1)) == []
+    assert core.handle(ReplicaUp(2, "total", 0)) == [
+        Open(2, "total", (R,)),
+        Invoke(2, "total", (R, 0), {"items": "a"}),
+        Invoke(2, "total", (R, 1), {"items": "b"}),
+    ]  # (R, 2) waits on replica 2 for a credit
+    assert core.handle(ReplicaDown(2)) == []
+    assert core.handle(ReplicaUp(3, "total", 0)) == [
+        Open(3, "total", (R,)),
+        Invoke(3, "total", (R, 0), {"items": "a"}),
+        Invoke(3, "total", (R, 1), {"items": "b"}),
+    ]
+    assert core.ack(3, "total", (R, 0), "ok") == [Invoke(3, "total", (R, 2), {"items": "c"})]
+    assert core.ack(3, "total", (R, 1), "ok") == []
+    assert core.ack(3, "total", (R, 2), "ok") == [Flush(3, "total", (R,), True)]  # once each
+    core.output(3, "total", (R,), "sum")
+    assert core.handle(FlushDone(3, "total", (R,), "ok")) == [Finish(R)]
+    _assert_nothing_left(core)
+
+
 def test_a_flush_sent_to_the_dead_replica_goes_again_after_the_replayed_inputs():
     core = _core(SUM, "total")
     core.handle(Submit(R, {"n": 1}))
