@@ -330,8 +330,8 @@ async def series(app: str, profile: str, args: argparse.Namespace, out: dict) ->
             for server in servers.values():
                 await server.ready(client)
             t1 = time.monotonic()
-            for server in servers.values():
-                await warm(server, client, inputs)
+            # Warmed side by side (each one's requests mostly wait on the simulated LM).
+            await asyncio.gather(*(warm(server, client, inputs) for server in servers.values()))
             print(f"{profile} {app}: servers ready in {t1 - t0:.0f} s, warm in "
                   f"{time.monotonic() - t1:.0f} s", flush=True)
             for rate in args.rates:
