@@ -210,6 +210,15 @@ class RequestStream:
             raise StopAsyncIteration from None
         return event if self._as_is else self._decoded(event)
 
+    def ready(self) -> Event | None:
+        """The next event if one is buffered already, else None; never a checkpoint. At the
+        end of the stream it is None too, and the next ``__anext__`` stops the iteration."""
+        try:
+            event = self._receive.receive_nowait()
+        except (anyio.WouldBlock, anyio.EndOfStream, anyio.ClosedResourceError):
+            return None
+        return event if self._as_is else self._decoded(event)
+
     def _decoded(self, event: Event) -> Event:
         if event.type != "output":
             if event.type == "partial" and self._partials is not None:

@@ -1,0 +1,133 @@
+"""EventStreamResponse on its own: what it hands the ASGI server, chunk by chunk."""
+
+from __future__ import annotations
+
+import json
+
+import anyio
+import pytest
+
+import altoflow as af
+from altoflow.runtime.stream import EventChannel, RequestStream
+from altoflow.server.http import EventStreamResponse
+
+pytestmark = [pytest.mark.timeout(30), pytest.mark.anyio]
+
+
+@pytest.fixture
+def anyio_backend() -> str:
+    return "asyncio"
+
+
+async def _serve(response: EventStreamResponse, feed) -> list[bytes]:
+    """Run the response as an ASGI server would; ``feed`` sends the events meanwhile. The
+    bodies it sent, in order (the empty last one left out)."""
+    bodies: list[bytes] = []
+    disconnect = anyio.Event()
+
+    async def receive() -> dict:
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            bodies.append(message["body"])
+        await anyio.sleep(0)
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed)
+        await response({"type": "http"}, receive, send)
+        disconnect.set()
+    return bodies
+
+
+def _outputs(n: int, size: int = 8) -> list[af.Event]:
+    return [af.Event("output", "s", {"i": i}, "x" * size) for i in range(n)]
+
+
+async def test_events_already_buffered_go_in_one_chunk_and_the_lines_are_unchanged() -> None:
+    channel = EventChannel()
+    events = _outputs(5) + [af.Event("done")]
+    for event in events:
+        channel.send_nowait(event)
+    channel.end()
+
+    async def feed() -> None:
+        pass
+
+    response = EventStreamResponse(RequestStream(channel, lambda: None, 7))
+    bodies = await _serve(response, feed)
+    assert bodies == [b"".join(response._line(e)[0] for e in events)]
+    lines = bodies[0].decode().splitlines()
+    assert [json.loads(line)["type"] for line in lines] == ["output"] * 5 + ["done"]
+    assert [json.loads(line)["value"] for line in lines[:5]] == ["x" * 8] * 5
+
+
+async def test_an_event_is_written_at_once_without_waiting_for_the_next() -> None:
+    channel = EventChannel()
+    written: list[int] = []
+    response = EventStreamResponse(RequestStream(channel, lambda: None, 7))
+
+    async def feed() -> None:
+        for event in _outputs(3):
+            channel.send_nowait(event)
+            while len(written) == 0 or written[-1] != event.ancestry["i"]:
+                await anyio.sleep(0.001)  # the chunk holding it went out before the next is sent
+        channel.send_nowait(af.Event("done"))
+        channel.end()
+
+    bodies: list[bytes] = []
+    disconnect = anyio.Event()
+
+    async def receive() -> dict:
+        await disconnect.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.body" and message["body"]:
+            bodies.append(message["body"])
+            last = json.loads(message["body"].splitlines()[-1])
+            if last["type"] == "output":
+                written.append(last["ancestry"]["i"])
+
+    async with anyio.create_task_group() as tg:
+        tg.start_soon(feed)
+        with anyio.fail_after(10):
+            await response({"type": "http"}, receive, send)
+        disconnect.set()
+    assert len(bodies) == 4 and written == [0, 1, 2]
+
+
+async def test_a_chunk_holds_at_most_about_coalesce_bytes() -> None:
+    channel = EventChannel()
+    size = 10_000
+    n = 30
+    for event in _outputs(n, size) + [af.Event("done")]:
+        channel.send_nowait(event)
+    channel.end()
+
+    async def feed() -> None:
+        pass
+
+    bodies = await _serve(EventStreamResponse(RequestStream(channel, lambda: None, 7)), feed)
+    assert len(bodies) > 1
+    assert all(len(b) < EventStreamResponse.COALESCE_BYTES + size + 200 for b in bodies)
+    lines = b"".join(bodies).decode().splitlines()
+    assert len(lines) == n + 1 and json.loads(lines[-1])["type"] == "done"
+
+
+async def test_sse_frames_coalesce_the_same_way() -> None:
+    channel = EventChannel()
+    events = _outputs(2) + [af.Event("done")]
+    for event in events:
+        channel.send_nowait(event)
+    channel.end()
+
+    async def feed() -> None:
+        pass
+
+    response = EventStreamResponse(RequestStream(channel, lambda: None, 7), sse=True)
+    bodies = await _serve(response, feed)
+    assert len(bodies) == 1
+    assert bodies[0] == b"".join(response._line(e)[0] for e in events)  # frame after frame
+    assert bodies[0].count(b"event: output") == 2 and bodies[0].count(b"event: done") == 1
