@@ -415,7 +415,8 @@ class EventStreamResponse:
 
     Each write takes the event that was waited for and the events already buffered behind it,
     up to ``COALESCE_BYTES``: one ASGI send (an HTTP chunk) for what is there, rather than one
-    per event, and never a wait for more. The bytes on the wire are the same.
+    per event, and never a wait for more; the last line goes with the end of the response. The
+    bytes on the wire are the same.
 
     It listens for ``http.disconnect`` itself rather than trusting ``send`` to fail: with ASGI
     2.3 servers (uvicorn) a send to a closed connection is silently dropped, and a request whose
@@ -471,7 +472,6 @@ class EventStreamResponse:
                 (b"x-accel-buffering", b"no"),  # tell proxies (nginx) not to buffer the stream
             ],
         })
-        ended = False
         async for event in self.stream:
             body, ended = self._line(event)
             if not ended:
@@ -484,17 +484,17 @@ class EventStreamResponse:
                         break
                 if len(lines) > 1:
                     body = b"".join(lines)
+            if ended:  # the last line and the end of the response: one write
+                await send({"type": "http.response.body", "body": body, "more_body": False})
+                return
             await send({"type": "http.response.body", "body": body, "more_body": True})
-            if ended:
-                break
-        if not ended:  # the ingress stopped (server shutting down) before the request ended
-            line, _ = encode_event(Event(
-                "error", None, {}, error="the request was cancelled before it ended (the server "
-                "is shutting down)", exc_type="Cancelled"), request_id=self.request_id)
-            if self.sse:
-                line = sse_frame("error", line)
-            await send({"type": "http.response.body", "body": line, "more_body": True})
-        await send({"type": "http.response.body", "body": b"", "more_body": False})
+        # The ingress stopped (server shutting down) before the request ended.
+        line, _ = encode_event(Event(
+            "error", None, {}, error="the request was cancelled before it ended (the server "
+            "is shutting down)", exc_type="Cancelled"), request_id=self.request_id)
+        if self.sse:
+            line = sse_frame("error", line)
+        await send({"type": "http.response.body", "body": line, "more_body": False})
 
 
 @contextmanager

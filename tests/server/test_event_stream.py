@@ -21,8 +21,9 @@ def anyio_backend() -> str:
 
 async def _serve(response: EventStreamResponse, feed) -> list[bytes]:
     """Run the response as an ASGI server would; ``feed`` sends the events meanwhile. The
-    bodies it sent, in order (the empty last one left out)."""
+    bodies it sent, in order; the last ends the response."""
     bodies: list[bytes] = []
+    ended: list[bool] = []
     disconnect = anyio.Event()
 
     async def receive() -> dict:
@@ -30,14 +31,19 @@ async def _serve(response: EventStreamResponse, feed) -> list[bytes]:
         return {"type": "http.disconnect"}
 
     async def send(message: dict) -> None:
-        if message["type"] == "http.response.body" and message["body"]:
+        assert not ended, "sent after the end of the response"
+        if message["type"] == "http.response.body":
+            assert message["body"], "an empty chunk"  # the last line carries more_body=False
             bodies.append(message["body"])
+            if not message["more_body"]:
+                ended.append(True)
         await anyio.sleep(0)
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed)
         await response({"type": "http"}, receive, send)
         disconnect.set()
+    assert ended == [True]
     return bodies
 
 
