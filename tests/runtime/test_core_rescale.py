@@ -11,7 +11,6 @@ simulator, with rescale events).
 
 from __future__ import annotations
 
-import asyncio
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -22,9 +21,8 @@ from altoflow.runtime.core import (
     CoreError, Drained, Finish, Flush, FlushDone, Invoke, Open, ReplicaDown, ReplicaUp, Rescale,
     RouterCore, Submit, _rendezvous,
 )
-from oracle import evaluate
 from randompipes import build, pipelines
-from test_core_sim import Sim, _KILLED
+from test_core_sim import Sim, _KILLED, run_and_compare, run_killed_requests, without_delays
 
 
 @stage(fanout="item", output=False)
@@ -307,22 +305,11 @@ class RescaleSim(Sim):
 
 
 def _check_rescaled(case, xs, seed, rescales, deaths):
-    defs, _ = case
-    defs = [d.__class__(**{**d.__dict__, "delay": 0.0}) for d in defs]
+    defs = without_delays(case)
     sim = RescaleSim(build(defs), seed, rescales=rescales, deaths=deaths)
-    asyncio.run(sim.run([{"x": x} for x in xs]))
-    assert set(sim.finished) == set(range(len(xs))), "every request ends"
-    for i, x in enumerate(xs):
-        expected = asyncio.run(evaluate(build(defs), x=x))
-        error = sim.finished[i]
-        if expected.errors:
-            assert error is not None and (error.stage, tuple(error.ancestry.items())) in expected.errors
-        else:
-            assert error is None, error
-            assert sim.outputs.get(i, {}) == {k: v for k, v in expected.outputs.items() if v}
+    run_and_compare(sim, defs, xs)
     core = sim.core
-    assert core.requests == {} and not core.parked and core.pins == {} and core.replay_buffered == 0
-    assert all(not r.inflight and not r.queue and not r.groups for r in core.replicas.values())
+    assert core.pins == {}
     for name in core.stages:  # everything drained, every slot of the last count up
         assert [s.state for s in core.scale(name)] == ["ready"] * core.count[name]
 
@@ -340,12 +327,7 @@ def test_rescaling_aggregates_while_their_replicas_die_gives_the_evaluators_resu
     drains = rehomes = keeps = 0
     for seed in range(30):
         sim = RescaleSim(_KILLED, seed, rescales=8, deaths=2, kill_rate=0.01)
-        ns = [20, 7, 0]
-        asyncio.run(sim.run([{"n": n} for n in ns]))
-        for i, n in enumerate(ns):
-            expected = asyncio.run(evaluate(_KILLED, n=n))
-            assert sim.finished[i] is None, sim.finished[i]
-            assert sim.outputs.get(i, {}) == {k: v for k, v in expected.outputs.items() if v}
+        run_killed_requests(sim)
         assert sim.core.requests == {} and not sim.core.parked and sim.core.pins == {}
         story = sim.core.story()
         drains += sum(1 for e in story if e.what == "drained")

@@ -191,12 +191,7 @@ def test_paused_requests_survive_killed_aggregate_replicas_with_the_evaluators_r
     kills = replays = pauses = 0
     for seed in range(20):
         sim = Sim(_KILLED, seed, deaths=3, kill_rate=(0.03, 0.01, 0.003)[seed % 3], pauses=True)
-        ns = [20, 7, 0]
-        asyncio.run(sim.run([{"n": n} for n in ns]))
-        for i, n in enumerate(ns):
-            expected = asyncio.run(evaluate(_KILLED, n=n))
-            assert sim.finished[i] is None, sim.finished[i]
-            assert sim.outputs.get(i, {}) == {k: v for k, v in expected.outputs.items() if v}
+        run_killed_requests(sim)
         assert sim.core.requests == {} and not sim.core.parked and sim.core.replay_buffered == 0
         assert sim.core.paused == set() and sum(sim.core.statistics().queued.values()) == 0
         story = sim.core.story()
@@ -241,6 +236,17 @@ async def _per_item(_parts: int) -> int:  # a group per item: keyed by the item'
 _KILLED = af.Pipeline([_items, _parts, _total, _found, _odd, _per_item], name="killed")
 
 
+def run_killed_requests(sim: Sim) -> None:
+    """Three requests on ``_KILLED`` (20, 7 and 0 items) through ``sim``: each gets the
+    evaluator's results."""
+    ns = [20, 7, 0]
+    asyncio.run(sim.run([{"n": n} for n in ns]))
+    for i, n in enumerate(ns):
+        expected = asyncio.run(evaluate(_KILLED, n=n))
+        assert sim.finished[i] is None, sim.finished[i]
+        assert sim.outputs.get(i, {}) == {k: v for k, v in expected.outputs.items() if v}
+
+
 def test_killed_aggregate_replicas_replay_to_the_evaluators_results():
     """Not left to chance: on a pipeline of aggregates, replicas die and their groups replay,
     early-decided ones included, and every request still gets the evaluator's results."""
@@ -248,12 +254,7 @@ def test_killed_aggregate_replicas_replay_to_the_evaluators_results():
     for seed in range(30):
         # Early kills hit groups still filling, late ones groups that have decided or flushed.
         sim = Sim(_KILLED, seed, deaths=3, kill_rate=(0.03, 0.01, 0.003)[seed % 3])
-        ns = [20, 7, 0]
-        asyncio.run(sim.run([{"n": n} for n in ns]))
-        for i, n in enumerate(ns):
-            expected = asyncio.run(evaluate(_KILLED, n=n))
-            assert sim.finished[i] is None, sim.finished[i]
-            assert sim.outputs.get(i, {}) == {k: v for k, v in expected.outputs.items() if v}
+        run_killed_requests(sim)
         assert sim.core.requests == {} and not sim.core.parked and sim.core.replay_buffered == 0
         story = sim.core.story()
         kills += sim.killed
@@ -262,12 +263,15 @@ def test_killed_aggregate_replicas_replay_to_the_evaluators_results():
     assert kills >= 30 and replays >= 30 and repeats >= 1, (kills, replays, repeats)
 
 
-def _check(case, xs, seed, deaths, pauses=False):
+def without_delays(case) -> list:
     defs, _ = case
-    defs = [d.__class__(**{**d.__dict__, "delay": 0.0}) for d in defs]
-    sim = Sim(build(defs), seed, deaths=deaths, pauses=pauses)
-    asyncio.run(sim.run([{"x": x} for x in xs]))
+    return [d.__class__(**{**d.__dict__, "delay": 0.0}) for d in defs]
 
+
+def run_and_compare(sim: Sim, defs: list, xs: list[int]) -> None:
+    """Run ``sim`` on a request per x; every request ends with the evaluator's results (or one
+    of its errors), and the core keeps nothing of them."""
+    asyncio.run(sim.run([{"x": x} for x in xs]))
     assert set(sim.finished) == set(range(len(xs))), "every request ends"
     for i, x in enumerate(xs):
         expected = asyncio.run(evaluate(build(defs), x=x))
@@ -276,16 +280,21 @@ def _check(case, xs, seed, deaths, pauses=False):
             assert error is not None and (error.stage, tuple(error.ancestry.items())) in expected.errors
         else:
             assert error is None, error
-            got = {k: v for k, v in sim.outputs.get(i, {}).items()}
-            assert got == {k: v for k, v in expected.outputs.items() if v}
+            assert sim.outputs.get(i, {}) == {k: v for k, v in expected.outputs.items() if v}
+    core = sim.core
+    assert core.requests == {} and not core.parked and core.replay_buffered == 0
+    assert all(not r.inflight and not r.queue and not r.groups for r in core.replicas.values())
+
+
+def _check(case, xs, seed, deaths, pauses=False):
+    defs = without_delays(case)
+    sim = Sim(build(defs), seed, deaths=deaths, pauses=pauses)
+    run_and_compare(sim, defs, xs)
     assert all(n == 1 for n in sim.flushed.values()), "a group flushed twice on one replica"
     # Nothing of any request is left behind.
     core = sim.core
-    assert core.requests == {}
     assert list(core.progress.requests()) == []
-    assert all(not r.inflight and not r.queue and not r.groups for r in core.replicas.values())
-    assert all(not q for q in core.stage_queue.values()) and not core.parked
+    assert all(not q for q in core.stage_queue.values())
     assert all(not r.groups for rid, r in sim.runners.items() if rid not in sim.dead)
-    assert core.replay_buffered == 0
     assert core.paused == set() and core._tally[0] == 0
     return sim

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import anyio
+import anyio.lowlevel
 import pytest
 
 import altoflow as af
@@ -19,9 +20,9 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-async def _serve(response: EventStreamResponse, feed) -> list[bytes]:
-    """Run the response as an ASGI server would; ``feed`` sends the events meanwhile. The
-    bodies it sent, in order; the last ends the response."""
+async def _serve(response: EventStreamResponse, feed, on_body=None) -> list[bytes]:
+    """Run the response as an ASGI server would; ``feed`` sends the events meanwhile, and
+    ``on_body`` sees each body as it is sent. The bodies, in order; the last ends the response."""
     bodies: list[bytes] = []
     ended: list[bool] = []
     disconnect = anyio.Event()
@@ -35,13 +36,16 @@ async def _serve(response: EventStreamResponse, feed) -> list[bytes]:
         if message["type"] == "http.response.body":
             assert message["body"], "an empty chunk"  # the last line carries more_body=False
             bodies.append(message["body"])
+            if on_body is not None:
+                on_body(message["body"])
             if not message["more_body"]:
                 ended.append(True)
-        await anyio.sleep(0)
+        await anyio.lowlevel.checkpoint()
 
     async with anyio.create_task_group() as tg:
         tg.start_soon(feed)
-        await response({"type": "http"}, receive, send)
+        with anyio.fail_after(10):
+            await response({"type": "http"}, receive, send)
         disconnect.set()
     assert ended == [True]
     return bodies
@@ -51,18 +55,23 @@ def _outputs(n: int, size: int = 8) -> list[af.Event]:
     return [af.Event("output", "s", {"i": i}, "x" * size) for i in range(n)]
 
 
-async def test_events_already_buffered_go_in_one_chunk_and_the_lines_are_unchanged() -> None:
+def _buffered(events: list[af.Event]) -> RequestStream:
+    """A request's stream with all of ``events`` buffered already, and ended."""
     channel = EventChannel()
-    events = _outputs(5) + [af.Event("done")]
     for event in events:
         channel.send_nowait(event)
     channel.end()
+    return RequestStream(channel, lambda: None, 7)
 
-    async def feed() -> None:
-        pass
 
-    response = EventStreamResponse(RequestStream(channel, lambda: None, 7))
-    bodies = await _serve(response, feed)
+async def _nothing() -> None:
+    pass
+
+
+async def test_events_already_buffered_go_in_one_chunk_and_the_lines_are_unchanged() -> None:
+    events = _outputs(5) + [af.Event("done")]
+    response = EventStreamResponse(_buffered(events))
+    bodies = await _serve(response, _nothing)
     assert bodies == [b"".join(response._line(e)[0] for e in events)]
     lines = bodies[0].decode().splitlines()
     assert [json.loads(line)["type"] for line in lines] == ["output"] * 5 + ["done"]
@@ -82,40 +91,19 @@ async def test_an_event_is_written_at_once_without_waiting_for_the_next() -> Non
         channel.send_nowait(af.Event("done"))
         channel.end()
 
-    bodies: list[bytes] = []
-    disconnect = anyio.Event()
+    def on_body(body: bytes) -> None:
+        last = json.loads(body.splitlines()[-1])
+        if last["type"] == "output":
+            written.append(last["ancestry"]["i"])
 
-    async def receive() -> dict:
-        await disconnect.wait()
-        return {"type": "http.disconnect"}
-
-    async def send(message: dict) -> None:
-        if message["type"] == "http.response.body" and message["body"]:
-            bodies.append(message["body"])
-            last = json.loads(message["body"].splitlines()[-1])
-            if last["type"] == "output":
-                written.append(last["ancestry"]["i"])
-
-    async with anyio.create_task_group() as tg:
-        tg.start_soon(feed)
-        with anyio.fail_after(10):
-            await response({"type": "http"}, receive, send)
-        disconnect.set()
+    bodies = await _serve(response, feed, on_body)
     assert len(bodies) == 4 and written == [0, 1, 2]
 
 
 async def test_a_chunk_holds_at_most_about_coalesce_bytes() -> None:
-    channel = EventChannel()
-    size = 10_000
-    n = 30
-    for event in _outputs(n, size) + [af.Event("done")]:
-        channel.send_nowait(event)
-    channel.end()
-
-    async def feed() -> None:
-        pass
-
-    bodies = await _serve(EventStreamResponse(RequestStream(channel, lambda: None, 7)), feed)
+    size, n = 10_000, 30
+    bodies = await _serve(EventStreamResponse(_buffered(_outputs(n, size) + [af.Event("done")])),
+                          _nothing)
     assert len(bodies) > 1
     assert all(len(b) < EventStreamResponse.COALESCE_BYTES + size + 200 for b in bodies)
     lines = b"".join(bodies).decode().splitlines()
@@ -123,17 +111,9 @@ async def test_a_chunk_holds_at_most_about_coalesce_bytes() -> None:
 
 
 async def test_sse_frames_coalesce_the_same_way() -> None:
-    channel = EventChannel()
     events = _outputs(2) + [af.Event("done")]
-    for event in events:
-        channel.send_nowait(event)
-    channel.end()
-
-    async def feed() -> None:
-        pass
-
-    response = EventStreamResponse(RequestStream(channel, lambda: None, 7), sse=True)
-    bodies = await _serve(response, feed)
+    response = EventStreamResponse(_buffered(events), sse=True)
+    bodies = await _serve(response, _nothing)
     assert len(bodies) == 1
     assert bodies[0] == b"".join(response._line(e)[0] for e in events)  # frame after frame
     assert bodies[0].count(b"event: output") == 2 and bodies[0].count(b"event: done") == 1
