@@ -337,7 +337,12 @@ def _defer_cpp_extension(torch: Any) -> None:
             if ColBERT.__dict__.get("segmented_maxsim") is deferred:
                 _check_cpp_compiler()
                 del ColBERT.loaded_extensions, ColBERT.segmented_maxsim
-                ColBERT.try_load_torch_extensions(use_gpu=False)
+                try:
+                    ColBERT.try_load_torch_extensions(use_gpu=False)
+                except BaseException:
+                    # The build failed: the stand-in stays, and the next call tries again.
+                    ColBERT.segmented_maxsim, ColBERT.loaded_extensions = deferred, True
+                    raise
         return ColBERT.segmented_maxsim(*args)
 
     deferred = staticmethod(segmented_maxsim)

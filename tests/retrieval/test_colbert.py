@@ -272,8 +272,22 @@ def test_loading_builds_no_cpp_extension_and_its_first_use_does(
     assert "no C++ compiler '/nonexistent/c++' is on PATH" in str(info.value)
     assert "apt-get install -y g++" in str(info.value) and built == []
 
-    # With one, the first call builds it once and calls it; later calls go to it directly.
+    # A build that fails leaves the stand-in, and the next call tries again.
     monkeypatch.setenv("CXX", sys.executable)  # any executable on the path passes
+    attempts: list[bool] = []
+
+    def build_once_failing(cls, use_gpu):
+        attempts.append(use_gpu)
+        if len(attempts) == 1:
+            raise RuntimeError("the compiler failed")
+        build(cls, use_gpu)
+
+    monkeypatch.setattr(ColBERT, "try_load_torch_extensions", classmethod(build_once_failing))
+    with pytest.raises(RuntimeError, match="the compiler failed"):
+        ColBERT.segmented_maxsim("s", "l")
+    assert ColBERT.loaded_extensions and built == []
+
+    # With a compiler, the first call builds it once and calls it; later calls go to it directly.
     assert ColBERT.segmented_maxsim("s", "l") == ("built", "s", "l")
     assert ColBERT.segmented_maxsim("t", "m") == ("built", "t", "m")
     assert built == [False]
