@@ -57,6 +57,14 @@ def _assert_nothing_left(core: RouterCore) -> None:
     assert all(not r.groups and not r.queue and not r.inflight for r in core.replicas.values())
 
 
+def _rebuilt_on(replica: int) -> list:
+    """What a new replica of ``total`` is sent first for R's group of a, b, c: the Open, then
+    the inputs in the order first sent, as far as its two credits go."""
+    return [Open(replica, "total", (R,)),
+            Invoke(replica, "total", (R, 0), {"items": "a"}),
+            Invoke(replica, "total", (R, 1), {"items": "b"})]
+
+
 def test_a_dead_replica_s_group_is_replayed_in_order_after_its_open():
     core = _core(SUM, "total")
     core.handle(Submit(R, {"n": 3}))
@@ -71,11 +79,7 @@ def test_a_dead_replica_s_group_is_replayed_in_order_after_its_open():
     assert core.handle(ReplicaDown(1)) == []
     assert _whats(core, "replay") == [("replay", "total", (R,), "3")]
     # The new replica starts empty: the Open, then every input once, in the order first sent.
-    assert core.handle(ReplicaUp(2, "total", 0)) == [
-        Open(2, "total", (R,)),
-        Invoke(2, "total", (R, 0), {"items": "a"}),
-        Invoke(2, "total", (R, 1), {"items": "b"}),
-    ]
+    assert core.handle(ReplicaUp(2, "total", 0)) == _rebuilt_on(2)
     assert core.ack(2, "total", (R, 0), "ok") == [Invoke(2, "total", (R, 2), {"items": "c"})]
     assert core.ack(2, "total", (R, 1), "ok") == []
     assert core.ack(2, "total", (R, 2), "ok") == [Flush(2, "total", (R,), True)]
@@ -97,17 +101,9 @@ def test_a_replay_replica_that_dies_with_replayed_inputs_queued_replays_each_onc
     for i in range(3):
         core.ack(1, "total", (R, i), "ok")
     assert core.handle(ReplicaDown(1)) == []
-    assert core.handle(ReplicaUp(2, "total", 0)) == [
-        Open(2, "total", (R,)),
-        Invoke(2, "total", (R, 0), {"items": "a"}),
-        Invoke(2, "total", (R, 1), {"items": "b"}),
-    ]  # (R, 2) waits on replica 2 for a credit
+    assert core.handle(ReplicaUp(2, "total", 0)) == _rebuilt_on(2)  # (R, 2) waits for a credit
     assert core.handle(ReplicaDown(2)) == []
-    assert core.handle(ReplicaUp(3, "total", 0)) == [
-        Open(3, "total", (R,)),
-        Invoke(3, "total", (R, 0), {"items": "a"}),
-        Invoke(3, "total", (R, 1), {"items": "b"}),
-    ]
+    assert core.handle(ReplicaUp(3, "total", 0)) == _rebuilt_on(3)
     assert core.ack(3, "total", (R, 0), "ok") == [Invoke(3, "total", (R, 2), {"items": "c"})]
     assert core.ack(3, "total", (R, 1), "ok") == []
     assert core.ack(3, "total", (R, 2), "ok") == [Flush(3, "total", (R,), True)]  # once each
