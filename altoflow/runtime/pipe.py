@@ -4,10 +4,17 @@ An inline replica (``altoflow serve --inline STAGE``) is a ``Worker`` that runs 
 own process and event loop. It speaks the same frames as a replica process, so the router and
 its core see a replica like any other (HELLO, credits, keyed routing, progress), but nothing is
 encoded: each side queues ``Frame`` objects (``FrameList``, in place of a ``FrameWriter``), and
-a flush hands the list to the other side's protocol on the next loop turn, which reads it with
-``FrameList.feed`` (in place of a ``FrameReader``). Delivery is always deferred to the loop
-(``call_soon``), never reentrant, so neither side runs inside the other's write, exactly as
-over a socket.
+a flush hands the list to the other side's protocol, which reads it with ``FrameList.feed`` (in
+place of a ``FrameReader``).
+
+Each side's flush is a loop callback of its own (the worker's ``_flush``, the router's
+``_flush_all``), so it delivers at once (``MemoryTransport.write_now``): the peer's protocol
+reads the frames inside that callback, where a socket's bytes would have gone to the kernel, and
+the peer answers with a flush of its own, later. Neither side's writes ever run the other's
+code back into it. A plain ``write`` (a frame sent outside a flush) is delivered on the next
+loop turn, and ``write_now`` queues behind one that is still on its way, so the frames of one
+direction keep their order. One delivery per flush rather than a deferred one saves a loop
+turn on each hop, and an item's path through inline stages crosses several hops.
 
 Values skip the codec too where they can (operator chaining): an inline replica whose every
 consumer is inline as well sends its outputs as ``Local(value)``, the Python object itself, and
@@ -79,7 +86,7 @@ class FrameList:
 
 class MemoryTransport(asyncio.Transport):
     """One end of a pipe: ``write`` delivers a list of frames to the peer's protocol on the
-    next loop turn."""
+    next loop turn, ``write_now`` at once (see the module's docstring)."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
         super().__init__()
@@ -87,11 +94,32 @@ class MemoryTransport(asyncio.Transport):
         self._closing = False
         self.peer: MemoryTransport | None = None
         self.protocol: asyncio.Protocol | None = None
+        # Frames written with ``write`` and not delivered yet (their delivery is scheduled).
+        self._outbox: list[Frame] | None = None
 
     def write(self, frames: Any) -> None:
         if self._closing or self.peer is None or self.peer._closing or not frames:
             return
-        self._loop.call_soon(self.peer._deliver, frames)
+        if self._outbox is not None:
+            self._outbox.extend(frames)
+            return
+        self._outbox = list(frames)
+        self._loop.call_soon(self._send_outbox)
+
+    def write_now(self, frames: list[Frame]) -> None:
+        """Deliver ``frames`` to the peer's protocol now, behind any ``write`` still on its way.
+        Only from a flush, a loop callback that does nothing of its side's after it."""
+        if self._closing or self.peer is None or self.peer._closing or not frames:
+            return
+        if self._outbox is not None:
+            self._outbox.extend(frames)  # FIFO: they go with the earlier write
+            return
+        self.peer._deliver(frames)
+
+    def _send_outbox(self) -> None:
+        frames, self._outbox = self._outbox, None
+        if frames and self.peer is not None:
+            self.peer._deliver(frames)
 
     def _deliver(self, frames: list[Frame]) -> None:
         if not self._closing and self.protocol is not None:

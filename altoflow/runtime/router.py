@@ -30,6 +30,7 @@ import logging
 import os
 import ssl
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Callable, NamedTuple
 
@@ -241,6 +242,8 @@ class Router:
                                fanout_credit=fr.FANOUT_CREDIT if fanout_window is not None else None,
                                pin_requests=pin_requests)
         self._fused: dict[int, int] = {}  # fan-out's stage index -> its fused aggregate's
+        # Request fields that only inline replicas take: handed to them as they are (``by_reference``).
+        self._local_fields: frozenset[str] = frozenset()
         self.codec = codec
         self.output_codec = output_codec or Codec()
         self.max_inflight = max_inflight
@@ -424,7 +427,9 @@ class Router:
             raise Overloaded(f"the server is busy: {len(self.streams)} requests in flight (running, or "
                              f"with answers not read yet), the most it takes (--max-inflight "
                              f"{self.max_inflight}); retry in 1 s")
-        encoded = {name: self.codec.encode(v) for name, v in values.items()}
+        local = self._local_fields
+        encoded = {name: pipe.Local(v) if name in local else self.codec.encode(v)
+                   for name, v in values.items()}
         request = next(self._ids)
         channel = EventChannel(self.max_buffered, lambda full: self._pressure(request, full))
         channel.partials = PartialBuffer() if partials else None
@@ -682,6 +687,17 @@ class Router:
         self.core.fuse(pairs)
         self._fused = {self.stage_index[a]: self.stage_index[b] for a, b in pairs.items()}
 
+    def by_reference(self, inline: Iterable[str]) -> None:
+        """Hand each request field that only stages of ``inline`` take to their replicas as the
+        validated value itself (``runtime.pipe.Local``), not encoded for each invocation to
+        decode: what ``altoflow.run`` gives a stage, too. Before any request."""
+        inline = set(inline)
+        takers: dict[str, set[str]] = {}
+        for stage in self.plan.stages:
+            for name in stage.fields:
+                takers.setdefault(name, set()).add(stage.name)
+        self._local_fields = frozenset(f for f, stages in takers.items() if stages <= inline)
+
     def _fused_output(self, conn: _Conn, index: int) -> str:
         if not conn.inline or self._fused.get(conn.index) != index:
             raise fr.RemoteProtocolError(
@@ -796,10 +812,15 @@ class Router:
 
     def _flush_all(self) -> None:
         self._flush_scheduled = False
-        for rid in self._dirty:
+        # An inline replica reads its frames inside this call (runtime.pipe); nothing it does
+        # there reaches the router before its own flush, but the set is swapped first anyway.
+        dirty, self._dirty = self._dirty, set()
+        for rid in dirty:
             conn = self.conns.get(rid)
             if conn is not None and not conn.transport.is_closing():
                 data = conn.writer.flush()
                 if data:
-                    conn.transport.write(data)
-        self._dirty.clear()
+                    if conn.inline:
+                        conn.transport.write_now(data)
+                    else:
+                        conn.transport.write(data)

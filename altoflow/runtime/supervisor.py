@@ -265,6 +265,7 @@ class Supervisor:
         # Inline fan-outs that fold into their aggregate themselves (runtime.fusion).
         self.fused = fusable(self.compiled.plan, self.inline) if self.fuse else {}
         self.router.fuse(self.fused)
+        self.router.by_reference(self.inline)
         if self.ray_options is not None:
             await self._start_ray()
         for stage in self.compiled.plan.stages:

@@ -129,7 +129,10 @@ class Worker:
         self._flush_scheduled = False
         data = self.writer.flush()
         if data and not self.transport.is_closing():
-            self.transport.write(data)
+            if type(self.writer) is FrameList:
+                self.transport.write_now(data)  # in memory: the router reads it now (runtime.pipe)
+            else:
+                self.transport.write(data)
 
     def _emit(self, anc: tuple[int, ...], value: Any) -> None:
         payload = Local(value) if self.local_out else self.codec.encode(value)

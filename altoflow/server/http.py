@@ -434,7 +434,8 @@ class EventStreamResponse:
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         async with anyio.create_task_group() as tg:
-            tg.start_soon(self._watch, receive, tg.cancel_scope)
+            # Named here: anyio otherwise works a name out of the callable for every response.
+            tg.start_soon(self._watch, receive, tg.cancel_scope, name="altoflow-watch")
             try:
                 await self._write(send)
             except OSError:

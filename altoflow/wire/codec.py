@@ -576,12 +576,32 @@ def _strip(hint: Any) -> Any:
             return hint
 
 
-def _candidates(hint: Any, base: type) -> list[type]:
-    """The classes in `hint` (a class or a union of classes) that subclass `base`."""
+def _candidates(hint: Any, base: type) -> tuple[type, ...]:
+    """The classes in `hint` (a class or a union of classes) that subclass `base`.
+
+    Asked for every decoded scalar that has a hint, so the answer is kept per (hint, base):
+    hints are the stages' annotations, a few per pipeline (at most ``_CANDIDATES_KEPT`` kept).
+    """
+    try:
+        return _CANDIDATES[(hint, base)]
+    except KeyError:
+        found = _find_candidates(hint, base)
+        if len(_CANDIDATES) < _CANDIDATES_KEPT:
+            _CANDIDATES[(hint, base)] = found
+        return found
+    except TypeError:  # an unhashable hint (Annotated metadata can be)
+        return _find_candidates(hint, base)
+
+
+_CANDIDATES: dict[tuple[Any, type], tuple[type, ...]] = {}
+_CANDIDATES_KEPT = 4096
+
+
+def _find_candidates(hint: Any, base: type) -> tuple[type, ...]:
     hint = _strip(hint)
     origin = typing.get_origin(hint)
     options = typing.get_args(hint) if origin is typing.Union or origin is types.UnionType else (hint,)
-    return [a for a in options if isinstance(a, type) and issubclass(a, base)]
+    return tuple(a for a in options if isinstance(a, type) and issubclass(a, base))
 
 
 def _item_hints(hint: Any) -> Callable[[int], Any]:

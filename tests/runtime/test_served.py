@@ -163,6 +163,40 @@ def test_inline_stages_hand_values_over_as_objects(tmp_path):
     assert "cannot be sent on" in apart[-1].error and "Box" in apart[-1].error
 
 
+_SHARED_FIELD = """
+from altoflow import stage
+
+@stage
+def first(tags: list[str]) -> int:
+    return id(tags)
+
+@stage(output=True)
+def second(first: int, tags: list[str]) -> dict:
+    return {"same": id(tags) == first, "tags": tags}
+"""
+
+
+def test_a_field_only_inline_stages_take_is_handed_over_as_the_value_itself(tmp_path):
+    # As altoflow.run does: every stage that takes the field gets the one validated value.
+    # When a replica process takes it too, it is encoded for everyone, as always.
+    app = tmp_path / "app.py"
+    app.write_text(_SHARED_FIELD)
+    target = str(app)
+
+    async def main(inline):
+        async with Supervisor(load_target(target).compiled, target, inline=frozenset(inline)) as sup:
+            await sup.wait_ready()
+            return [e async for e in sup.router.submit({"tags": ["a", "b"]})]
+
+    assert af.run(target, tags=["a", "b"])["second"] == {"same": True, "tags": ["a", "b"]}
+    together = asyncio.run(main({"first", "second"}))
+    assert [(e.type, e.value) for e in together] == [
+        ("output", {"same": True, "tags": ["a", "b"]}), ("done", None)]
+    apart = asyncio.run(main({"first"}))
+    assert [(e.type, e.value) for e in apart] == [
+        ("output", {"same": False, "tags": ["a", "b"]}), ("done", None)]
+
+
 def test_inline_names_a_stage():
     target = str(TESTS / "pipelines" / "factool.py")
     compiled = load_target(target).compiled
