@@ -214,33 +214,56 @@ def jsonable(value: Any, path: str = "value") -> Any:
     numpy arrays and scalars via ``tolist()``, pydantic models via ``model_dump(mode="json")``,
     dataclasses as dicts, tuples and sets as lists, enums by value, dates and times in ISO 8601,
     and bytes as a base64 string (standard alphabet, padded). Anything else raises TypeError,
-    naming where in ``value`` it sits. Non-finite floats are written as ``NaN``/``Infinity``, as
-    Python's json module does.
+    naming where in ``value`` it sits (``path`` is what the top is called). Non-finite floats
+    are written as ``NaN``/``Infinity``, as Python's json module does.
     """
-    if value is None or isinstance(value, (str, bool, int, float)):
+    return _jsonable(value, path)
+
+
+# Values that are their own JSON form (exactly these types: a subclass, say an IntEnum, goes
+# through ``_jsonable``).
+_PLAIN = frozenset({str, int, float, bool, type(None)})
+
+# Where a value sits: the path's text at the top, then a (parent, separator, key) triple per
+# step down, made into text only for an error message (``_path``). Building the text for every
+# item, when nothing went wrong, cost more than the rest of the walk.
+_Where = Any
+
+
+def _jsonable(value: Any, where: _Where) -> Any:
+    if type(value) in _PLAIN or isinstance(value, (str, bool, int, float)):
         return value
     if hasattr(value, "tolist") and hasattr(value, "dtype"):  # numpy (and array-likes)
-        return jsonable(value.tolist(), path)
+        return _jsonable(value.tolist(), where)
     if isinstance(value, dict):
         out = {}
         for k, v in value.items():
             if not (k is None or isinstance(k, (str, int, float, bool))):
-                raise TypeError(f"{path} has a key {k!r} of type {type(k).__name__}; JSON "
-                                f"object keys are strings")
-            out[k] = jsonable(v, f"{path}[{k!r}]")
+                raise TypeError(f"{_path(where)} has a key {k!r} of type {type(k).__name__}; "
+                                f"JSON object keys are strings")
+            out[k] = v if type(v) in _PLAIN else _jsonable(v, (where, "[", k))
         return out
     if isinstance(value, (list, tuple, set, frozenset)):
-        return [jsonable(v, f"{path}[{i}]") for i, v in enumerate(value)]
+        return [v if type(v) in _PLAIN else _jsonable(v, (where, "[", i)) for i, v in enumerate(value)]
     if isinstance(value, (bytes, bytearray, memoryview)):
         return base64.b64encode(bytes(value)).decode("ascii")
     if isinstance(value, pydantic.BaseModel):
         return value.model_dump(mode="json")
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: jsonable(getattr(value, f.name), f"{path}.{f.name}")
+        return {f.name: _jsonable(getattr(value, f.name), (where, ".", f.name))
                 for f in dataclasses.fields(value)}
     if isinstance(value, enum.Enum):
-        return jsonable(value.value, path)
+        return _jsonable(value.value, where)
     if isinstance(value, (datetime.date, datetime.time)):
         return value.isoformat()
-    raise TypeError(f"{path} is a {type(value).__module__}.{type(value).__qualname__}, which "
-                    f"has no JSON form")
+    raise TypeError(f"{_path(where)} is a {type(value).__module__}.{type(value).__qualname__}, "
+                    f"which has no JSON form")
+
+
+def _path(where: _Where) -> str:
+    """The text of a ``_Where``: ``value['a'][1].x``."""
+    steps = []
+    while type(where) is tuple:
+        where, sep, key = where
+        steps.append(f"[{key!r}]" if sep == "[" else f".{key}")
+    return where + "".join(reversed(steps))
