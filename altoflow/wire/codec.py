@@ -580,21 +580,12 @@ def _candidates(hint: Any, base: type) -> tuple[type, ...]:
     """The classes in `hint` (a class or a union of classes) that subclass `base`.
 
     Asked for every decoded scalar that has a hint, so the answer is kept per (hint, base):
-    hints are the stages' annotations, a few per pipeline (at most ``_CANDIDATES_KEPT`` kept).
+    hints are the stages' annotations, a few per pipeline.
     """
     try:
-        return _CANDIDATES[(hint, base)]
-    except KeyError:
-        found = _find_candidates(hint, base)
-        if len(_CANDIDATES) < _CANDIDATES_KEPT:
-            _CANDIDATES[(hint, base)] = found
-        return found
+        return _kept_candidates(hint, base)
     except TypeError:  # an unhashable hint (Annotated metadata can be)
         return _find_candidates(hint, base)
-
-
-_CANDIDATES: dict[tuple[Any, type], tuple[type, ...]] = {}
-_CANDIDATES_KEPT = 4096
 
 
 def _find_candidates(hint: Any, base: type) -> tuple[type, ...]:
@@ -602,6 +593,9 @@ def _find_candidates(hint: Any, base: type) -> tuple[type, ...]:
     origin = typing.get_origin(hint)
     options = typing.get_args(hint) if origin is typing.Union or origin is types.UnionType else (hint,)
     return tuple(a for a in options if isinstance(a, type) and issubclass(a, base))
+
+
+_kept_candidates = lru_cache(maxsize=4096)(_find_candidates)
 
 
 def _item_hints(hint: Any) -> Callable[[int], Any]:

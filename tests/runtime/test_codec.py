@@ -540,3 +540,15 @@ def test_varints_are_at_most_ten_bytes_and_not_negative() -> None:
     assert read_uvarint(b"\xff" * MAX_VARINT_SIZE + b"\x01", 0, MAX_VARINT_SIZE + 1) is None
     with pytest.raises(ValueError, match="a varint cannot hold the negative number -1"):
         encode_uvarint(-1)
+
+
+class _Tone(enum.Enum):
+    LOW = "low"
+
+
+def test_an_unhashable_annotation_still_brings_the_enum_member_back():
+    # Hints are looked up in a cache; one whose metadata cannot be hashed is worked out anew.
+    codec = Codec()
+    hint = Annotated[_Tone, {"metadata": ["unhashable"]}]
+    assert codec.decode(codec.encode("low"), hint) is _Tone.LOW
+    assert codec.decode(codec.encode(["low"]), list[hint]) == [_Tone.LOW]
