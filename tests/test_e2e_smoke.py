@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import subprocess
 import sys
@@ -70,3 +71,25 @@ def test_e2e_refuses_the_lm_in_process_with_processes():
         cwd=ROOT, capture_output=True, text=True, timeout=120,
     )
     assert proc.returncode == 2 and "--lm inprocess needs --placement inline" in proc.stderr
+
+
+def test_the_paired_overhead_takes_each_run_less_the_floor_of_its_own_round():
+    """Two rounds at very different levels: each system's median less the floor's median mixes
+    them, the paired figure takes every run against its own round's floor."""
+    spec = importlib.util.spec_from_file_location("benchmarks_report", ROOT / "benchmarks" / "report.py")
+    report = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(report)
+
+    def run(system, rep, cpu):
+        return {"app": "a", "profile": "p", "system": system, "rate": 4.0, "rep": rep,
+                "cpu_s_per_request": cpu}
+    records = [run("floor", 0, 0.030), run("altoflow", 0, 0.031), run("langgraph", 0, 0.034),
+               run("floor", 1, 0.050), run("altoflow", 1, 0.052), run("langgraph", 1, 0.054),
+               run("floor", 2, 0.040), run("altoflow", 2, 0.041), run("langgraph", 2, 0.050)]
+    assert report._paired_overhead(records, "altoflow", app="a") == pytest.approx(0.001)
+    assert report._paired_overhead(records, "langgraph", app="a") == pytest.approx(0.004)
+    assert report._paired_overhead(records, "altoflow", app="other") is None
+    section = "\n".join(report.e2e_inprocess({
+        "settings": {"rates": [4.0], "reps": 3, "duration_s": 1}, "series": ["p/a"],
+        "records": records, "command": "c", "date": "d", "machine": {}}))
+    assert "| a | p | 1.0 | 4.0 | 0.25: met |" in section
