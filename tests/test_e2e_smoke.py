@@ -74,8 +74,9 @@ def test_e2e_refuses_the_lm_in_process_with_processes():
 
 
 def test_the_paired_overhead_takes_each_run_less_the_floor_of_its_own_round():
-    """Two rounds at very different levels: each system's median less the floor's median mixes
-    them, the paired figure takes every run against its own round's floor."""
+    """Three rounds at very different levels: each system's median less the floor's median
+    mixes them (LangGraph 10 ms over the floor here), the paired figure takes every run against its
+    own round's floor."""
     spec = importlib.util.spec_from_file_location("benchmarks_report", ROOT / "benchmarks" / "report.py")
     report = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(report)
