@@ -335,7 +335,21 @@ class RayReplicas:
         return messages
 
     def where(self, stage: str, slot: int, timeout: float = 60) -> dict[str, Any]:
-        return self.ray.get(self.replicas[(stage, slot)].handle.where.remote(), timeout=timeout)
+        """The replica's pid, node and devices, waiting out a restart of its actor.
+
+        A restarted actor's thread joins the router while Ray still finishes its ``__init__``,
+        so the router can call the replica ready while Ray refuses calls to the actor
+        (``ActorUnavailableError``) for a moment more.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return self.ray.get(self.replicas[(stage, slot)].handle.where.remote(),
+                                    timeout=max(deadline - time.monotonic(), 0.1))
+            except self.ray.exceptions.ActorUnavailableError:
+                if time.monotonic() >= deadline:
+                    raise
+                time.sleep(0.2)
 
     def kill(self, stage: str, slot: int) -> int:
         """Kill -9 the actor's process (it must run on this machine); Ray restarts it."""

@@ -110,3 +110,35 @@ def test_an_actor_that_cannot_get_in_backs_off_exponentially_until_a_quiet_spell
     (tmp_path / "actor.failed-starts").write_text("garbage")
     assert failed_start_delay(path, now=t) == RETRY_DELAY
     assert failed_start_delay(str(tmp_path / "missing-dir" / "f"), now=t) == RETRY_DELAY
+
+
+def test_where_waits_out_an_actor_that_ray_still_restarts():
+    # A restarted actor joins the router before Ray has finished its __init__: for that moment
+    # Ray refuses calls to it, and `where` (which `kill` and the tests use) waits it out.
+    from types import SimpleNamespace
+
+    from altoflow.runtime.ray_placement import RayReplicas
+
+    class ActorUnavailableError(Exception):
+        pass
+
+    refusals = []
+
+    def get(ref, timeout):
+        if len(refusals) < 2:
+            refusals.append(timeout)
+            raise ActorUnavailableError("The actor is restarting")
+        return ref
+
+    fake_ray = SimpleNamespace(get=get, exceptions=SimpleNamespace(
+        ActorUnavailableError=ActorUnavailableError))
+    handle = SimpleNamespace(where=SimpleNamespace(remote=lambda: {"pid": 7}))
+    replicas = RayReplicas.__new__(RayReplicas)
+    replicas.ray = fake_ray
+    replicas.replicas = {("lm", 0): SimpleNamespace(handle=handle)}
+    assert replicas.where("lm", 0, timeout=5) == {"pid": 7}
+    assert len(refusals) == 2
+    # One that stays unavailable past the timeout raises Ray's error.
+    fake_ray.get = lambda ref, timeout: (_ for _ in ()).throw(ActorUnavailableError("down"))
+    with pytest.raises(ActorUnavailableError):
+        replicas.where("lm", 0, timeout=0.3)
