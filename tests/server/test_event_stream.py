@@ -117,3 +117,50 @@ async def test_sse_frames_coalesce_the_same_way() -> None:
     assert len(bodies) == 1
     assert bodies[0] == b"".join(response._line(e)[0] for e in events)  # frame after frame
     assert bodies[0].count(b"event: output") == 2 and bodies[0].count(b"event: done") == 1
+
+
+async def test_a_disconnect_ends_the_response_closes_the_stream_and_leaves_the_task_uncancelled() -> None:
+    import asyncio
+    import sys
+
+    closed = []
+    channel = EventChannel()  # a request whose stage is still working: nothing comes
+    stream = RequestStream(channel, lambda: closed.append(True), 7)
+    gone = anyio.Event()
+
+    async def receive() -> dict:
+        await gone.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        if message["type"] == "http.response.start":
+            gone.set()  # the client goes away as the answer starts
+
+    with anyio.fail_after(10):
+        await EventStreamResponse(stream, "r")({"type": "http"}, receive, send)
+    assert closed == [True]  # the ingress was told: it cancels the request
+    if sys.version_info >= (3, 11):  # the server's task goes on as if nothing had cancelled it
+        assert asyncio.current_task().cancelling() == 0
+    await anyio.sleep(0)  # and it is not cancelled at its next checkpoint either
+
+
+async def test_a_cancellation_that_is_not_a_disconnect_goes_on_to_the_server() -> None:
+    import asyncio
+
+    closed = []
+    stream = RequestStream(EventChannel(), lambda: closed.append(True), 7)
+    never = anyio.Event()
+
+    async def receive() -> dict:
+        await never.wait()
+        return {"type": "http.disconnect"}
+
+    async def send(message: dict) -> None:
+        pass
+
+    task = asyncio.ensure_future(EventStreamResponse(stream, "r")({"type": "http"}, receive, send))
+    await anyio.sleep(0.05)
+    task.cancel()  # the server cancels the request's task (it shuts down)
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert closed == [True]
