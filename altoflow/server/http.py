@@ -47,6 +47,7 @@ with ``tracebacks=False``.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hmac
 import ipaddress
 import json
@@ -69,7 +70,7 @@ from altoflow import _tracing
 from altoflow._errors import InputError, Overloaded
 from altoflow._logging import REQUEST_ID, new_request_id, valid_request_id
 from altoflow._result import Event, encode_event
-from altoflow.compiler._request import MAX_DEPTH, MAX_ERRORS
+from altoflow.compiler._request import MAX_DEPTH
 from altoflow.runtime.metrics import CONTENT_TYPE as PROMETHEUS
 from altoflow.runtime.stream import RequestStream
 from altoflow.server.ingress import Ingress, RescaleRefused
@@ -442,11 +443,9 @@ class EventStreamResponse:
 
         async def watch() -> None:
             nonlocal gone
-            try:
+            with contextlib.suppress(Exception):  # a receive that fails: as good as gone
                 while (await receive())["type"] != "http.disconnect":
                     pass
-            except Exception:  # noqa: BLE001  # a receive that fails: the client is as good as gone
-                pass
             gone = True
             self.stream.close()  # cancels the request at the ingress
             writer.cancel()

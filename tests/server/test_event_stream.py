@@ -141,7 +141,7 @@ async def test_a_disconnect_ends_the_response_closes_the_stream_and_leaves_the_t
     assert closed == [True]  # the ingress was told: it cancels the request
     if sys.version_info >= (3, 11):  # the server's task goes on as if nothing had cancelled it
         assert asyncio.current_task().cancelling() == 0
-    await anyio.sleep(0)  # and it is not cancelled at its next checkpoint either
+    await anyio.lowlevel.checkpoint()  # and it is not cancelled at its next one either
 
 
 async def test_a_cancellation_that_is_not_a_disconnect_goes_on_to_the_server() -> None:
