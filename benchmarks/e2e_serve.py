@@ -6,7 +6,8 @@
 A LangGraph program and a hand-written asyncio program are libraries; the end-to-end benchmark
 serves them the way ``altoflow serve`` serves the app, so that every system pays the same
 costs around the pipeline: one uvicorn process (uvloop when installed, as ``altoflow serve``
-uses), ``POST /v1/run`` with the request's fields as JSON, NDJSON events back
+uses) that writes uvicorn's access line for each request, as ``altoflow serve`` does at its
+default log level, ``POST /v1/run`` with the request's fields as JSON, NDJSON events back
 (``{"type": "output", "stage", "value"}`` as each output is ready, then ``{"type": "done"}``, or
 ``{"type": "error"}``), ``GET /healthz``. The twin streams the LangGraph way,
 ``graph.astream(stream_mode="updates")``: an event for each node update as its node ends (so its
@@ -123,7 +124,7 @@ def main(argv: list[str] | None = None) -> None:
     except ImportError:
         loop = "asyncio"
     uvicorn.run(create_app(events_of(args.system, args.app)), host=args.host, port=args.port,
-                loop=loop, log_level="warning")
+                loop=loop, log_level="info")  # the access line per request, as altoflow serve
 
 
 if __name__ == "__main__":
