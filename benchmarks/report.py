@@ -68,6 +68,24 @@ def placement(d: dict) -> list[str]:
     return lines + [""]
 
 
+def http_request(d: dict) -> list[str]:
+    st = d["settings"]
+    lines = _head(f"What one small request costs the server ({st['requests']} requests a repetition)", d)
+    lines += ["`POST /v1/run` of a one-stage pipeline (`benchmarks/apps/double.py`), one request after "
+              "another over a keep-alive connection; the server's CPU per request, against a bare "
+              "ASGI app on the same uvicorn (the floor); how it measures: the docstring of "
+              "`benchmarks/http_request.py`.", "",
+              "| variant | CPU us/request median | min-max | over the floor | wall us/request median |",
+              "| --- | --- | --- | --- | --- |"]
+    floor = d["summary"]["floor"]["cpu_us_per_request"]["median"]
+    for name, row in d["summary"].items():
+        c, w = row["cpu_us_per_request"], row["wall_us_per_request"]
+        over = "-" if name == "floor" else _fmt(c["median"] - floor)
+        lines.append(f"| {name} | {_fmt(c['median'])} | {_fmt(c['min'])}-{_fmt(c['max'])} | {over} | "
+                     f"{_fmt(w['median'])} |")
+    return lines + [""]
+
+
 def frames(d: dict) -> list[str]:
     lines = _head("Wire frames and payload codec", d)
     lines += ["| operation | median | min-max | unit |", "| --- | --- | --- | --- |"]
@@ -528,7 +546,7 @@ def faults(d: dict) -> list[str]:
 
 
 SECTIONS = [("e2e", e2e), ("e2e_inprocess", e2e_inprocess), ("timeline", timeline), ("figure4", figure4), ("placement", placement),
-            ("router", router), ("executor", executor), ("frames", frames), ("retrieval", retrieval),
+            ("http_request", http_request), ("router", router), ("executor", executor), ("frames", frames), ("retrieval", retrieval),
             ("faults", faults)]
 
 

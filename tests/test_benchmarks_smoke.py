@@ -131,3 +131,18 @@ def test_faults_benchmark_quick(tmp_path):
     hostile = record["scenarios"][1]
     assert hostile["clean_kinds"].get("HTTP 422", 0) >= 1  # the bodies were sent and answered
     assert "goal 0 hung, 0 wrong:" in proc.stdout
+
+
+def test_http_request_benchmark_quick(tmp_path):
+    out = tmp_path / "http_request.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "http_request.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "http_request" and record["settings"]["repeat"] == 1
+    assert set(record["runs"]) == set(record["summary"]) == {"floor", "altoflow-inline", "altoflow"}
+    for name, runs in record["runs"].items():
+        assert len(runs) == 1 and runs[0]["cpu_us_per_request"] > 0, name
+        assert name in proc.stdout

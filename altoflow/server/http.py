@@ -436,7 +436,7 @@ class EventStreamResponse:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         # Two asyncio tasks, not an anyio task group: this runs once per request, and the task
         # group's start, its cancel scopes and the repr of the task that its cancel builds cost
-        # about a tenth of a small request's CPU (the ASGI servers altoflow runs on are asyncio).
+        # about half of a small request's server CPU (the ASGI servers altoflow runs on are asyncio).
         writer = asyncio.current_task()
         assert writer is not None
         gone = False
