@@ -115,6 +115,12 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--host", default="127.0.0.1")
     parser.add_argument("--port", type=int, default=8002)
     args = parser.parse_args(argv)
+    serve(create_app(events_of(args.system, args.app)), args.host, args.port)
+
+
+def serve(app: Any, host: str, port: int) -> None:
+    """Serve ``app`` as ``altoflow serve`` serves a pipeline: uvicorn, uvloop when installed,
+    uvicorn's access line per request (altoflow serve's default log level)."""
     import uvicorn
 
     try:
@@ -123,8 +129,7 @@ def main(argv: list[str] | None = None) -> None:
         loop = "uvloop"
     except ImportError:
         loop = "asyncio"
-    uvicorn.run(create_app(events_of(args.system, args.app)), host=args.host, port=args.port,
-                loop=loop, log_level="info")  # the access line per request, as altoflow serve
+    uvicorn.run(app, host=host, port=port, loop=loop, log_level="info")
 
 
 if __name__ == "__main__":

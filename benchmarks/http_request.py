@@ -107,16 +107,9 @@ async def _drive(proc: subprocess.Popen, variant: str, url: str, requests: int,
 
 
 def _serve_floor(port: int) -> None:
-    import uvicorn
-    from e2e_serve import create_app
+    from e2e_serve import create_app, serve
 
-    try:
-        import uvloop  # noqa: F401
-
-        loop = "uvloop"
-    except ImportError:
-        loop = "asyncio"
-    uvicorn.run(create_app(_double), host="127.0.0.1", port=port, loop=loop, log_level="info")
+    serve(create_app(_double), "127.0.0.1", port)
 
 
 def main(argv: list[str] | None = None) -> None:

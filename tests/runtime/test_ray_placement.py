@@ -139,6 +139,9 @@ def test_where_waits_out_an_actor_that_ray_still_restarts():
     assert replicas.where("lm", 0, timeout=5) == {"pid": 7}
     assert len(refusals) == 2
     # One that stays unavailable past the timeout raises Ray's error.
-    fake_ray.get = lambda ref, timeout: (_ for _ in ()).throw(ActorUnavailableError("down"))
+    def down(ref, timeout):
+        raise ActorUnavailableError("down")
+
+    fake_ray.get = down
     with pytest.raises(ActorUnavailableError):
         replicas.where("lm", 0, timeout=0.3)

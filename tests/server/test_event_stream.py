@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
+import sys
 
 import anyio
 import anyio.lowlevel
@@ -120,9 +122,6 @@ async def test_sse_frames_coalesce_the_same_way() -> None:
 
 
 async def test_a_disconnect_ends_the_response_closes_the_stream_and_leaves_the_task_uncancelled() -> None:
-    import asyncio
-    import sys
-
     closed = []
     channel = EventChannel()  # a request whose stage is still working: nothing comes
     stream = RequestStream(channel, lambda: closed.append(True), 7)
@@ -145,8 +144,6 @@ async def test_a_disconnect_ends_the_response_closes_the_stream_and_leaves_the_t
 
 
 async def test_a_cancellation_that_is_not_a_disconnect_goes_on_to_the_server() -> None:
-    import asyncio
-
     closed = []
     stream = RequestStream(EventChannel(), lambda: closed.append(True), 7)
     never = anyio.Event()
