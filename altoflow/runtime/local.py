@@ -192,11 +192,18 @@ class _Execution:
                 ins, dispatched = inbox.popleft()
                 if self.timeline is not None:
                     self.timeline.add(time.perf_counter(), tl.code(tl.DISPATCH, rid), ins.ancestry)
-                if self.trace is None:
-                    status, error = await runner.invoke(ins.ancestry, ins.args)
-                else:
-                    status, error = await runner.invoke_traced(ins.ancestry, ins.args, self.trace,
-                                                               self.replica_names[rid])
+                try:
+                    if self.trace is None:
+                        status, error = await runner.invoke(ins.ancestry, ins.args)
+                    else:
+                        status, error = await runner.invoke_traced(
+                            ins.ancestry, ins.args, self.trace, self.replica_names[rid])
+                except anyio.get_cancelled_exc_class():
+                    # The request ended under it. A replica process would finish it and
+                    # acknowledge it, so it counts here too: both servers count the same.
+                    if self.stats is not None:
+                        self.stats.acknowledged(ins.stage, False, time.perf_counter() - dispatched)
+                    raise
                 if self.timeline is not None:
                     self.timeline.add(time.perf_counter(), tl.code(
                         tl.ACK, rid, tl.STATUS_CODES[status]), ins.ancestry)

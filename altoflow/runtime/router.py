@@ -659,6 +659,8 @@ class Router:
             return
         del self.conns[conn.rid]
         self._quiet.pop(conn.rid, None)
+        for key in [k for k in self._started if k[0] == conn.rid]:
+            del self._started[key]  # never acknowledged: the core re-dispatches them
         poisoned = self.core.poisoned[conn.stage]  # type: ignore[index]
         rep = self.core.replicas[conn.rid]
         if rep.state == "draining" and self.on_drained is not None:
@@ -730,13 +732,13 @@ class Router:
         for ins in instructions:
             t = type(ins)
             if t is Invoke:
+                conn = self.conns.get(ins.replica)
+                if conn is None:
+                    continue  # it died; the core has been told (ReplicaDown) and re-routes
                 anc = ins.ancestry
                 self._started[(ins.replica, anc)] = now = time.perf_counter()
                 if self._recording:
                     self.timeline.record(anc[0], now, ins.replica << 5, anc)  # tl.DISPATCH is 0
-                conn = self.conns.get(ins.replica)
-                if conn is None:
-                    continue  # it died; the core has been told (ReplicaDown) and re-routes
                 conn.writer.inputs(self.stage_index[ins.stage], anc[0], anc[1:],
                                    [ins.args[p] for p in self.core.stages[ins.stage].params],
                                    self._traces.get(anc[0], _UNTRACED)[1] if self._traces else b"")

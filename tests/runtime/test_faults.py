@@ -44,6 +44,9 @@ def test_kill_of_a_stateless_replica_loses_nothing():
                 assert [e.value for e in events if e.type == "output"] == [_total(20)]
             # Not vacuous: work that was running on the killed replica ran again elsewhere.
             assert any(e.what == "redispatch" and e.stage == "slow" for e in sup.router.core.story())
+            # The killed replica's invocations will never be acknowledged: the router forgot
+            # when it dispatched them (it keeps nothing for a replica that is gone).
+            assert not sup.router._started
             # The supervisor restarts it; the server keeps serving.
             await sup.wait_ready()
             again = await asyncio.wait_for(_events(sup.router.submit({"n": 3})), 30)

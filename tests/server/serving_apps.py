@@ -111,6 +111,24 @@ def counted(shouted: str) -> str:
 
 metered = Pipeline([split, shouted, counted], name="metered")
 
+# ``stalls`` (LocalIngress only: its fan-out never ends): the word "bad" fails downstream while
+# the fan-out that made it still runs, so the request's end cancels that invocation.
+
+
+@stage(fanout="word")
+async def stalling(text: str):
+    for word in text.split():
+        yield word
+    await anyio.sleep_forever()
+
+
+@stage
+def refused(stalling: str) -> str:
+    raise ValueError(f"cannot take {stalling!r}")
+
+
+stalls = Pipeline([stalling, refused], name="stalls")
+
 
 @stage
 def third(n: int):

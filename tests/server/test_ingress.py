@@ -162,6 +162,18 @@ async def test_stage_gauges_count_the_running_requests_work(gate) -> None:
     assert samples_of(ingress.metrics())[("altoflow_replicas_live", (("stage", "claims"),))] == 0
 
 
+async def test_an_invocation_cancelled_by_its_requests_end_is_counted() -> None:
+    # A replica process finishes such an invocation and acknowledges it; LocalIngress cancels
+    # it, and counts it all the same, so that both servers count the same invocations.
+    async with LocalIngress(serving_apps.stalls) as ingress:
+        events = await collect(ingress.submit({"text": "bad"}))
+        samples = samples_of(ingress.metrics())
+    assert events[-1].type == "error" and events[-1].stage == "refused"
+    assert samples[("altoflow_stage_invocation_seconds_count", (("stage", "stalling"),))] == 1
+    assert samples[("altoflow_stage_invocation_seconds_count", (("stage", "refused"),))] == 1
+    assert samples[("altoflow_stage_in_flight", (("stage", "stalling"),))] == 0
+
+
 async def test_two_servers_in_one_process_keep_their_own_metrics() -> None:
     async with LocalIngress(WORDCOUNT) as first, LocalIngress(WORDCOUNT) as second:
         await collect(first.submit({"text": "x"}))
