@@ -27,7 +27,7 @@ from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
 from altoflow import Pipeline, stage
-from altoflow.server import LocalIngress, create_app, serve_in_thread
+from altoflow.server import LocalIngress, ServedIngress, create_app, serve_in_thread
 from altoflow.server.page import page_routes
 
 pytestmark = pytest.mark.timeout(120)
@@ -37,6 +37,8 @@ STATIC = ROOT / "altoflow" / "server" / "static"
 PIPELINES = ROOT / "tests" / "pipelines"
 WORDCOUNT = str(PIPELINES / "wordcount.py")
 FAILING = str(PIPELINES / "failing.py")
+SCALED = str(PIPELINES / "scaled.py")
+ADMIN_TOKEN = "a-long-admin-token-for-tests"
 
 needs_chromium = pytest.mark.skipif(
     find_chromium() is None,
@@ -113,7 +115,7 @@ def test_the_page_asks_only_its_own_server() -> None:
     js = (STATIC / "live.js").read_text()
     css = (STATIC / "live.css").read_text()
     assert re.findall(r'(?:src|href)="([^"]*)"', html) == ["/static/live.css", "/static/live.js"]
-    assert sorted(set(re.findall(r'fetch\("([^"]*)"', js))) == ["/metrics", "/v1/graph", "/v1/run"]
+    assert sorted(set(re.findall(r'fetch\("([^"]*)"', js))) == ["/metrics", "/v1/graph", "/v1/run", "/v1/stages"]
     urls = re.findall(r"\w+://[^\s\"'`)]*", html + js + css)
     assert urls == ["http://www.w3.org/2000/svg"]  # the SVG namespace, a name, not a fetch
     assert "@import" not in css and "url(" not in css.replace("url(#arrow)", "")
@@ -281,6 +283,20 @@ def test_the_graph_shows_a_stages_running_invocations(serve, page, gate) -> None
     browser.wait_for("document.body.dataset.run === 'done'", "the run to end")
     assert marks(browser)["checked"] == ["output", "output"]
     browser.wait_for(f"{gauge} === '0'", "claims to be idle again")
+
+
+@needs_chromium
+def test_a_rescale_shows_in_the_graphs_replica_count(page) -> None:
+    ingress = ServedIngress(SCALED, inline=frozenset({"all"}))
+    with serve_in_thread(create_app(ingress, admin_token=ADMIN_TOKEN)) as url:
+        browser = page(url)
+        replicas = ("[...document.querySelectorAll('g.box[data-stage=work] text')]"
+                    ".map(t => t.textContent).find(t => t.endsWith(' up'))")
+        browser.wait_for(f"{replicas} === 'map · 1/1 up'", "the first metrics")
+        answer = httpx.put(url + "/v1/stages/work/replicas", json={"replicas": 3},
+                           headers={"Authorization": f"Bearer {ADMIN_TOKEN}"})
+        assert answer.status_code == 200, answer.text
+        browser.wait_for(f"{replicas}.endsWith(' · 3/3 up')", "the rescaled count")
 
 
 def scripted_app(lines: list[str], body_seen: list) -> Starlette:

@@ -158,7 +158,7 @@ function byStage(families, name) {
   return new Map((families.get(name) || []).map((x) => [x.labels.stage, x.value]));
 }
 
-function showMetrics(families) {
+function showMetrics(families, desired) {
   const running = byStage(families, "altoflow_stage_in_flight");
   const waiting = byStage(families, "altoflow_stage_queue_depth");
   const live = byStage(families, "altoflow_replicas_live");
@@ -168,7 +168,8 @@ function showMetrics(families) {
     box.group.dataset.inFlight = r;
     box.group.dataset.queued = w;
     box.group.classList.toggle("busy", r + w > 0);
-    const up = live.has(name) ? `${live.get(name)}/${box.stage.replicas} up` : `×${box.stage.replicas}`;
+    const want = desired.get(name) ?? box.stage.replicas; // a rescale changes it
+    const up = live.has(name) ? `${live.get(name)}/${want} up` : `×${want}`;
     box.replicas.textContent = clip(`${box.stage.kind} · ${up}`, 25);
   }
   if (current) sampleLoad(running, waiting);
@@ -176,11 +177,26 @@ function showMetrics(families) {
   $("requests-in-flight").textContent = requests ? requests[0].value : "–";
 }
 
+let stagesAnswer = true; // until GET /v1/stages says this server has no such route
+
+// Each stage's desired replica count from GET /v1/stages (a rescale changes it; /v1/graph has
+// the count the server started with): empty where the server does not report it.
+async function desiredReplicas() {
+  if (!stagesAnswer) return new Map();
+  const resp = await fetch("/v1/stages");
+  if (!resp.ok) {
+    stagesAnswer = resp.status !== 404;
+    return new Map();
+  }
+  return new Map((await resp.json()).stages.map((s) => [s.stage, s.desired]));
+}
+
 async function pollMetrics() {
   try {
     const resp = await fetch("/metrics");
     if (!resp.ok) throw new Error(`HTTP ${resp.status}`);
-    showMetrics(parsePrometheus(await resp.text()));
+    const families = parsePrometheus(await resp.text());
+    showMetrics(families, await desiredReplicas());
     $("metrics-status").textContent = `metrics: ${new Date().toLocaleTimeString()}`;
   } catch (err) {
     $("metrics-status").textContent = `metrics: unavailable (${err.message})`;
