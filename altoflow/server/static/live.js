@@ -177,15 +177,15 @@ function showMetrics(families, desired) {
   $("requests-in-flight").textContent = requests ? requests[0].value : "–";
 }
 
-let stagesAnswer = true; // until GET /v1/stages says this server has no such route
+let stagesReported = true; // until GET /v1/stages says this server has no such route
 
 // Each stage's desired replica count from GET /v1/stages (a rescale changes it; /v1/graph has
 // the count the server started with): empty where the server does not report it.
 async function desiredReplicas() {
-  if (!stagesAnswer) return new Map();
+  if (!stagesReported) return new Map();
   const resp = await fetch("/v1/stages");
   if (!resp.ok) {
-    stagesAnswer = resp.status !== 404;
+    stagesReported = resp.status !== 404;
     return new Map();
   }
   return new Map((await resp.json()).stages.map((s) => [s.stage, s.desired]));
