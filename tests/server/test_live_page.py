@@ -115,7 +115,8 @@ def test_the_page_asks_only_its_own_server() -> None:
     js = (STATIC / "live.js").read_text()
     css = (STATIC / "live.css").read_text()
     assert re.findall(r'(?:src|href)="([^"]*)"', html) == ["/static/live.css", "/static/live.js"]
-    assert sorted(set(re.findall(r'fetch\("([^"]*)"', js))) == ["/metrics", "/v1/graph", "/v1/run", "/v1/stages"]
+    fetched = sorted(set(re.findall(r'fetch\("([^"]*)"', js)))
+    assert fetched == ["/metrics", "/v1/graph", "/v1/run", "/v1/stages"]
     urls = re.findall(r"\w+://[^\s\"'`)]*", html + js + css)
     assert urls == ["http://www.w3.org/2000/svg"]  # the SVG namespace, a name, not a fetch
     assert "@import" not in css and "url(" not in css.replace("url(#arrow)", "")
