@@ -101,3 +101,12 @@ def partial(delta: str) -> None:
 def in_stage() -> bool:
     """Whether the caller runs inside a stage's invocation, where ``partial`` may be called."""
     return bool(_CURRENT.get())
+
+
+def watched() -> bool:
+    """Whether the running invocation's partials go anywhere: False outside a stage, and in
+    one whose request's client asked for none (``/v1/run?partials=false``) or that nobody
+    watches (``altoflow.run``). Code that would make each delta only to stream it (an LM
+    client's ``complete(partial=True)``) asks this once instead of paying for every delta."""
+    current = _CURRENT.get()
+    return bool(current) and current[2] is not None

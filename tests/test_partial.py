@@ -192,6 +192,25 @@ def test_lm_complete_with_partial_streams_each_delta_of_the_calling_stage() -> N
     assert asyncio.run(reply(question="sky?")) == "The sky is blue."
 
 
+def test_watched_says_whether_the_running_stages_partials_go_anywhere() -> None:
+    # What an LM client's complete(partial=True) asks once, instead of making every delta.
+    from altoflow._partial import watched
+
+    @stage(output=True)
+    async def probe(question: str) -> bool:
+        return watched()
+
+    @stage(output=True)
+    def probe_sync(question: str) -> bool:  # in a worker thread: the mark travels there too
+        return watched()
+
+    pipeline = af.Pipeline([probe, probe_sync])
+    assert watched() is False  # outside a stage
+    assert af.run(pipeline, question="q").to_dict() == {"probe": False, "probe_sync": False}
+    outputs = {e.stage: e.value for e in events_of(pipeline, question="q") if e.type == "output"}
+    assert outputs == {"probe": True, "probe_sync": True}  # on_event watches
+
+
 # -- the buffer between a request's producer and a slow consumer ---------------------------------
 
 

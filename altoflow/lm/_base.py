@@ -24,7 +24,7 @@ from dataclasses import dataclass
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
-from altoflow._partial import MAX_DELTA_CHARS, in_stage as _in_stage, partial as _partial
+from altoflow._partial import MAX_DELTA_CHARS, partial as _partial, watched as _watched
 
 from ._text import JsonListParser, LineSplitter
 
@@ -356,10 +356,11 @@ class LM(_Closes, abc.ABC):
         ``partial=True`` also streams each text delta, as the engine writes it, to the client
         as ``altoflow.partial`` events of the stage that calls this (an answer shown token by
         token in a chat UI, while the next stages get the whole text). Outside a stage's
-        invocation (a stage called as a plain function, in a unit test) there is nobody to
+        invocation (a stage called as a plain function, in a unit test), and in one that nobody
+        watches (``altoflow.run``, a request sent with ``partials=false``), there is nobody to
         stream to, and it only returns the text.
         """
-        send = _partial if partial and _in_stage() else None
+        send = _partial if partial and _watched() else None
         parts = []
         async with self.stream(prompt, **sampling) as deltas:
             async for delta in deltas:

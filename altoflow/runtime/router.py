@@ -418,8 +418,8 @@ class Router:
         Raises ``InputError`` for fields that do not fit the request schema, and ``Overloaded``
         when ``max_inflight`` requests are in flight. Closing the stream cancels the request.
         ``request_id`` names it in the log (the router's own number for it otherwise).
-        ``partials=False`` leaves its stages' ``partial`` deltas out of the stream: they are
-        dropped as they arrive.
+        ``partials=False`` leaves its stages' ``partial`` deltas out of the stream: an inline
+        replica makes none (``partials_wanted``), a replica process's are dropped as they arrive.
         """
         values = self.compiled.validate_request(fields)
         if len(self.streams) >= self.max_inflight:
@@ -609,6 +609,12 @@ class Router:
             self._partial(stage, anc, frame.payload)
         elif kind is not _HEARTBEAT:
             raise fr.RemoteProtocolError(f"the router does not take {kind.name} frames from replicas")
+
+    def partials_wanted(self, request: int) -> bool:
+        """Whether request ``request`` is running and its client takes its partials: what an
+        inline replica asks before it gives an invocation anywhere to send them."""
+        channel = self.requests.get(request)
+        return channel is not None and channel.partials is not None
 
     def _partial(self, stage: str, anc: tuple, payload: Any) -> None:
         """A stage's ``altoflow.partial`` delta: for its request's events only. The core never

@@ -19,7 +19,9 @@ more credit). A paused generator is not advanced at all: an LM stage stops gener
 
 Every invocation runs with its mark in ``altoflow._partial._CURRENT`` (the stage, the input's
 ancestry and where partials go), so that ``altoflow.partial`` works in its code; ``partial``,
-the runner's callback for them, is ``None`` where nobody watches them.
+the runner's callback for them, is ``None`` where nobody watches them, and ``watched``, given
+the request's id, says whether anybody watches that request's (an invocation of one that nobody
+watches gets no sink, so its partials cost a check and are never made into frames).
 """
 
 from __future__ import annotations
@@ -72,10 +74,14 @@ class StageRunner:
 
     def __init__(self, spec: StageSpec, plan: StagePlan, fn: Callable[..., Any], emit: OutputCallback,
                  *, barrier: bool = False, pace: PaceCallback | None = None,
-                 partial: PartialCallback | None = None) -> None:
+                 partial: PartialCallback | None = None,
+                 watched: Callable[[int], bool] | None = None) -> None:
         self.spec = spec
-        # Where the stage's altoflow.partial() deltas go: (ancestry, delta) on the loop's thread.
+        # Where the stage's altoflow.partial() deltas go: (ancestry, delta) on the loop's thread;
+        # and, where the runner can tell, whether a request's client wants them at all (by its
+        # id; None: every request's go): an invocation of one that does not gets no sink.
         self.partial = partial
+        self.watched = watched
         self._sink: PartialSink | None = None
         self.name = plan.name
         # Barrier mode holds an invocation's outputs until it returns: the "wait for the whole
@@ -132,6 +138,8 @@ class StageRunner:
     def _mark(self, anc: Ancestry) -> Mark:
         if self._sink is None and self.partial is not None:
             self._sink = PartialSink(self.partial)  # on the loop, on first use: it notes the loop
+        if self.watched is not None and not self.watched(anc[0]):
+            return [self.name, anc, None]  # partial() checks and returns; LM.complete streams none
         return [self.name, anc, self._sink]
 
     async def invoke(self, anc: Ancestry, kwargs: dict[str, Any],

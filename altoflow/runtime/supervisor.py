@@ -413,7 +413,8 @@ class Supervisor:
             fused_out = fused is not None and all(c in self.inline for c in plan.stage(fused).consumers)
             worker = Worker(self.target, stage, slot, Codec(allow_pickle=self.allow_pickle),
                             barrier=self.barrier, local_out=local_out, fuse=fused,
-                            fused_local_out=fused_out, on_fused_drop=self.router.fused_dropped)
+                            fused_local_out=fused_out, on_fused_drop=self.router.fused_dropped,
+                            watched=self.router.partials_wanted)
         except Exception as exc:
             raise RuntimeError(
                 f"inline replica {stage}#{slot} could not start: {type(exc).__name__}: {exc}. Fix "

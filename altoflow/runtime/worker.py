@@ -64,11 +64,14 @@ class WorkerStartError(WorkerError):
 
 class Worker:
     """One replica of one stage. ``local_out`` (an inline replica whose consumers are all inline
-    too) sends its outputs as ``Local`` objects instead of encoding them (see ``runtime.pipe``)."""
+    too) sends its outputs as ``Local`` objects instead of encoding them (see ``runtime.pipe``).
+    ``watched`` (an inline replica: its router's ``partials_wanted``) says by request id whether
+    a request's client wants partials; where it is None, every partial goes to the router."""
 
     def __init__(self, target: str, stage: str, slot: int, codec: Codec, barrier: bool = False,
                  local_out: bool = False, fuse: str | None = None, fused_local_out: bool = False,
-                 on_fused_drop: Callable[[int, ErrorInfo], None] | None = None) -> None:
+                 on_fused_drop: Callable[[int, ErrorInfo], None] | None = None,
+                 watched: Callable[[int], bool] | None = None) -> None:
         self.compiled = load_target(target).compiled
         self.plan = self.compiled.plan
         if stage not in self.compiled.specs:
@@ -90,7 +93,7 @@ class Worker:
         self.waiting: dict[tuple[int, ...], asyncio.Future[None]] = {}
         self.runner: StageRunner | FusedRunner = StageRunner(
             self.spec, self.stage, fn, self._emit, barrier=barrier,
-            pace=self._pace if self.paced else None, partial=self._partial)
+            pace=self._pace if self.paced else None, partial=self._partial, watched=watched)
         if fuse is not None:
             # This fan-out folds its items into the aggregate `fuse` itself (runtime.fusion):
             # what goes out is that stage's result, as its own replica would send it.

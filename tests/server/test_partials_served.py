@@ -81,6 +81,46 @@ def test_the_router_delivers_partials_before_outputs_from_every_kind_of_replica(
         check_events(events, question)
 
 
+def test_inline_replicas_make_no_partials_for_a_request_whose_client_wants_none(monkeypatch) -> None:
+    # Requests with and without partials at once, on inline replicas (async, sync generator
+    # in threads and then inline, sync map): each gets its own events, and a request whose
+    # client asked for none costs no PARTIAL frame at all, not one made and then dropped.
+    from altoflow.runtime.router import Router
+
+    compiled = load_target(PARTIALS).compiled
+    framed: list[int] = []
+    deliver = Router._partial
+
+    def counted(self, stage, anc, payload):
+        framed.append(anc[0])
+        deliver(self, stage, anc, payload)
+
+    monkeypatch.setattr(Router, "_partial", counted)
+
+    async def main():
+        async with Supervisor(compiled, PARTIALS, replicas={"shout": 2},
+                              inline=frozenset({"all"})) as sup:
+            await sup.wait_ready()
+            wants = [i % 2 == 0 for i in range(2 * len(QUESTIONS))]
+            streams = [sup.router.submit({"question": QUESTIONS[i % len(QUESTIONS)]}, partials=w)
+                       for i, w in enumerate(wants)]
+            ids = [stream.request_id for stream in streams]
+            events = await asyncio.wait_for(asyncio.gather(*map(_read, streams)), 60)
+            return wants, ids, events
+
+    wants, ids, events = asyncio.run(main())
+    levels = {s.name: s.levels_out for s in compiled.plan.outputs}
+    for i, (want, request, seen) in enumerate(zip(wants, ids, events)):
+        question = QUESTIONS[i % len(QUESTIONS)]
+        if want:
+            check_events(seen, question)
+            assert request in framed
+        else:
+            assert [e for e in seen if e.type == "partial"] == []
+            assert af.Result(seen, levels).to_dict() == af.run(PARTIALS, question=question).to_dict()
+            assert request not in framed
+
+
 def test_a_client_that_reads_nothing_makes_the_router_hold_a_bounded_buffer(monkeypatch) -> None:
     monkeypatch.setattr(partial_buffers, "PARTIAL_BUFFER_CHARS", 10_000)
     compiled = load_target(PARTIALS).compiled
