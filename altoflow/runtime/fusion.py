@@ -16,6 +16,10 @@ of both; about half of the claim verifier's items). What a request gets is uncha
   leaves no group (no result), as the unfused runtime does;
 - ``B`` keeps its replicas, which take no items while fused.
 
+When ``A``'s items come from a fast sync generator and ``B``'s calls are short, an invocation
+begins with no task (``FusedRunner.fan_out_now``, as ``StageRunner.fan_out_now``) and, when it
+ends there, sends ``B``'s result at once; otherwise it goes on in tasks, as ``invoke`` does.
+
 ``fusable`` says which pairs qualify; ``FusedRunner`` runs them; the router attributes the
 fused result to ``B`` (``Router.fuse``) and the core opens no group of ``B`` for ``A``'s items.
 """
@@ -23,9 +27,10 @@ fused result to ``B`` (``Router.fuse``) and the core opens no group of ``B`` for
 from __future__ import annotations
 
 import asyncio
+import functools
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Callable, Iterable
+from typing import Any, Awaitable, Callable, Iterable
 
 from altoflow import _tracing
 from altoflow.compiler.plan import Plan
@@ -120,9 +125,48 @@ class FusedRunner:
 
     async def invoke(self, anc: Ancestry, kwargs: dict[str, Any]) -> tuple[Status, ErrorInfo | None]:
         """Run A on one input with B folded in; B's result goes to B's ``emit``."""
-        wake = self._wake[anc] = asyncio.Event()
+        self._begin(anc)
+        return await self._finish(anc, functools.partial(self.a.invoke, anc, kwargs))
+
+    @property
+    def fans_out_now(self) -> bool:
+        """Whether the next invocation can begin with no task (``fan_out_now``): A's can, and
+        B's calls run to their end at once."""
+        return self.a.fans_out_now and self.b.runs_now
+
+    def fan_out_now(self, anc: Ancestry, kwargs: dict[str, Any],
+                    ) -> tuple[Status, ErrorInfo | None] | Callable[[], Awaitable[tuple[Status, ErrorInfo | None]]]:
+        """``invoke`` begun with no task (``StageRunner.fan_out_now``), A's items folded into B as
+        they come: when A ends here and no item waits for B, the group's result goes now and
+        the outcome is returned; else a function whose coroutine does the rest, as ``invoke``."""
+        self._begin(anc)
+        try:
+            outcome = self.a.fan_out_now(anc, kwargs)
+        except BaseException:
+            self._end(anc)
+            raise
+        if type(outcome) is tuple and not self._waiting[anc]:
+            try:
+                return self._result(anc, *outcome)
+            finally:
+                self._end(anc)
+        return functools.partial(self._finish, anc, outcome)
+
+    def _begin(self, anc: Ancestry) -> None:
+        self._wake[anc] = asyncio.Event()
         self._waiting[anc] = deque()
-        a_task = asyncio.ensure_future(self.a.invoke(anc, kwargs))
+
+    async def _finish(self, anc: Ancestry, a_work: Any) -> tuple[Status, ErrorInfo | None]:
+        """The invocation from A's work on: ``a_work`` is A's outcome when A has ended, else a
+        function whose coroutine runs A (or the rest of it); B folds what A puts out meanwhile."""
+        wake = self._wake[anc]
+        if type(a_work) is tuple:
+            a_task = asyncio.get_running_loop().create_future()
+            a_task.set_result(a_work)
+        else:
+            a_task = asyncio.ensure_future(a_work())
+            if anc in self._failed:
+                a_task.cancel()  # B failed before A's task existed: A's invocation is over
         self._tasks[anc] = a_task
         folding = asyncio.ensure_future(self._fold_loop(anc, a_task))
         a_task.add_done_callback(lambda _: wake.set())
@@ -134,27 +178,35 @@ class FusedRunner:
                     raise  # the invocation itself was cancelled (its request ended)
                 status, error = "failed", None
             await folding
-            failed = self._failed.get(anc)
-            if failed is not None:
-                return "failed", failed
-            if status != "ok":
-                return status, error  # A failed or was dropped: its group is not opened
-            for step in (self.b.open, lambda p: self.b.flush(p, opened=True)):
-                try:
-                    status, error = step(anc)
-                except Exception as exc:  # its result cannot be sent on (the codec refused it)
-                    return "failed", ErrorInfo(
-                        self.b.plan.name, dict(zip(self.b.plan.route_key or [], anc[1:])),
-                        f"cannot send the group's result: {exc}", type(exc).__name__)
-                if status == "failed":
-                    return status, error
-            return "ok", None
+            return self._result(anc, status, error)
         finally:
             a_task.cancel()
             folding.cancel()
-            self.b.groups.pop(anc, None)
-            for table in (self._waiting, self._wake, self._failed, self._tasks):
-                table.pop(anc, None)
+            self._end(anc)
+
+    def _result(self, anc: Ancestry, status: Status, error: ErrorInfo | None) -> tuple[Status, ErrorInfo | None]:
+        """The invocation's outcome once A has ended and B has folded every item: B's group's
+        result sent on when all went well."""
+        failed = self._failed.get(anc)
+        if failed is not None:
+            return "failed", failed
+        if status != "ok":
+            return status, error  # A failed or was dropped: its group is not opened
+        for step in (self.b.open, lambda p: self.b.flush(p, opened=True)):
+            try:
+                status, error = step(anc)
+            except Exception as exc:  # its result cannot be sent on (the codec refused it)
+                return "failed", ErrorInfo(
+                    self.b.plan.name, dict(zip(self.b.plan.route_key or [], anc[1:])),
+                    f"cannot send the group's result: {exc}", type(exc).__name__)
+            if status == "failed":
+                return status, error
+        return "ok", None
+
+    def _end(self, anc: Ancestry) -> None:
+        self.b.groups.pop(anc, None)
+        for table in (self._waiting, self._wake, self._failed, self._tasks):
+            table.pop(anc, None)
 
     async def invoke_traced(self, anc: Ancestry, kwargs: dict[str, Any], parent: Any,
                             replica: str) -> tuple[Status, ErrorInfo | None]:

@@ -12,6 +12,11 @@ back to threads. A stage with a ``timeout`` always runs in threads (an inline ca
 abandoned), and an inline generator passes through a checkpoint every ``INLINE_YIELD_EVERY``
 items, so a long one lets other tasks run.
 
+An invocation whose calls run inline needs no task of its own: a served replica runs a sync map
+to its end with ``invoke_now`` and begins a sync generator with ``fan_out_now``, which pulls its
+items at once and returns its outcome, or, where ``invoke`` would have awaited (credit, a
+checkpoint, a thread), returns the rest of the invocation for a task to run.
+
 A fan-out may be paced (``pace``, which a served replica gives, see ``worker.py``): before
 each item is pulled from the generator, ``pace(ancestry, items emitted so far)`` says whether
 the invocation may go on (None) or must wait (an awaitable, done when the router has granted
@@ -223,6 +228,78 @@ class StageRunner:
             for a, v in held or ():
                 self.emit(a, v)
 
+    @property
+    def fans_out_now(self) -> bool:
+        """Whether the next invocation can start at once on the loop's thread (``fan_out_now``):
+        a sync generator whose calls run inline, not in barrier mode."""
+        return (self._may_inline and self.fast_calls >= INLINE_AFTER and self.spec.is_generator
+                and not self.barrier)
+
+    def fan_out_now(self, anc: Ancestry, kwargs: dict[str, Any],
+                    ) -> tuple[Status, ErrorInfo | None] | Callable[[], Awaitable[tuple[Status, ErrorInfo | None]]]:
+        """``invoke`` of a sync generator, for when ``fans_out_now``, begun with no task: its
+        items are pulled here and now, as ``invoke``'s inline calls would pull them, and when
+        it ends here its outcome is returned, a task's creation and steps saved. Where
+        ``invoke`` would await (the pace says wait for credit, a checkpoint is due after
+        ``INLINE_YIELD_EVERY`` items, or a slow call sends the next ones to threads), it returns
+        a function instead, whose coroutine goes on with the same generator exactly as
+        ``invoke`` would have: the caller runs it in a task, as it runs ``invoke``."""
+        mark = self._mark(anc)
+        token = _CURRENT.set(mark)
+        emitted = [0]
+        handed = False
+        error: Exception | None = None
+        try:
+            attempts = self.plan.retries + 1
+            while attempts:
+                attempts -= 1
+                gen = self.fn(**kwargs)
+                try:
+                    if self._pull_now(anc, gen, emitted):
+                        return "ok", None
+                    handed = True
+                    return functools.partial(self._fan_out_rest, anc, kwargs, mark, emitted, gen,
+                                             attempts + 1)
+                except Exception as exc:
+                    error = exc
+                    if emitted[0]:  # items have streamed on: a retry would yield them again
+                        break
+                finally:
+                    if not handed:
+                        _close(gen)
+            failed = self._failure(self.plan.levels_in, anc, error)
+            return failed.status, failed.error
+        finally:
+            if not handed:
+                mark.clear()  # the invocation is over: a late partial() is refused
+            _CURRENT.reset(token)
+
+    def _pull_now(self, anc: Ancestry, gen: Any, emitted: list[int]) -> bool:
+        """Pull ``gen``'s items while nothing would await; True when it has ended."""
+        pace, emit = self.pace, self.emit
+        for _ in range(INLINE_YIELD_EVERY - 1):  # _generate's first checkpoint comes at the 32nd
+            if (pace is not None and pace(anc, emitted[0]) is not None) or not self.inline:
+                return False
+            value = self._timed(_next, gen)
+            if value is _END:
+                return True
+            emitted[0] = self._yielded(anc, emitted[0], value, emit)
+        return False
+
+    async def _fan_out_rest(self, anc: Ancestry, kwargs: dict[str, Any], mark: Mark,
+                            emitted: list[int], gen: Any, attempts: int,
+                            ) -> tuple[Status, ErrorInfo | None]:
+        """The rest of an invocation that ``fan_out_now`` began: ``invoke``'s, from where it was."""
+        token = _CURRENT.set(mark)
+        try:
+            await self._fan_out(anc, kwargs, self.emit, emitted, gen, attempts)
+            return "ok", None
+        except _Failed as failed:
+            return failed.status, failed.error
+        finally:
+            mark.clear()
+            _CURRENT.reset(token)
+
     def _returned(self, anc: Ancestry, value: Any, emit: OutputCallback) -> Status:
         """What a map's (or an aggregate's) return value becomes: nothing, a fold, an output."""
         if value is DROP:
@@ -263,24 +340,30 @@ class StageRunner:
             functools.partial(self._in_thread, self.fn, **kwargs), abandon_on_cancel=True
         )
 
-    async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback) -> None:
-        emitted = [0]  # items emitted so far, kept across attempts and read after an error
+    async def _fan_out(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback,
+                       emitted: list[int] | None = None, gen: Any = None,
+                       attempts: int | None = None) -> None:
+        # `gen`, `emitted` and `attempts`: the attempt that fan_out_now began, to go on with.
+        if emitted is None:
+            emitted = [0]  # items emitted so far, kept across attempts and read after an error
         error: Exception | None = None
-        for _ in range(self.plan.retries + 1):
+        for _ in range(self.plan.retries + 1 if attempts is None else attempts):
             try:
                 if self.plan.timeout is None:  # no cancel scope: it costs more than a call
-                    await self._generate(anc, kwargs, emit, emitted)
+                    await self._generate(anc, kwargs, emit, emitted, gen)
                 else:
                     with anyio.fail_after(self.plan.timeout):
-                        await self._generate(anc, kwargs, emit, emitted)
+                        await self._generate(anc, kwargs, emit, emitted, gen)
                 return
             except Exception as exc:
                 error = exc
                 if emitted[0]:  # items have streamed on: a retry would yield them again
                     break
+            gen = None
         raise self._failure(self.plan.levels_in, anc, error)
 
-    async def _generate(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback, emitted: list[int]) -> None:
+    async def _generate(self, anc: Ancestry, kwargs: dict[str, Any], emit: OutputCallback,
+                        emitted: list[int], gen: Any = None) -> None:
         pace = self.pace
         if self.spec.is_async:
             agen = self.fn(**kwargs)
@@ -302,7 +385,8 @@ class StageRunner:
             finally:
                 await agen.aclose()
         else:
-            gen = self.fn(**kwargs)
+            if gen is None:
+                gen = self.fn(**kwargs)
             try:
                 n = 0
                 while True:

@@ -31,7 +31,7 @@ import os
 import ssl
 import sys
 from collections import deque
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 from altoflow import _tracing
 from altoflow._errors import user_traceback
@@ -259,7 +259,22 @@ class Worker:
             return
         if self.paced:
             self.credit[anc] = fr.FANOUT_WINDOW
-        task = asyncio.get_running_loop().create_task(self._invoke(anc, parts, trace))
+        rest = None
+        if not trace and self.runner.fans_out_now:
+            # A fast sync generator: begun here and now (StageRunner.fan_out_now); a task only
+            # if it has to wait, for credit, a checkpoint or a thread.
+            try:
+                outcome = self.runner.fan_out_now(anc, self._kwargs(parts))
+            except Exception as exc:
+                outcome = "failed", self._unsent(anc, exc)
+            if type(outcome) is tuple:
+                if self.paced:
+                    self.credit.pop(anc, None)
+                    self.waiting.pop(anc, None)
+                self._status(fr.Kind.ACK, anc, *outcome)
+                return
+            rest = outcome
+        task = asyncio.get_running_loop().create_task(self._invoke(anc, parts, trace, rest))
         self.running[task] = anc
         tasks = self.tasks.get(anc[0])
         if tasks is None:
@@ -284,9 +299,14 @@ class Worker:
         while self.backlog and len(self.running) - len(self.waiting) < self.stage.concurrency:
             self._start(*self.backlog.popleft())
 
-    async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...], trace: bytes = b"") -> None:
+    async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...], trace: bytes = b"",
+                      rest: Callable[[], Awaitable[tuple[Status, ErrorInfo | None]]] | None = None,
+                      ) -> None:
+        # `rest`: the rest of an invocation that fan_out_now began (its inputs already taken).
         try:
-            if trace:
+            if rest is not None:
+                status, error = await rest()
+            elif trace:
                 status, error = await self.runner.invoke_traced(
                     anc, self._kwargs(parts), _tracing.from_bytes(trace), self.replica)
             else:
