@@ -606,6 +606,8 @@ class Router:
                 self._failed(anc[0], error, frame.body)
             self._apply(self.core.handle(FlushDone(conn.rid, stage, anc, fr.STATUS_NAMES[frame.status], error)))  # type: ignore[arg-type]
         elif kind is _PARTIAL:
+            if frame.stage != conn.index:  # a partial of the aggregate folded into this fan-out
+                stage = self._fused_output(conn, frame.stage)
             self._partial(stage, anc, frame.payload)
         elif kind is not _HEARTBEAT:
             raise fr.RemoteProtocolError(f"the router does not take {kind.name} frames from replicas")

@@ -105,8 +105,12 @@ class Worker:
                 self.writer.item(_DATA, index, anc[0], anc[1:], payload)
                 self._queued()
 
+            def partial_fused(anc: tuple[int, ...], delta: str) -> None:
+                self.writer.item(_PARTIAL, index, anc[0], anc[1:], delta)  # inline: the str
+                self._queued()
+
             fused = StageRunner(spec, plan, spec.obj().__call__ if spec.is_class else spec.obj,
-                                emit_fused, barrier=barrier)
+                                emit_fused, barrier=barrier, partial=partial_fused, watched=watched)
             self.runner = FusedRunner(self.runner, fused, on_fused_drop or (lambda request, error: None))
         self.writer: fr.FrameWriter | FrameList = fr.FrameWriter()
         self.reader: fr.FrameReader | FrameList = fr.FrameReader()

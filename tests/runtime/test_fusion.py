@@ -16,6 +16,7 @@ import pytest
 import altoflow as af
 from altoflow.compiler import load_target
 from altoflow.runtime.fusion import fusable
+from altoflow.runtime.local import execute
 from altoflow.runtime.supervisor import Supervisor
 
 APP = """
@@ -152,3 +153,59 @@ def test_only_a_fan_out_feeding_just_its_level_s_aggregate_fuses():
     assert fusable(af.Pipeline([toks, n, both]).compiled.plan, {"toks", "n", "both"}) == {}
     assert fusable(af.Pipeline([toks, both]).compiled.plan, {"toks", "both"}) == {}
     assert fusable(af.Pipeline([slow, m]).compiled.plan, {"slow", "m"}) == {}
+
+
+PARTIAL_APP = """
+import altoflow as af
+from altoflow import ops, stage
+
+
+@stage(fanout="word")
+def words(text: str):
+    for w in text.split():
+        af.partial(w[0])
+        yield w
+
+
+@stage(aggregate=ops.concat(sep=","), output=True)
+{async_}def shout(words: str) -> str:
+    af.partial(words.upper())  # the folded stage streams too
+    return words.upper()
+"""
+
+
+@pytest.mark.parametrize("is_async", [False, True], ids=["sync", "async"])
+def test_the_folded_stage_s_partials_reach_the_client_as_its_own(tmp_path, is_async):
+    path = tmp_path / f"partial_{int(is_async)}.py"
+    path.write_text(textwrap.dedent(PARTIAL_APP.format(async_="async " if is_async else "")))
+    target = str(path)
+    compiled = load_target(target).compiled
+    texts = ["a bb ccc", "one", "x " * 40]
+
+    async def main():
+        async with Supervisor(compiled, target, inline=frozenset({"all"})) as sup:
+            await sup.wait_ready()
+            assert sup.fused == {"words": "shout"}
+            return await asyncio.wait_for(asyncio.gather(*(
+                _collect(sup.router.submit({"text": t})) for t in texts)), 60)
+
+    for text, served in zip(texts, asyncio.run(main())):
+        seen: list = []
+        asyncio.run(execute(compiled, {"text": text}, on_event=seen.append))
+        for events in (served, seen):  # each item's partials, joined
+            assert [e for e in events if e.type == "partial"], text
+        assert _partials(served) == _partials(seen), text
+        assert _outcome(served) == _outcome(seen), text
+
+
+async def _collect(stream) -> list:
+    return [e async for e in stream]
+
+
+def _partials(events: list) -> dict:
+    by_item: dict = {}
+    for e in events:
+        if e.type == "partial":
+            key = (e.stage, tuple(e.ancestry.items()))
+            by_item[key] = by_item.get(key, "") + e.delta  # an unread one may have merged
+    return by_item
