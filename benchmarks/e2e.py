@@ -142,8 +142,11 @@ class Server:
 
     def __init__(self, app: str, system: str, profile: str, max_batch: int | None,
                  placement: str = "inline", fuse: bool = True, lm: str = "http",
-                 partials: bool = False) -> None:
+                 partials: bool = False, root: Path = ROOT) -> None:
         self.app, self.system, self.profile, self.placement = app, system, profile, placement
+        # The checkout whose altoflow and examples the server runs (benchmarks/versions.py
+        # serves another version of the runtime beside this one).
+        self.root = root
         self.lm = lm  # "http": an altoflow sim-lm subprocess; "inprocess": ALTOFLOW_LM=sim
         # Whether the load generator asks for altoflow's partial events (the claim verifier's
         # answer, token by token): the twin and the floor send none, so by default none is
@@ -158,10 +161,10 @@ class Server:
         if max_batch is not None:
             sim += ["--max-batch", str(max_batch)]
         if lm == "inprocess":
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "ALTOFLOW_LM": "sim",
+            env = {**os.environ, "PYTHONPATH": str(root), "ALTOFLOW_LM": "sim",
                    "ALTOFLOW_LM_PROFILE": profile, "ALTOFLOW_RERANKER": "bm25"}
         else:
-            env = {**os.environ, "PYTHONPATH": str(ROOT), "ALTOFLOW_LM": "openai",
+            env = {**os.environ, "PYTHONPATH": str(root), "ALTOFLOW_LM": "openai",
                    "ALTOFLOW_LM_URL": f"{self.sim_url}/v1", "ALTOFLOW_LM_MODEL": "sim/{pool}",
                    "ALTOFLOW_RERANKER": "bm25"}
         self.logs = open(os.devnull, "w")  # noqa: SIM115 - closed in stop()
@@ -171,7 +174,7 @@ class Server:
         self.sim = (None if lm == "inprocess" else
                     subprocess.Popen(sim, env=env, stdout=self.logs, stderr=self.logs, cwd=ROOT))
         self.proc = subprocess.Popen(self.command(), env=env, stdout=self.logs,
-                                     stderr=self.errors, cwd=ROOT)
+                                     stderr=self.errors, cwd=root)
 
     def command(self) -> list[str]:
         if self.system in ("langgraph", "floor"):

@@ -146,3 +146,29 @@ def test_http_request_benchmark_quick(tmp_path):
     for name, runs in record["runs"].items():
         assert len(runs) == 1 and runs[0]["cpu_us_per_request"] > 0, name
         assert name in proc.stdout
+
+
+def test_versions_benchmark_quick(tmp_path):
+    # "Before" is this checkout too: the run needs a second one, not a different one.
+    out = tmp_path / "versions.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "versions.py"), "--before", str(ROOT),
+         "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=240,
+    )
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-4000:]
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "versions" and record["settings"]["reps"] == 1
+    assert sorted(r["system"] for r in record["runs"]) == ["after", "before", "floor"]
+    for run in record["runs"]:
+        assert run["completed"] > 0 and run["errors"] == 0 and run["cpu_ms_per_request"] > 0, run
+    assert set(record["summary"]["median_ms"]) == {"before", "after", "floor"}
+    assert "before" in proc.stdout and "floor" in proc.stdout
+
+
+def test_versions_benchmark_names_a_missing_checkout(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "versions.py"), "--before", str(tmp_path)],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert proc.returncode == 2 and "git worktree add" in proc.stderr
