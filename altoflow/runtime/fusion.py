@@ -30,13 +30,13 @@ import asyncio
 import functools
 from collections import deque
 from dataclasses import dataclass
-from typing import Any, Awaitable, Callable, Iterable
+from typing import Any, Callable, Iterable
 
 from altoflow import _tracing
 from altoflow.compiler.plan import Plan
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.progress import Ancestry
-from altoflow.runtime.runner import StageRunner
+from altoflow.runtime.runner import Ended, Rest, StageRunner
 from altoflow.wire import ErrorBody
 
 Dropped = Callable[[int, ErrorInfo], None]  # (request, error)
@@ -134,8 +134,7 @@ class FusedRunner:
         B's calls run to their end at once."""
         return self.a.fans_out_now and self.b.runs_now
 
-    def fan_out_now(self, anc: Ancestry, kwargs: dict[str, Any],
-                    ) -> tuple[Status, ErrorInfo | None] | Callable[[], Awaitable[tuple[Status, ErrorInfo | None]]]:
+    def fan_out_now(self, anc: Ancestry, kwargs: dict[str, Any]) -> Ended | Rest:
         """``invoke`` begun with no task (``StageRunner.fan_out_now``), A's items folded into B as
         they come: when A ends here and no item waits for B, the group's result goes now and
         the outcome is returned; else a function whose coroutine does the rest, as ``invoke``."""
@@ -156,7 +155,7 @@ class FusedRunner:
         self._wake[anc] = asyncio.Event()
         self._waiting[anc] = deque()
 
-    async def _finish(self, anc: Ancestry, a_work: Any) -> tuple[Status, ErrorInfo | None]:
+    async def _finish(self, anc: Ancestry, a_work: Ended | Rest) -> Ended:
         """The invocation from A's work on: ``a_work`` is A's outcome when A has ended, else a
         function whose coroutine runs A (or the rest of it); B folds what A puts out meanwhile."""
         wake = self._wake[anc]
@@ -184,7 +183,7 @@ class FusedRunner:
             folding.cancel()
             self._end(anc)
 
-    def _result(self, anc: Ancestry, status: Status, error: ErrorInfo | None) -> tuple[Status, ErrorInfo | None]:
+    def _result(self, anc: Ancestry, status: Status, error: ErrorInfo | None) -> Ended:
         """The invocation's outcome once A has ended and B has folded every item: B's group's
         result sent on when all went well."""
         failed = self._failed.get(anc)

@@ -51,6 +51,8 @@ from altoflow.runtime.progress import Ancestry
 
 OutputCallback = Callable[[Ancestry, Any], None]
 PaceCallback = Callable[[Ancestry, int], "Awaitable[None] | None"]
+Ended = tuple[Status, ErrorInfo | None]  # how an invocation ended: its status, and its error if any
+Rest = Callable[[], Awaitable[Ended]]  # the rest of an invocation begun at once, for a task
 _END = object()
 
 #: A sync call shorter than this counts as fast; see the module docstring.
@@ -235,8 +237,7 @@ class StageRunner:
         return (self._may_inline and self.fast_calls >= INLINE_AFTER and self.spec.is_generator
                 and not self.barrier)
 
-    def fan_out_now(self, anc: Ancestry, kwargs: dict[str, Any],
-                    ) -> tuple[Status, ErrorInfo | None] | Callable[[], Awaitable[tuple[Status, ErrorInfo | None]]]:
+    def fan_out_now(self, anc: Ancestry, kwargs: dict[str, Any]) -> Ended | Rest:
         """``invoke`` of a sync generator, for when ``fans_out_now``, begun with no task: its
         items are pulled here and now, as ``invoke``'s inline calls would pull them, and when
         it ends here its outcome is returned, a task's creation and steps saved. Where
@@ -287,8 +288,7 @@ class StageRunner:
         return False
 
     async def _fan_out_rest(self, anc: Ancestry, kwargs: dict[str, Any], mark: Mark,
-                            emitted: list[int], gen: Any, attempts: int,
-                            ) -> tuple[Status, ErrorInfo | None]:
+                            emitted: list[int], gen: Any, attempts: int) -> Ended:
         """The rest of an invocation that ``fan_out_now`` began: ``invoke``'s, from where it was."""
         token = _CURRENT.set(mark)
         try:

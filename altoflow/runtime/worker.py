@@ -31,7 +31,7 @@ import os
 import ssl
 import sys
 from collections import deque
-from typing import Any, Awaitable, Callable
+from typing import Any, Callable
 
 from altoflow import _tracing
 from altoflow._errors import user_traceback
@@ -41,7 +41,7 @@ from altoflow.wire import Codec, EncodeError
 from altoflow.runtime.core import ErrorInfo, Status
 from altoflow.runtime.pipe import FrameList, Local
 from altoflow.runtime.fusion import FusedErrorBody, FusedRunner
-from altoflow.runtime.runner import StageRunner
+from altoflow.runtime.runner import Rest, StageRunner
 from altoflow.runtime.tls import TlsConfigError, client_context
 
 _DATA, _CREDIT, _PARTIAL = fr.Kind.DATA, fr.Kind.CREDIT, fr.Kind.PARTIAL
@@ -304,8 +304,7 @@ class Worker:
             self._start(*self.backlog.popleft())
 
     async def _invoke(self, anc: tuple[int, ...], parts: tuple[bytes, ...], trace: bytes = b"",
-                      rest: Callable[[], Awaitable[tuple[Status, ErrorInfo | None]]] | None = None,
-                      ) -> None:
+                      rest: Rest | None = None) -> None:
         # `rest`: the rest of an invocation that fan_out_now began (its inputs already taken).
         try:
             if rest is not None:
