@@ -265,7 +265,9 @@ def e2e(d: dict) -> list[str]:
         lines += ["", f"![{app}](../benchmarks/results/e2e_latency_{app}.png)", ""]
         goals += _e2e_goals(records, ideal, app, profile, rates)
     lines += ["![CPU per request](../benchmarks/results/e2e_cpu.png)", "",
-              "### The goals, from this run", ""] + goals + [""] + _e2e_discussion(d) + [""]
+              "### The goals, from this run", ""] + goals + [""]
+    lines += _paired_table(records, pairs, "the CPU goal above (medians over every rate's runs)")
+    lines += _e2e_discussion(d) + [""]
     lines += _e2e_profile()
     return lines
 
@@ -439,20 +441,25 @@ def e2e_inprocess(d: dict) -> list[str]:
                          f"{_ms1(cpu['floor'])} | {_ms1(over_alto)} | {_ms1(over_lg)} | {verdict} |")
     lines += ["", "CPU in ms a request, medians over the repetitions (\"all rates\": over every "
               "rate's runs).", "",
-              "The same overheads paired by round: the systems of one rate and repetition run one "
-              "after another, so each run's CPU less the floor's in its own round, median over the "
-              "rounds. Pairing takes out what moves between rounds (the machine's state, the "
-              "rate), which the table above keeps in each system's median.", "",
-              "| app | profile | altoflow over floor | LangGraph over floor | ratio (goal <= 0.5) |",
-              "| --- | --- | --- | --- | --- |"]
+              ] + _paired_table(records, pairs, "the table above") + [
+              "![CPU per request, LM in process](../benchmarks/results/e2e_inprocess_cpu.png)", ""]
+    return lines
+
+
+def _paired_table(records: list[dict], pairs: list[tuple], unpaired: str) -> list[str]:
+    """The CPU overheads above the floor paired by round, per series, with the goal's verdict."""
+    lines = ["The same overheads paired by round: the systems of one rate and repetition run one "
+             "after another, so each run's CPU less the floor's in its own round, median over the "
+             "rounds. Pairing takes out what moves between rounds (the machine's state, the "
+             f"rate), which {unpaired} keeps in each system's median.", "",
+             "| app | profile | altoflow over floor | LangGraph over floor | ratio (goal <= 0.5) |",
+             "| --- | --- | --- | --- | --- |"]
     for profile, app in pairs:
         over_alto, over_lg = (_paired_overhead(records, s, app=app, profile=profile)
                               for s in ("altoflow", "langgraph"))
         lines.append(f"| {app} | {profile} | {_ms1(over_alto)} | {_ms1(over_lg)} | "
                      f"{_cpu_verdict(over_alto, over_lg)} |")
-    lines += ["",
-              "![CPU per request, LM in process](../benchmarks/results/e2e_inprocess_cpu.png)", ""]
-    return lines
+    return lines + [""]
 
 
 def _ms1(x: float | None) -> str:
