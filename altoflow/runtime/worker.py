@@ -253,22 +253,17 @@ class Worker:
         # A trace context (the router traces) is used only if this replica traces too.
         if trace and _tracing.TRACER is None:
             trace = b""
-        if not trace and self.runner.runs_now:
-            # A short sync call: run it here and now, with no task (StageRunner.invoke_now).
-            try:
-                status, error = self.runner.invoke_now(anc, self._kwargs(parts))
-            except Exception as exc:
-                status, error = "failed", self._unsent(anc, exc)
-            self._status(fr.Kind.ACK, anc, status, error)
-            return
         if self.paced:
             self.credit[anc] = fr.FANOUT_WINDOW
         rest = None
-        if not trace and self.runner.fans_out_now:
-            # A fast sync generator: begun here and now (StageRunner.fan_out_now); a task only
-            # if it has to wait, for credit, a checkpoint or a thread.
+        runner = self.runner
+        if not trace and (runner.runs_now or runner.fans_out_now):
+            # A short sync call, or a fast sync generator: run here and now, with no task
+            # (StageRunner.invoke_now, fan_out_now); a generator that has to wait, for credit,
+            # a checkpoint or a thread, goes on in a task.
+            begin = runner.invoke_now if runner.runs_now else runner.fan_out_now
             try:
-                outcome = self.runner.fan_out_now(anc, self._kwargs(parts))
+                outcome = begin(anc, self._kwargs(parts))
             except Exception as exc:
                 outcome = "failed", self._unsent(anc, exc)
             if type(outcome) is tuple:
