@@ -301,12 +301,14 @@ async def measure(server: Server, client: httpx.AsyncClient, inputs: list[dict],
 # -- the benchmark -----------------------------------------------------------------------------
 
 
-def low_load_ideal(apps: list[str], profiles: list[str]) -> list[dict[str, Any]]:
+def low_load_ideal(apps: list[str], profiles: list[str],
+                   max_batch: int | None = None) -> list[dict[str, Any]]:
     rows = []
     for profile in profiles:
         for app in apps:
             for barrier in (False, True):
-                alone = ideal.one_request(app, inputs_of(app)[0], profile=profile, barrier=barrier)
+                alone = ideal.one_request(app, inputs_of(app)[0], profile=profile, barrier=barrier,
+                                          max_batch=max_batch)
                 rows.append({"app": app, "profile": profile,
                              "mode": "barrier" if barrier else "streaming",
                              "latency_s": alone["latency_s"],
@@ -314,9 +316,10 @@ def low_load_ideal(apps: list[str], profiles: list[str]) -> list[dict[str, Any]]
     return rows
 
 
-def ideal_records(app: str, profile: str, rate: float, rep: int, duration: float) -> dict:
+def ideal_records(app: str, profile: str, rate: float, rep: int, duration: float,
+                  max_batch: int | None = None) -> dict:
     run = ideal.ideal_load(app, inputs_of(app), profile=profile, rate=rate, duration=duration,
-                           seed=rep)
+                           seed=rep, max_batch=max_batch)
     return record_of(app, "ideal", profile, rate, rep, run.summary(), None)
 
 
@@ -552,7 +555,7 @@ def main(argv: list[str] | None = None) -> None:
                      "reranker": "bm25", "systems": list(SYSTEMS)},
         "simulator": simulator(),
         "series": [f"{p}/{a}" for p, a in pairs],
-        "ideal": low_load_ideal(args.apps, args.profiles),
+        "ideal": low_load_ideal(args.apps, args.profiles, args.max_batch),
         "records": [],
         "runs": [],
     }
@@ -560,7 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     for profile, app in pairs:
         for rate in args.rates:
             for rep in range(args.reps):
-                out["records"].append(ideal_records(app, profile, rate, rep, args.duration))
+                out["records"].append(ideal_records(app, profile, rate, rep, args.duration,
+                                                    args.max_batch))
     for profile, app in pairs:
         asyncio.run(series(app, profile, args, out))
     out["wall_s"] = time.monotonic() - started

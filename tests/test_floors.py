@@ -94,3 +94,16 @@ def test_the_virtual_clock_jumps_instead_of_sleeping():
         assert 3600 <= loop.time() < 3600.1  # an hour of virtual time, at once
     finally:
         loop.close()
+
+
+def test_the_ideal_takes_the_batch_limit_that_sim_lm_max_batch_would():
+    # The claim verifier's verdicts, one a claim, go to one engine: with one place in its batch
+    # the second must queue, and the request takes longer than with 256 places.
+    ideal = _ideal()
+    fields = _fields("claimverify")
+    free = ideal.one_request("claimverify", fields, profile="paper")
+    tight = ideal.one_request("claimverify", fields, profile="paper", max_batch=1)
+    assert {stats.max_batch for stats in tight["pools"].values()} == {1}
+    assert tight["pools"]["verdict"].queued > 0
+    assert sum(stats.queued for stats in free["pools"].values()) == 0
+    assert tight["latency_s"] > free["latency_s"]

@@ -77,10 +77,12 @@ def floor(app: str) -> Any:
     return sys.modules[name]
 
 
-def _engine(profile: str, loop: VirtualClockLoop, seed: int = 0) -> Any:
+def _engine(profile: Any, loop: VirtualClockLoop, max_batch: int | None = None) -> Any:
+    """The in-process simulated LM on ``loop``'s clock; ``max_batch`` as ``sim-lm --max-batch``."""
     from altoflow.lm import SimulatedLM, TimingModel
 
-    return SimulatedLM(TimingModel(), seed=seed, profile=profile, clock=loop.time)
+    timing = TimingModel() if max_batch is None else TimingModel(max_batch=max_batch)
+    return SimulatedLM(timing, profile=profile, clock=loop.time)
 
 
 def _run(main: Callable[[VirtualClockLoop], Any]) -> Any:
@@ -91,14 +93,17 @@ def _run(main: Callable[[VirtualClockLoop], Any]) -> Any:
         loop.close()
 
 
-def one_request(app: str, fields: dict[str, Any], *, profile: str = "unbounded",
-                barrier: bool = False) -> dict[str, float]:
+def one_request(app: str, fields: dict[str, Any], *, profile: Any = "unbounded",
+                barrier: bool = False, max_batch: int | None = None) -> dict[str, float]:
     """The ideal of one request alone on the virtual clock: ``first_output_s``, ``latency_s``,
-    and ``pools``, the statistics of each of the profile's pools after it."""
+    and ``pools``, the statistics of each of the profile's pools after it.
+
+    ``profile`` is a profile's name or a ``Profile``; ``max_batch`` is every engine's batch
+    limit where the profile's pool leaves it to the timing model (``sim-lm --max-batch``)."""
     from altoflow.lm import use_loop_lm
 
     async def main(loop: VirtualClockLoop) -> dict[str, Any]:
-        engine = _engine(profile, loop)
+        engine = _engine(profile, loop, max_batch)
         use_loop_lm(engine)
         start, first = loop.time(), None
         async for event in floor(app).stream(**fields, barrier=barrier):
@@ -110,9 +115,11 @@ def one_request(app: str, fields: dict[str, Any], *, profile: str = "unbounded",
     return _run(main)
 
 
-def ideal_load(app: str, inputs: list[dict[str, Any]], *, profile: str, rate: float,
-               duration: float, seed: int = 0, barrier: bool = False) -> Any:
-    """The load generator's ``LoadRun`` for a Poisson load on the ideal system."""
+def ideal_load(app: str, inputs: list[dict[str, Any]], *, profile: Any, rate: float,
+               duration: float, seed: int = 0, barrier: bool = False,
+               max_batch: int | None = None) -> Any:
+    """The load generator's ``LoadRun`` for a Poisson load on the ideal system (``profile``
+    and ``max_batch`` as for :func:`one_request`)."""
     sys.path.insert(0, str(HERE.parent))
     try:
         from loadgen import run_load
@@ -126,7 +133,7 @@ def ideal_load(app: str, inputs: list[dict[str, Any]], *, profile: str, rate: fl
         yield {"type": "done"}
 
     async def main(loop: VirtualClockLoop) -> Any:
-        use_loop_lm(_engine(profile, loop))
+        use_loop_lm(_engine(profile, loop, max_batch))
         return await run_load(target, inputs, rate=rate, duration=duration, seed=seed,
                               clock=loop.time)
 
