@@ -172,3 +172,41 @@ def test_versions_benchmark_names_a_missing_checkout(tmp_path):
         cwd=ROOT, capture_output=True, text=True, timeout=60,
     )
     assert proc.returncode == 2 and "git worktree add" in proc.stderr
+
+
+def test_ceiling_benchmark_quick(tmp_path):
+    out = tmp_path / "ceiling.json"
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / "benchmarks" / "ceiling.py"), "--quick", "--out", str(out)],
+        cwd=ROOT, capture_output=True, text=True, timeout=180,
+    )
+    assert proc.returncode == 0, proc.stderr
+    record = json.loads(out.read_text())
+    assert record["benchmark"] == "ceiling"
+    runs = {(r["mode"], r["rate"]) for r in record["rows"]}
+    assert runs == {(mode, rate) for mode in ("streaming", "barrier") for rate in (1.0, 2.0)}
+    assert all(r["max_batch"] == 2 and r["completed"] > 0 for r in record["rows"])
+    (summary,) = record["summary"]
+    assert [t["factor"] for t in summary["targets"]] == [1.1, 1.25, 1.5, 2.0]
+    assert summary["alone_streaming_s"] <= summary["alone_barrier_s"] + 1e-9
+    assert "capacity streaming/barrier" in proc.stdout
+
+
+def test_the_ceiling_s_capacity_is_the_best_throughput_among_the_rates_under_the_target():
+    sys.path.insert(0, str(ROOT / "benchmarks"))
+    try:
+        from ceiling import capacity
+    finally:
+        sys.path.remove(str(ROOT / "benchmarks"))
+
+    def row(rate, seed, p50, throughput):
+        return {"app": "a", "max_batch": 2, "mode": "streaming", "rate": rate, "seed": seed,
+                "p50_s": p50, "throughput": throughput}
+
+    rows = [row(1, 0, 2.0, 0.9), row(1, 1, 2.2, 1.0), row(1, 2, 9.0, 0.8),  # median p50 2.2
+            row(2, 0, 3.0, 1.8), row(2, 1, 5.0, 1.6), row(2, 2, 6.0, 1.7),  # median p50 5.0
+            row(4, 0, 9.0, 2.0)]
+    assert capacity(rows, "a", 2, "streaming", target=4.0) == 0.9  # rate 1's median throughput
+    assert capacity(rows, "a", 2, "streaming", target=5.5) == 1.7  # rate 2's
+    assert capacity(rows, "a", 2, "streaming", target=1.0) == 0.0
+    assert capacity(rows, "a", 2, "barrier", target=99.0) == 0.0  # no rows of that mode
