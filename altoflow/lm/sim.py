@@ -62,6 +62,7 @@ import logging
 import math
 import random
 import re
+import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import AsyncGenerator, Callable, Mapping, Sequence
@@ -847,7 +848,9 @@ class _Inbox:
     def __init__(self, loop: asyncio.AbstractEventLoop | None) -> None:
         self.tokens: deque[int] = deque()
         self.finished = False
-        self.event: anyio.Event | None = None
+        # What its stream waits on: a future of ``loop`` under asyncio (an anyio.Event costs
+        # a look-up of the async library each time it is made), an anyio.Event otherwise.
+        self.event: asyncio.Future[None] | anyio.Event | None = None
         self.loop = loop  # the asyncio loop of the stream waiting on it (None: not asyncio)
 
 
@@ -877,6 +880,14 @@ class _Engines:
         self.tickers = {id(pool): _Ticker() for pool in self.pools.values()}
         self.inboxes: dict[int, _Inbox] = {}
         self.ids = itertools.count()
+        # Streams of several threads' loops may share the engines: the pools, the tickers and
+        # the hand-over of tokens to inboxes change under this lock (uncontended in one loop).
+        self.lock = threading.Lock()
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():  # not cancelled by a stream closed while it waited
+        waiter.set_result(None)
 
 
 def _asyncio_loop() -> asyncio.AbstractEventLoop | None:
@@ -1026,7 +1037,8 @@ class SimulatedLM(LM):
         loop = _asyncio_loop()
         inbox = engines.inboxes[rid] = _Inbox(loop)
         self._pump(core)
-        core.submit(rid, prompt=plan.prompt_tokens, n_out=len(plan.tokens), now=self._clock())
+        with engines.lock:
+            core.submit(rid, prompt=plan.prompt_tokens, n_out=len(plan.tokens), now=self._clock())
         try:
             while True:
                 self._pump(core)
@@ -1034,27 +1046,35 @@ class SimulatedLM(LM):
                     yield plan.tokens[inbox.tokens.popleft()]
                 if inbox.finished:
                     return
-                inbox.event = anyio.Event()
                 if loop is not None:
                     # The pool's ticker wakes us when tokens are due (or another stream's pump
                     # hands them over first).
+                    waiter = inbox.event = loop.create_future()
                     self._tick_at(core, loop)
-                    await inbox.event.wait()
+                    await waiter
                 else:
                     # Not asyncio: sleep until the pool's next deadline, or until another
                     # stream's pump hands us tokens (it sets the event).
-                    deadline = core.next_deadline()
+                    event = inbox.event = anyio.Event()
+                    with engines.lock:
+                        deadline = core.next_deadline()
                     wait = math.inf if deadline is None else max(deadline - self._clock(), 0.0)
                     with anyio.move_on_after(wait):
-                        await inbox.event.wait()
+                        await event.wait()
                 inbox.event = None
         finally:
-            del engines.inboxes[rid]
-            if not inbox.finished:
-                core.abort(rid, self._clock())
+            with engines.lock:
+                del engines.inboxes[rid]
+                if not inbox.finished:
+                    core.abort(rid, self._clock())
 
     def _pump(self, core: SimPool) -> None:
+        with self._engines.lock:
+            self._pump_locked(core)
+
+    def _pump_locked(self, core: SimPool) -> None:
         inboxes = self._engines.inboxes
+        here = _asyncio_loop()
         for instruction in core.advance(self._clock()):
             inbox = inboxes.get(instruction.rid)
             if inbox is None:
@@ -1063,16 +1083,22 @@ class SimulatedLM(LM):
                 inbox.tokens.append(instruction.index)
             else:
                 inbox.finished = True
-            event = inbox.event
-            if event is not None:
+            waiter = inbox.event
+            if waiter is not None:
                 inbox.event = None  # woken once: its stream makes a new one
-                if inbox.loop is None or inbox.loop is _asyncio_loop():
-                    event.set()
+                if inbox.loop is None:
+                    waiter.set()  # an anyio.Event
+                elif inbox.loop is here:
+                    _wake(waiter)
                 elif not inbox.loop.is_closed():  # a stream of another thread's loop
-                    inbox.loop.call_soon_threadsafe(event.set)
+                    inbox.loop.call_soon_threadsafe(_wake, waiter)
 
     def _tick_at(self, core: SimPool, loop: asyncio.AbstractEventLoop) -> None:
         """Have ``core``'s ticker fire at the pool's next deadline, on ``loop``."""
+        with self._engines.lock:
+            self._tick_at_locked(core, loop)
+
+    def _tick_at_locked(self, core: SimPool, loop: asyncio.AbstractEventLoop) -> None:
         deadline = core.next_deadline()
         if deadline is None:
             return
@@ -1080,13 +1106,19 @@ class SimulatedLM(LM):
         if ticker.handle is not None:
             if ticker.loop is loop and ticker.at <= deadline:
                 return  # it fires first anyway
-            ticker.handle.cancel()
+            if ticker.loop is loop:
+                ticker.handle.cancel()
+            elif not ticker.loop.is_closed():  # a timer of another thread's loop
+                ticker.loop.call_soon_threadsafe(ticker.handle.cancel)
         ticker.at, ticker.loop = deadline, loop
         ticker.handle = loop.call_later(max(deadline - self._clock(), 0.0), self._tick, core, loop)
 
     def _tick(self, core: SimPool, loop: asyncio.AbstractEventLoop) -> None:
-        ticker = self._engines.tickers[id(core)]
-        ticker.handle, ticker.at = None, math.inf
-        self._pump(core)
-        self._tick_at(core, loop)  # while the pool runs, its streams are due more tokens
+        with self._engines.lock:
+            ticker = self._engines.tickers[id(core)]
+            if ticker.loop is loop:  # else another loop's timer has taken over since
+                ticker.handle, ticker.at = None, math.inf
+            self._pump_locked(core)
+            # While the pool runs, its streams are due more tokens.
+            self._tick_at_locked(core, loop)
 

@@ -375,3 +375,79 @@ def test_it_says_it_is_simulated(caplog: pytest.LogCaptureFixture) -> None:
     assert "SIMULATED language model" in caplog.text
     assert lm.simulated and lm.name == "altoflow-simulated"
     assert "SIMULATED" in repr(lm)
+
+
+def test_streams_on_several_threads_event_loops_each_get_their_own_text() -> None:
+    """One engine shared by four threads' loops: a pump on one hands tokens to the others'
+    streams through their loops' thread-safe wake-up, in order."""
+    import asyncio
+    import threading
+
+    lm = SimulatedLM(FAST)
+    prompts = {side: [f"{QUERIES_PROMPT} {side} {i}" for i in range(10)] for side in "abcd"}
+    results: dict[str, str] = {}
+
+    async def some(ps: list[str]) -> None:
+        async def one(p: str) -> None:
+            results[p] = await lm.complete(p)
+
+        await asyncio.wait_for(asyncio.gather(*(one(p) for p in ps)), TIMEOUT)
+
+    threads = [threading.Thread(target=asyncio.run, args=(some(ps),)) for ps in prompts.values()]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(TIMEOUT)
+    every = [p for ps in prompts.values() for p in ps]
+    assert results == {p: lm.plan(p).text for p in every}
+    assert lm.stats().running == 0
+
+
+def test_streams_run_under_trio_too() -> None:
+    lm = SimulatedLM(FAST)
+    prompts = [f"{QUERIES_PROMPT} {i}" for i in range(6)]
+    results: dict[str, str] = {}
+
+    async def main() -> None:
+        async def one(p: str) -> None:
+            results[p] = await lm.complete(p)
+
+        with anyio.fail_after(TIMEOUT):
+            async with anyio.create_task_group() as tg:
+                for p in prompts:
+                    tg.start_soon(one, p)
+
+    anyio.run(main, backend="trio")
+    assert results == {p: lm.plan(p).text for p in prompts}
+
+
+def test_a_stream_cancelled_while_it_waits_leaves_the_others_whole() -> None:
+    import asyncio
+
+    lm = SimulatedLM(FAST)
+    prompts = [f"{QUERIES_PROMPT} {i}" for i in range(6)]
+    errors: list[dict] = []
+
+    async def main() -> dict[str, str]:
+        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+
+        async def reader() -> None:
+            async with lm.stream(LONG_PROMPT, max_tokens=None) as deltas:
+                async for _ in deltas:
+                    pass
+
+        async def one(p: str) -> tuple[str, str]:
+            return p, await lm.complete(p)
+
+        doomed = asyncio.ensure_future(reader())
+        others = asyncio.gather(*(one(p) for p in prompts))
+        await asyncio.sleep(FAST.ttft_s * 2)  # the reader has its first tokens and waits
+        doomed.cancel()
+        done = dict(await asyncio.wait_for(others, TIMEOUT))
+        with pytest.raises(asyncio.CancelledError):
+            await doomed
+        return done
+
+    assert asyncio.run(main()) == {p: lm.plan(p).text for p in prompts}
+    assert errors == []
+    assert lm.stats().running == 0 and lm.stats().aborted == 1
