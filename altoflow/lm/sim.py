@@ -29,7 +29,9 @@ vLLM instances.
 
 :class:`SimulatedLM` is the thin shell: it reads the real clock, sleeps until its pool's next
 deadline and hands the due tokens to the waiting streams. It needs no background task: every
-waiting stream drives its pool itself, so there is nothing to start or to shut down.
+waiting stream drives its pool itself, so there is nothing to start or to shut down. Streams
+on several threads' event loops (or under trio) may share one engine: its pools change under a
+lock, and a stream of another loop is woken through that loop's ``call_soon_threadsafe``.
 
 One simulated token is one word (with its separator). The ALTO paper reports output lengths in
 words, so the calibration below is in words, and ``max_tokens`` counts words.
