@@ -71,9 +71,9 @@ def sweep(app: str, max_batch: int | None, alone_s: float,
                              "completed": summary["completed"]})
                 p50s.append(summary["latency_s"]["p50"])
             over += statistics.median(p50s) > top
+        firsts = rows[-2 * args.seeds :: args.seeds]  # each mode's first seed
         print(f"{app:15} batch {max_batch or 'default':>7} rate {rate:6.2f}: "
-              + ", ".join(f"{r['mode']} p50 {r['p50_s']:.2f} s" for r in rows[-args.seeds * 2::args.seeds]),
-              flush=True)
+              + ", ".join(f"{r['mode']} p50 {r['p50_s']:.2f} s" for r in firsts), flush=True)
         if over == len(MODES):
             break
         rate *= args.step
@@ -115,11 +115,12 @@ def summarize(out: dict[str, Any]) -> list[dict[str, Any]]:
             targets = []
             for factor in out["settings"]["targets"]:
                 cap = {mode: capacity(rows, app, max_batch, mode, factor * base) for mode in MODES}
+                ratio = cap["streaming"] / cap["barrier"] if cap["barrier"] else None
+                # The modes under the target even at the highest rate swept: their capacity is
+                # at least what it says, and may be more.
+                past = [m for m in MODES if medians[m][-1][1] < factor * base]
                 targets.append({"factor": factor, "target_s": factor * base, **cap,
-                                "ratio": cap["streaming"] / cap["barrier"] if cap["barrier"] else None,
-                                # Under the target even at the highest rate swept: the capacity
-                                # is at least this much, and may be more.
-                                "past_sweep": [m for m in MODES if medians[m][-1][1] < factor * base]})
+                                "ratio": ratio, "past_sweep": past})
             summary.append({
                 "app": app, "max_batch": max_batch,
                 "alone_streaming_s": base, "alone_barrier_s": alone["barrier"]["latency_s"],
@@ -145,7 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--duration", type=float, default=20.0,
                         help="virtual seconds of arrivals a run")
     parser.add_argument("--quick", action="store_true",
-                        help="tiny: the claim verifier at batch limit 2, rates 1 and 2, 1 seed, 5 s")
+                        help="tiny: the claim verifier at batch limit 2, rates 1 and 2, one "
+                        "seed, 5 s")
     parser.add_argument("--out", type=Path, default=HERE / "results" / "ceiling.json")
     args = parser.parse_args(argv)
     if args.quick:
@@ -158,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     started = time.monotonic()
     out: dict[str, Any] = {
         "benchmark": "ceiling",
-        "command": "python benchmarks/ceiling.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "command": "python benchmarks/ceiling.py "
+        + " ".join(argv if argv is not None else sys.argv[1:]),
         "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         "machine": machine(),
         "settings": {"apps": args.apps, "profile": PROFILE, "max_batch": batches,

@@ -199,15 +199,18 @@ def e2e_contended(d: dict) -> list[str]:
         f"The same benchmark with every simulated engine's batch limited to {limit} places "
         f"(`--max-batch {limit}`), so that the `paper` profile's engines saturate at rates this "
         "machine's CPU can carry: requests queue for the engines, which is the contention that "
-        "the paper's gains come from and that the first end-to-end run never reaches. The ideal is computed "
-        "at the same batch limit. Its ceiling over the whole range of batch limits and rates is "
+        "the paper's gains come from and that the first end-to-end run never reaches. The ideal "
+        "is computed at the same batch limit. Its ceiling over the whole range of batch limits and rates is "
         "the next section's.", ""]
     return e2e(d, stem="e2e_contended", intro=intro,
                title=f"End to end under contention: batch limit {limit}")
 
 
+E2E_TITLE = "End to end: four applications, five systems, a simulated deployment"
+
+
 def e2e(d: dict, stem: str = "e2e", intro: list[str] | None = None,
-        title: str = "End to end: four applications, five systems, a simulated deployment") -> list[str]:
+        title: str = E2E_TITLE) -> list[str]:
     lines = _head(title, d) + (intro or [])
     settings, records = d["settings"], d["records"]
     rates = settings["rates"]
@@ -497,31 +500,29 @@ def ceiling(d: dict) -> list[str]:
             ratio = (f"{t['ratio']:.2f}" if t["ratio"] is not None else
                      "barrier never under" if t["streaming"] else "neither under")
             past = "both" if len(t["past_sweep"]) == 2 else " and ".join(t["past_sweep"])
-            ratios.append(f"{ratio} ({past} under at {row['highest_rate']:g} req/s)" if past else ratio)
+            ratios.append(f"{ratio} ({past} under at {row['highest_rate']:g} req/s)" if past
+                          else ratio)
             if t["ratio"] is not None:
                 ratios_all.append((t["ratio"], row["app"], row["max_batch"], t["factor"]))
             if t["factor"] == 2.0 and t["ratio"] is not None:
                 at_two.append((t["ratio"], row["app"], row["max_batch"]))
         sat = row["saturation_rps"]
         lines.append(f"| {row['app']} | {limit} | {_s(row['alone_streaming_s'])} / "
-                     f"{_s(row['alone_barrier_s'])} | {_s(sat['streaming'])} / {_s(sat['barrier'])} | "
-                     + " | ".join(ratios) + " |")
+                     f"{_s(row['alone_barrier_s'])} | {_s(sat['streaming'])} / "
+                     f"{_s(sat['barrier'])} | " + " | ".join(ratios) + " |")
     lines += [""]
     if at_two:
-        best = max(at_two)
-        lines += [
-            f"At the end-to-end goal's target (p50 under twice the ideal of one request), the "
-            f"largest ratio is {best[0]:.2f} ({best[1]}, batch limit {best[2] or 256}), against "
-            "the goal's 2x over barrier"
-            + ("." if best[0] >= 2 else
-               ": streaming moves a request's early items on, but its "
-            "last item still waits for the same LM calls, and near saturation both modes queue "
-            "for the same engines, so they reach their limit at the same throughput. A higher "
-            "ratio exists only for a target close to one request's own latency, which barrier "
-            "misses at any load when its ideal alone is already above it.")
-            + (" The largest ratio at any target is {:.2f} ({}, batch limit {}, target {:g}x).".format(
-                *max(ratios_all)[:2], max(ratios_all)[2] or 256, max(ratios_all)[3])
-               if ratios_all else ""), ""]
+        best, top = max(at_two), max(ratios_all)
+        why = ("." if best[0] >= 2 else
+               ": streaming moves a request's early items on, but its last item still waits for "
+               "the same LM calls, and near saturation both modes queue for the same engines, so "
+               "they reach their limit at the same throughput. A higher ratio exists only for a "
+               "target close to one request's own latency, which barrier misses at any load when "
+               "its ideal alone is already above it.")
+        lines += [f"At the end-to-end goal's target (p50 under twice the ideal of one request), "
+                  f"the largest ratio is {best[0]:.2f} ({best[1]}, batch limit {best[2] or 256}), "
+                  f"against the goal's 2x over barrier{why} The largest ratio at any target is "
+                  f"{top[0]:.2f} ({top[1]}, batch limit {top[2] or 256}, target {top[3]:g}x).", ""]
     return lines
 
 
