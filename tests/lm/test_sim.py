@@ -295,6 +295,7 @@ async def test_stream_lines_yields_the_planned_lines() -> None:
 
 
 @pytest.mark.anyio
+@pytest.mark.parametrize("anyio_backend", ["asyncio", "trio"])  # trio: no loop futures
 async def test_concurrent_streams_each_get_their_own_text() -> None:
     lm = SimulatedLM(FAST)
     prompts = [f"{QUERIES_PROMPT} {i}" for i in range(20)]
@@ -401,24 +402,6 @@ def test_streams_on_several_threads_event_loops_each_get_their_own_text() -> Non
     every = [p for ps in prompts.values() for p in ps]
     assert results == {p: lm.plan(p).text for p in every}
     assert lm.stats().running == 0
-
-
-def test_streams_run_under_trio_too() -> None:
-    lm = SimulatedLM(FAST)
-    prompts = [f"{QUERIES_PROMPT} {i}" for i in range(6)]
-    results: dict[str, str] = {}
-
-    async def main() -> None:
-        async def one(p: str) -> None:
-            results[p] = await lm.complete(p)
-
-        with anyio.fail_after(TIMEOUT):
-            async with anyio.create_task_group() as tg:
-                for p in prompts:
-                    tg.start_soon(one, p)
-
-    anyio.run(main, backend="trio")
-    assert results == {p: lm.plan(p).text for p in prompts}
 
 
 def test_a_stream_cancelled_while_it_waits_leaves_the_others_whole() -> None:
