@@ -857,15 +857,16 @@ class _Inbox:
 
 
 class _Ticker:
-    """One timer per pool: at the pool's next deadline it runs the pool and wakes the streams
-    that got tokens. Streams then wait on their inbox alone; without it, each of N streams
-    slept until the pool's deadline on a timeout of its own, and all N woke at every step."""
+    """One timer per pool and event loop: at the pool's next deadline it runs the pool and wakes
+    the streams that got tokens. Streams then wait on their inbox alone; without it, each of N
+    streams slept until the pool's deadline on a timeout of its own, and all N woke at every
+    step. Each loop with a stream waiting has its own, so a stream never depends on another
+    thread's loop running (that loop may be blocked, or end first)."""
 
-    __slots__ = ("handle", "loop", "at")
+    __slots__ = ("handle", "at")
 
     def __init__(self) -> None:
         self.handle: asyncio.TimerHandle | None = None
-        self.loop: asyncio.AbstractEventLoop | None = None
         self.at = math.inf
 
 
@@ -879,7 +880,11 @@ class _Engines:
             name: SimPool(profile.pool(name).timing_of(timing), profile.pool(name).engines)
             for name in profile.pool_names()
         }
-        self.tickers = {id(pool): _Ticker() for pool in self.pools.values()}
+        # Per pool, the ticker of each loop that has had a stream waiting on it (closed loops
+        # are dropped as they are found, so the map holds the live loops only).
+        self.tickers: dict[int, dict[asyncio.AbstractEventLoop, _Ticker]] = {
+            id(pool): {} for pool in self.pools.values()
+        }
         self.inboxes: dict[int, _Inbox] = {}
         self.ids = itertools.count()
         # Streams of several threads' loops may share the engines: the pools, the tickers and
@@ -1104,22 +1109,23 @@ class SimulatedLM(LM):
         deadline = core.next_deadline()
         if deadline is None:
             return
-        ticker = self._engines.tickers[id(core)]
+        tickers = self._engines.tickers[id(core)]
+        ticker = tickers.get(loop)
+        if ticker is None:
+            for closed in [other for other in tickers if other.is_closed()]:
+                del tickers[closed]
+            ticker = tickers[loop] = _Ticker()
         if ticker.handle is not None:
-            if ticker.loop is loop and ticker.at <= deadline:
+            if ticker.at <= deadline:
                 return  # it fires first anyway
-            if ticker.loop is loop:
-                ticker.handle.cancel()
-            elif not ticker.loop.is_closed():  # a timer of another thread's loop
-                ticker.loop.call_soon_threadsafe(ticker.handle.cancel)
-        ticker.at, ticker.loop = deadline, loop
+            ticker.handle.cancel()
+        ticker.at = deadline
         ticker.handle = loop.call_later(max(deadline - self._clock(), 0.0), self._tick, core, loop)
 
     def _tick(self, core: SimPool, loop: asyncio.AbstractEventLoop) -> None:
         with self._engines.lock:
-            ticker = self._engines.tickers[id(core)]
-            if ticker.loop is loop:  # else another loop's timer has taken over since
-                ticker.handle, ticker.at = None, math.inf
+            ticker = self._engines.tickers[id(core)][loop]
+            ticker.handle, ticker.at = None, math.inf
             self._pump_locked(core)
             # While the pool runs, its streams are due more tokens.
             self._tick_at_locked(core, loop)

@@ -434,3 +434,39 @@ def test_a_stream_cancelled_while_it_waits_leaves_the_others_whole() -> None:
     assert asyncio.run(main()) == {p: lm.plan(p).text for p in prompts}
     assert errors == []
     assert lm.stats().running == 0 and lm.stats().aborted == 1
+
+
+def test_a_stream_goes_on_while_another_threads_loop_sharing_its_engine_is_blocked() -> None:
+    """Each loop has its own timer for the pool: a stream whose tokens fall due is woken by its
+    own loop, even when the last loop to wait on the pool is blocked and fires nothing."""
+    import asyncio
+    import threading
+
+    lm = SimulatedLM(FAST)
+    waiting, release = threading.Event(), threading.Event()
+
+    async def blocked() -> None:
+        waiting.wait(TIMEOUT)  # the other loop's stream has started and waits for its tokens
+        loop = asyncio.get_running_loop()
+        async with lm.stream(LONG_PROMPT, max_tokens=None) as deltas:
+            # This stream waits on the pool last; then its loop blocks until released.
+            loop.call_soon(release.wait, TIMEOUT)
+            async for _ in deltas:
+                pass
+
+    async def goes_on() -> str:
+        task = asyncio.ensure_future(lm.complete(QUERIES_PROMPT))
+        await asyncio.sleep(0)  # its stream has submitted and waits
+        waiting.set()
+        try:
+            return await asyncio.wait_for(task, TIMEOUT / 2)
+        finally:
+            release.set()
+
+    other = threading.Thread(target=asyncio.run, args=(blocked(),))
+    other.start()
+    try:
+        assert asyncio.run(goes_on()) == lm.plan(QUERIES_PROMPT).text
+    finally:
+        release.set()
+        other.join(TIMEOUT)
