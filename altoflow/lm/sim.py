@@ -609,11 +609,22 @@ class SimPool:
         self.timing = timing
         self.engines = tuple(SimCore(timing) for _ in range(engines))
         self._engine_of: dict[int, SimCore] = {}
+        # The engines' earliest deadline, kept until an event changes it, so that the streams
+        # waiting on a pool (each asks before it sleeps) and their pumps between deadlines
+        # cost no pass over the engines.
+        self._deadline: float | None = None
+        self._deadline_known = True
+        # Whether an engine may hold outputs that fell due in a submit's or abort's catch-up,
+        # which only a full advance hands out.
+        self._held = False
+        self._now = -math.inf
 
     def submit(self, rid: int, *, prompt: Sequence[str], n_out: int, now: float) -> int:
         """Like :meth:`SimCore.submit`; returns the index of the engine the request went to."""
         if rid in self._engine_of:
             raise ValueError(f"request {rid} was already submitted")
+        self._check_time(now)
+        self._deadline_known, self._held = False, True
         for engine in self.engines:
             engine.catch_up(now)
         index = min(range(len(self.engines)), key=lambda i: self.engines[i].load)
@@ -623,21 +634,39 @@ class SimPool:
 
     def abort(self, rid: int, now: float) -> bool:
         """Stop request ``rid``; returns False if it is not running or waiting (e.g. finished)."""
+        self._check_time(now)
         engine = self._engine_of.pop(rid, None)
-        return engine is not None and engine.abort(rid, now)
+        if engine is None:
+            return False
+        self._deadline_known, self._held = False, True
+        return engine.abort(rid, now)
 
     def next_deadline(self) -> float | None:
-        deadlines = [d for d in (e.next_deadline() for e in self.engines) if d is not None]
-        return min(deadlines) if deadlines else None
+        if not self._deadline_known:
+            deadlines = [d for d in (e.next_deadline() for e in self.engines) if d is not None]
+            self._deadline, self._deadline_known = (min(deadlines) if deadlines else None), True
+        return self._deadline
 
     def advance(self, now: float) -> list[TokenDue | Finished]:
         """Run every engine up to ``now``; what happened since the last call, in time order."""
+        self._check_time(now)
+        if not self._held and self._deadline_known and (
+            self._deadline is None or now < self._deadline
+        ):
+            return []  # nothing falls due by ``now``, and nothing is held from a catch-up
+        self._deadline_known, self._held = False, False
         out = [o for engine in self.engines for o in engine.advance(now)]
         out.sort(key=lambda o: o.at)  # stable: at one time, engine by engine, each in order
         for o in out:
             if isinstance(o, Finished):
                 self._engine_of.pop(o.rid, None)
         return out
+
+    def _check_time(self, now: float) -> None:
+        # The engines check it too, but an advance that has nothing to do skips them.
+        if now < self._now:
+            raise ValueError(f"time went backwards: {now} < {self._now}")
+        self._now = now
 
     def stats(self) -> PoolStats:
         each = [e.stats() for e in self.engines]

@@ -274,3 +274,49 @@ def test_sim_lm_refuses_an_unknown_profile() -> None:
     refused = CliRunner().invoke(app, ["sim-lm", "--profile", "papr"])
     assert refused.exit_code != 0
     assert "unknown simulated profile 'papr'" in refused.output
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(
+        st.tuples(st.sampled_from(["submit", "abort", "advance", "deadline"]),
+                  st.floats(0, 3), st.integers(0, 5), st.integers(0, 6)),
+        max_size=30,
+    ),
+    st.integers(1, 3),
+    st.integers(1, 3),
+)
+def test_a_pool_s_deadline_is_its_engines_earliest_after_any_events(ops, engines, max_batch):
+    # The pool keeps its deadline between events and skips advances that have nothing due:
+    # it must always say what its engines say, and every request must still get its tokens.
+    pool = SimPool(Pool(max_batch=max_batch).timing_of(T), engines=engines)
+    now, wants, got, ended, aborted = 0.0, {}, {}, set(), set()
+
+    def record(out):
+        for o in out:
+            if isinstance(o, TokenDue):
+                got.setdefault(o.rid, []).append(o.index)
+            else:
+                ended.add(o.rid)
+
+    for op, gap, rid, n_out in ops:
+        now += gap
+        if op == "submit" and rid not in wants:
+            wants[rid] = n_out
+            pool.submit(rid, prompt=["w"] * n_out, n_out=n_out, now=now)
+        elif op == "abort" and rid in wants and pool.abort(rid, now):
+            aborted.add(rid)
+        elif op == "advance":
+            record(pool.advance(now))
+        deadlines = [d for d in (e.next_deadline() for e in pool.engines) if d is not None]
+        assert pool.next_deadline() == (min(deadlines) if deadlines else None)
+    while (deadline := pool.next_deadline()) is not None:
+        now = max(now, deadline)
+        record(pool.advance(now))
+    record(pool.advance(now))  # what a last submit or abort's catch-up found due
+    assert pool.advance(now) == []
+    for rid, n_out in wants.items():
+        if rid not in aborted:
+            assert rid in ended and got.get(rid, []) == list(range(n_out)), rid
+    with pytest.raises(ValueError, match="time went backwards"):
+        pool.advance(now - 1.0)
