@@ -412,7 +412,8 @@ def test_a_stream_cancelled_while_it_waits_leaves_the_others_whole() -> None:
     errors: list[dict] = []
 
     async def main() -> dict[str, str]:
-        asyncio.get_running_loop().set_exception_handler(lambda _loop, context: errors.append(context))
+        loop = asyncio.get_running_loop()
+        loop.set_exception_handler(lambda _loop, context: errors.append(context))
 
         async def reader() -> None:
             async with lm.stream(LONG_PROMPT, max_tokens=None) as deltas:
